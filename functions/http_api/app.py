@@ -1,0 +1,83 @@
+"""Producer and history routes: thin adapters over realtime_transport.Feeds."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+import http_errors
+from realtime_transport import PublishResult, Realtime
+from realtime_transport.channel import MAX_PAGE
+from realtime_transport.feeds import Feeds
+from realtime_transport.models.http import (
+    FEED_ID_PATTERN,
+    ControlRequest,
+    HistoryResponse,
+    PublishEventRequest,
+    PublishResponse,
+)
+from realtime_transport.observability import logger, metrics
+
+FeedId = Annotated[str, Path(pattern=FEED_ID_PATTERN, description="Feed id; the channel is feed_{feedId}.")]
+
+feeds = Feeds(Realtime())
+app = APIGatewayHttpResolver(enable_validation=True)
+http_errors.register(app, max_body_bytes=feeds.realtime.settings.max_event_bytes)
+
+
+def _published(result: PublishResult) -> Response[PublishResponse]:
+    if result.duplicate:
+        metrics.add_metric(name="DuplicatesSuppressed", unit="Count", value=1)
+    else:
+        metrics.add_metric(name="EventsPublished", unit="Count", value=1)
+    return Response(
+        status_code=HTTPStatus.OK if result.duplicate else HTTPStatus.CREATED,
+        content_type=content_types.APPLICATION_JSON,
+        body=PublishResponse(event=result.event, duplicate=result.duplicate),
+    )
+
+
+@app.post("/feeds/<feedId>/events", summary="Publish an event (idempotent on eventId)")
+def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[PublishResponse]:  # noqa: N803
+    return _published(
+        feeds.publish_event(
+            feedId, event_id=request.event_id, type=request.type, payload=request.payload, source=request.source
+        )
+    )
+
+
+@app.post("/feeds/<feedId>/control", summary="Send a control command (idempotent on commandId)")
+def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishResponse]:  # noqa: N803
+    return _published(
+        feeds.send_control(feedId, command_id=request.command_id, action=request.action, target=request.target)
+    )
+
+
+@app.get("/feeds/<feedId>/events", summary="Read history, oldest first, from a cursor")
+def read_history(
+    feedId: FeedId,  # noqa: N803
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=256, description="nextCursor of the previous page.")] = None,
+) -> HistoryResponse:
+    page = feeds.history(feedId, limit=limit, cursor=cursor)
+    return HistoryResponse(items=page.items, next_cursor=page.next_cursor, has_more=page.has_more, truncated=page.truncated)
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi() -> Response[Any]:
+    return Response(
+        status_code=HTTPStatus.OK,
+        content_type=content_types.APPLICATION_JSON,
+        body=app.get_openapi_json_schema(title="realtime-transport", version="1.0.0"),
+    )
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

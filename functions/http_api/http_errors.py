@@ -1,0 +1,106 @@
+"""Turn every failure into a JSON error body that names the problem (never a stack trace)."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from realtime_transport import errors
+from realtime_transport.models.http import ErrorDetail, ErrorResponse
+from realtime_transport.observability import logger, metrics
+
+_STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
+    errors.InvalidCursor: HTTPStatus.BAD_REQUEST,
+    errors.InvalidInput: HTTPStatus.UNPROCESSABLE_ENTITY,
+    errors.EventTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    errors.IdempotencyConflict: HTTPStatus.CONFLICT,
+    errors.Unauthorized: HTTPStatus.UNAUTHORIZED,
+    errors.Forbidden: HTTPStatus.FORBIDDEN,
+    errors.StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+    errors.ConfigurationError: HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+
+
+def error_response(status: HTTPStatus, code: str, message: str, details: list[ErrorDetail] | None = None) -> Response:
+    body = ErrorResponse(error=code, message=message, details=details or [])
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=body.model_dump_json(),
+    )
+
+
+def _field_name(loc: tuple[Any, ...]) -> tuple[str, str]:
+    location = str(loc[0]) if loc else "request"
+    path = [str(part) for part in loc[1:] if not isinstance(part, int) or location != "body"]
+    if location == "body" and loc[1:2] and isinstance(loc[1], int):
+        return "body", "body"  # a JSON syntax error: pydantic reports the character offset
+    return ".".join(path) or location, location
+
+
+def _validation_details(exc: RequestValidationError) -> list[ErrorDetail]:
+    details = []
+    for error in exc.errors():
+        field, location = _field_name(tuple(error.get("loc", ())))
+        problem = str(error.get("msg", "is invalid"))
+        if error.get("type") == "json_invalid":
+            problem = f"request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+        elif error.get("type") == "extra_forbidden":
+            problem = "is not a recognised field"
+        details.append(ErrorDetail(field=field, location=location, problem=problem))
+    return details
+
+
+def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(exc: RequestValidationError) -> Response:
+        body = app.current_event.decoded_body or ""
+        # Size first: a body over the cap is refused as such, whatever else is wrong with it.
+        if len(body.encode()) > max_body_bytes:
+            metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
+            return error_response(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "event_too_large",
+                f"request body is {len(body.encode())} bytes; the limit is {max_body_bytes}",
+            )
+        details = _validation_details(exc)
+        status = HTTPStatus.UNPROCESSABLE_ENTITY
+        if any(error.get("type") == "json_invalid" for error in exc.errors()):
+            status = HTTPStatus.BAD_REQUEST
+        elif _body_not_an_object(body, details):
+            status = HTTPStatus.BAD_REQUEST
+        message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
+        metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
+        return error_response(status, "validation_error", message, details)
+
+    @app.exception_handler(errors.RealtimeError)
+    def domain_error(exc: errors.RealtimeError) -> Response:
+        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), HTTPStatus.BAD_REQUEST)
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            logger.exception("request failed", extra={"error_code": exc.code})
+        if isinstance(exc, errors.IdempotencyConflict):
+            metrics.add_metric(name="IdempotencyConflicts", unit="Count", value=1)
+        details = [ErrorDetail(field=exc.field, location="request", problem=exc.message)] if exc.field else []
+        return error_response(status, exc.code, exc.message, details)
+
+    @app.not_found
+    def not_found(_exc: NotFoundError) -> Response:
+        event = app.current_event
+        return error_response(
+            HTTPStatus.NOT_FOUND, "not_found", f"no route for {event.http_method} {event.path}"
+        )
+
+
+def _body_not_an_object(body: str, details: list[ErrorDetail]) -> bool:
+    """A JSON body that is not an object (e.g. `[]` or `"x"`) is malformed, not merely invalid."""
+    if not any(d.field == "body" for d in details):
+        return False
+    try:
+        return not isinstance(json.loads(body), dict)
+    except ValueError:
+        return True

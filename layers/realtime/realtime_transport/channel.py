@@ -1,0 +1,316 @@
+"""A channel: a per-channel shared log in the style of CORFU.
+
+Writers take a position from the channel's head item with one atomic ADD and
+fill it with a conditional put. Readers hand out only the contiguous prefix of
+the log and stop at a hole; a hole older than the writer timeout belongs to a
+writer that died, so the reader fills it with a tombstone (conditional, so the
+late writer can never land there; it takes a new position instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import clock
+from .errors import EventTooLarge, IdempotencyConflict, InvalidChannel, InvalidCursor, InvalidInput, StoreUnavailable
+from .ids import new_ulid
+from .models.envelope import Event
+from .models.items import IdempotencyRecord, Kind, Position, channel_key, position_item
+from .store import KeyTaken, PositionTaken
+
+if TYPE_CHECKING:
+    from .realtime import Realtime
+
+CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+MAX_PAGE = 500
+_PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\U0010ffff]+$")
+# Clocks of different Lambda hosts disagree by milliseconds; never call a hole
+# abandoned on a margin thinner than this.
+_CLOCK_SKEW_MS = 1000
+_WRITE_ATTEMPTS = 3
+_READ_SLACK = 8
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    event: Event
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: list[Event]
+    next_cursor: str
+    has_more: bool
+    truncated: bool
+
+
+def fingerprint_of(*parts: Any) -> str:
+    """What an idempotency key promises: the same key carries the same event."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_text(value: str, field: str, max_length: int) -> None:
+    if not 1 <= len(value) <= max_length or not _PRINTABLE.match(value):
+        raise InvalidInput(f"{field} must be 1 to {max_length} printable characters", field=field)
+
+
+class Channel:
+    def __init__(self, realtime: Realtime, name: str) -> None:
+        if not CHANNEL_PATTERN.match(name):
+            raise InvalidChannel("channel must be 1 to 200 characters of letters, digits and _ . : -", field="channel")
+        self.name = name
+        self._realtime = realtime
+        self.key = channel_key(realtime.name, name)
+
+    def __repr__(self) -> str:
+        return f"Channel({self.name!r})"
+
+    # --- writing --------------------------------------------------------------------------
+
+    def broadcast(
+        self,
+        *,
+        type: str,
+        data: Any,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> PublishResult:
+        """Store one event and hand it to every subscriber of the channel.
+
+        With an idempotency key, every retry returns the original event with
+        `duplicate=True`; the same key with a different event is an
+        `IdempotencyConflict`. `fingerprint` says what "the same event" means
+        when `data` carries per-attempt fields such as a receive time; by
+        default it covers type, data and metadata.
+        """
+        _check_text(type, "type", 128)
+        metadata = dict(metadata or {})
+        store = self._realtime.store
+        if idempotency_key is not None:
+            _check_text(idempotency_key, "idempotencyKey", 256)
+            fingerprint = fingerprint or fingerprint_of(type, data, metadata)
+            record = store.idempotency_record(self.key, idempotency_key)
+            if record is not None and record.expires_at > clock.now_ms() // 1000:
+                return self._replay(record, fingerprint, idempotency_key)
+
+        # Check the size before taking a position, so a refused event leaves no hole.
+        draft = Event(
+            id=new_ulid(),
+            channel=self.name,
+            seq=10**15,
+            type=type,
+            data=data,
+            metadata=metadata,
+            published_at=clock.iso_ms(clock.now_ms()),
+            idempotency_key=idempotency_key,
+        )
+        size = len(draft.to_json().encode())
+        limit = self._realtime.settings.max_event_bytes
+        if size > limit:
+            raise EventTooLarge(f"event is {size} bytes of JSON; the limit is {limit}", field="payload")
+
+        for _ in range(_WRITE_ATTEMPTS):
+            now = clock.now_ms()
+            seq = store.allocate(self.key, now)
+            event = draft.model_copy(update={"id": new_ulid(now), "seq": seq, "published_at": clock.iso_ms(now)})
+            item = position_item(self.key, seq, Kind.EVENT, now, self._history_expiry(now), event.to_json())
+            try:
+                if idempotency_key is None:
+                    store.put_position(item)
+                else:
+                    assert fingerprint is not None  # noqa: S101 - set above with the key
+                    store.put_keyed_event(
+                        item,
+                        self.key,
+                        idempotency_key,
+                        fingerprint,
+                        now // 1000 + self._realtime.settings.idempotency_ttl_seconds,
+                        now // 1000,
+                    )
+                return PublishResult(event=event, duplicate=False)
+            except PositionTaken:
+                continue  # a reader declared us dead and tombstoned the slot: take a fresh one
+            except KeyTaken as taken:
+                # Lost the key race: our position must not stay a hole.
+                self._tombstone(seq, now)
+                record = taken.record or store.idempotency_record(self.key, idempotency_key or "")
+                if record is None:
+                    raise StoreUnavailable("idempotency record vanished during a key race") from None
+                return self._replay(record, fingerprint or "", idempotency_key or "")
+        raise StoreUnavailable(f"no position could be filled after {_WRITE_ATTEMPTS} attempts")
+
+    def publish(
+        self,
+        *,
+        type: str,
+        data: Any,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> PublishResult:
+        """Same path as `broadcast`: store, then reach every subscriber."""
+        return self.broadcast(
+            type=type, data=data, metadata=metadata, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
+
+    def _replay(self, record: IdempotencyRecord, fingerprint: str, key: str) -> PublishResult:
+        original = record.event()
+        if record.fingerprint != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used for a different event (seq {original.seq})",
+                field="idempotencyKey",
+            )
+        return PublishResult(event=original, duplicate=True)
+
+    def _history_expiry(self, now_ms: int) -> int:
+        return now_ms // 1000 + self._realtime.settings.history_ttl_seconds
+
+    def _tombstone(self, seq: int, now_ms: int) -> Position | None:
+        """Fill `seq` with a tombstone; returns what is there if someone filled it first."""
+        try:
+            self._realtime.store.put_position(
+                position_item(self.key, seq, Kind.TOMBSTONE, now_ms, self._history_expiry(now_ms))
+            )
+            return None
+        except PositionTaken:
+            return self._realtime.store.position(self.key, seq)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def cursor(self, seq: int) -> str:
+        """An opaque cursor meaning "everything up to `seq` has been seen"."""
+        return self._realtime.cursor_codec.encode(self.key, seq)
+
+    def decode_cursor(self, cursor: str) -> int:
+        return self._realtime.cursor_codec.decode(self.key, cursor)
+
+    def history(self, limit: int = 100, cursor: str | None = None) -> HistoryPage:
+        """Without a cursor: the latest `limit` events. With one: the events after it.
+
+        Oldest first, a contiguous run of the log, never older than the last
+        `history_limit` positions; `truncated` says events were lost to the window.
+        """
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
+        after = self.decode_cursor(cursor) if cursor is not None else None
+        reader = _LogReader(self)
+        head = reader.head
+        if after is not None and after > head:
+            raise InvalidCursor("cursor is ahead of this channel's log", field="cursor")
+        window_start = max(1, head - self._realtime.history_limit + 1)
+        if after is None:
+            return reader.latest(window_start, limit)
+        return reader.forward(after, window_start, limit)
+
+
+class _LogReader:
+    """Resolves positions of one channel's log for one read: events, skips and live holes."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._store = channel._realtime.store
+        self._settings = channel._realtime.settings
+        head = self._store.head(channel.key)
+        self.head = head.seq
+        self._head_allocated_ms = head.allocated_at_ms
+        self._now_ms = clock.now_ms()
+        self._known: dict[int, Position] = {}
+        self._fetched: tuple[int, int] | None = None
+
+    def _fetch(self, first: int, last: int) -> None:
+        lo, hi = self._fetched or (first, first - 1)
+        if first >= lo and last <= hi:
+            return
+        self._known.update(self._store.positions(self._channel.key, first, last))
+        self._fetched = (min(first, lo), max(last, hi)) if self._fetched else (first, last)
+
+    def _evidence_ms(self, seq: int) -> int:
+        """A time no earlier than the allocation of `seq`: positions are handed out in order,
+        so any later position was allocated after it."""
+        later = [p for s, p in self._known.items() if s > seq]
+        if later:
+            return min(later, key=lambda p: p.seq).allocated_at_ms
+        if self._fetched and self._fetched[1] >= self.head:
+            return self._head_allocated_ms
+        nxt = self._store.next_position(self._channel.key, seq)
+        if nxt is not None:
+            self._known[nxt.seq] = nxt
+            return nxt.allocated_at_ms
+        return self._head_allocated_ms
+
+    def resolve(self, seq: int) -> tuple[str, Position | None]:
+        """("event" | "skip" | "expired" | "hole", position) for one position inside the fetched range."""
+        position = self._known.get(seq)
+        if position is None:
+            evidence = self._evidence_ms(seq)
+            if evidence + self._settings.history_ttl_seconds * 1000 < self._now_ms:
+                return "expired", None  # it would have expired by now anyway: nothing to fill
+            if evidence > self._now_ms - self._settings.writer_timeout_seconds * 1000 - _CLOCK_SKEW_MS:
+                return "hole", None  # a writer may still be filling it
+            position = self._channel._tombstone(seq, self._now_ms)
+            if position is None:
+                return "skip", None
+            self._known[seq] = position
+        if position.expired(self._now_ms / 1000):
+            return "expired", position
+        if position.kind is Kind.TOMBSTONE:
+            return "skip", position
+        return "event", position
+
+    def forward(self, after: int, window_start: int, limit: int) -> HistoryPage:
+        start = after + 1
+        truncated = start < window_start
+        start = max(start, window_start)
+        consumed = start - 1
+        items: list[Event] = []
+        seq = start
+        while len(items) < limit and seq <= self.head:
+            self._fetch(seq, min(self.head, seq + (limit - len(items)) + _READ_SLACK))
+            verdict, position = self.resolve(seq)
+            if verdict == "hole":
+                break
+            if verdict == "event" and position is not None:
+                items.append(position.event())
+            elif verdict == "expired" and not items:
+                truncated = True  # events the reader never saw are gone
+            consumed = seq
+            seq += 1
+        return HistoryPage(
+            items=items,
+            next_cursor=self._channel.cursor(max(consumed, 0)),
+            has_more=consumed < self.head,
+            truncated=truncated,
+        )
+
+    def latest(self, window_start: int, limit: int) -> HistoryPage:
+        if self.head == 0:
+            return HistoryPage(items=[], next_cursor=self._channel.cursor(0), has_more=False, truncated=False)
+        first = max(window_start, self.head - limit + 1)
+        while True:
+            self._fetch(first, self.head)
+            events: list[Event] = []
+            end = first - 1
+            for seq in range(first, self.head + 1):
+                verdict, position = self.resolve(seq)
+                if verdict == "hole":
+                    break
+                if verdict == "event" and position is not None:
+                    events.append(position.event())
+                end = seq
+            # Tombstones and expired events took slots: reach further back for a full page.
+            if len(events) >= limit or first == window_start or end < self.head:
+                break
+            first = max(window_start, first - (limit - len(events)) - _READ_SLACK)
+        return HistoryPage(
+            items=events[-limit:],
+            next_cursor=self._channel.cursor(max(end, 0)),
+            has_more=end < self.head,
+            truncated=False,
+        )

@@ -1,0 +1,55 @@
+"""Feeds: the producer-facing domain on top of channels (the seed's routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import clock
+from .channel import Channel, HistoryPage, PublishResult, fingerprint_of
+from .realtime import Realtime
+
+CONTROL_TYPE = "feed.control"
+DEFAULT_SOURCE = "api"
+
+
+def feed_channel_name(feed_id: str) -> str:
+    return f"feed_{feed_id}"
+
+
+class Feeds:
+    def __init__(self, realtime: Realtime) -> None:
+        self.realtime = realtime
+
+    def channel(self, feed_id: str) -> Channel:
+        return self.realtime.channel(feed_channel_name(feed_id))
+
+    def publish_event(
+        self, feed_id: str, *, event_id: str, type: str, payload: Any, source: str | None = None
+    ) -> PublishResult:
+        data = {
+            "feedId": feed_id,
+            "eventId": event_id,
+            "payload": payload,
+            "receivedAt": clock.iso_ms(clock.now_ms()),
+        }
+        return self.channel(feed_id).broadcast(
+            type=type,
+            data=data,
+            metadata={"source": source or DEFAULT_SOURCE},
+            idempotency_key=event_id,
+            # A retry carries a new receivedAt: the promise covers type and payload.
+            fingerprint=fingerprint_of(type, payload),
+        )
+
+    def send_control(self, feed_id: str, *, command_id: str, action: str, target: Any = None) -> PublishResult:
+        data = {"action": action, "target": target, "requestedAt": clock.iso_ms(clock.now_ms())}
+        return self.channel(feed_id).publish(
+            type=CONTROL_TYPE,
+            data=data,
+            metadata={"source": DEFAULT_SOURCE},
+            idempotency_key=command_id,
+            fingerprint=fingerprint_of(CONTROL_TYPE, action, target),
+        )
+
+    def history(self, feed_id: str, *, limit: int = 100, cursor: str | None = None) -> HistoryPage:
+        return self.channel(feed_id).history(limit=limit, cursor=cursor)

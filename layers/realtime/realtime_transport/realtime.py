@@ -1,0 +1,52 @@
+"""The library's entry point: `Realtime(name=..., history_limit=...).channel(name)`."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from .channel import Channel
+from .cursor import CursorCodec
+from .secrets import signing_secret
+from .settings import Settings, get_settings
+from .store import EventStore
+
+
+class Realtime:
+    """One realtime instance: a namespace of channels over the events table.
+
+    `name` namespaces channel keys, so several instances can share the tables.
+    Tables and clients come from the settings; `store` and `secret` may be
+    given directly (tests, tools).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        history_limit: int | None = None,
+        *,
+        settings: Settings | None = None,
+        store: EventStore | None = None,
+        secret: bytes | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.name = name or self.settings.name
+        self.history_limit = history_limit or self.settings.history_limit
+        if not 1 <= self.history_limit <= 10_000:
+            raise ValueError("history_limit must be from 1 to 10000")
+        self._store = store
+        self._secret = secret
+
+    def channel(self, name: str) -> Channel:
+        return Channel(self, name)
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            from .clients import dynamodb
+
+            self._store = EventStore(dynamodb(), self.settings.events_table_name)
+        return self._store
+
+    @cached_property
+    def cursor_codec(self) -> CursorCodec:
+        return CursorCodec(self._secret if self._secret is not None else signing_secret(self.settings))

@@ -1,0 +1,68 @@
+"""Settings: one validated model, read from the environment once per cold start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from .errors import ConfigurationError
+
+
+class Settings(BaseModel):
+    """Everything the library reads from its environment, validated up front.
+
+    Endpoints, credentials and retry policy are boto3's own settings
+    (`AWS_ENDPOINT_URL_DYNAMODB`, `AWS_RETRY_MODE`, ...), not ours.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    events_table_name: str = Field("realtime-events", alias="EVENTS_TABLE_NAME", min_length=3)
+    connections_table_name: str = Field("realtime-connections", alias="CONNECTIONS_TABLE_NAME", min_length=3)
+    name: str = Field("transport", alias="REALTIME_NAME", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    history_limit: int = Field(500, alias="HISTORY_LIMIT", ge=1, le=10_000)
+    history_ttl_hours: float = Field(168.0, alias="HISTORY_TTL_HOURS", gt=0)
+    idempotency_ttl_hours: float = Field(168.0, alias="IDEMPOTENCY_TTL_HOURS", gt=0)
+    max_event_bytes: int = Field(64 * 1024, alias="MAX_EVENT_BYTES", ge=1024, le=128 * 1024)
+    # A position allocated longer ago than this belongs to a writer that died (the
+    # ingest function's timeout); readers then tombstone it instead of waiting.
+    writer_timeout_seconds: float = Field(10.0, alias="WRITER_TIMEOUT_SECONDS", gt=0)
+    # On AWS the signing secret lives in Secrets Manager; locally it may be given directly.
+    secret_arn: str | None = Field(None, alias="REALTIME_SECRET_ARN")
+    secret: SecretStr | None = Field(None, alias="REALTIME_TOKEN_SECRET")
+    # The built-in development secret is only acceptable off Lambda.
+    on_lambda: bool = Field(False, alias="AWS_LAMBDA_FUNCTION_NAME")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lambda_flag(cls, values: object) -> object:
+        if isinstance(values, Mapping) and "AWS_LAMBDA_FUNCTION_NAME" in values:
+            values = dict(values)
+            values["AWS_LAMBDA_FUNCTION_NAME"] = bool(values["AWS_LAMBDA_FUNCTION_NAME"])
+        return values
+
+    @property
+    def idempotency_ttl_seconds(self) -> int:
+        # Keys outlive the history they protect, whatever the two settings say.
+        return int(max(self.idempotency_ttl_hours, self.history_ttl_hours) * 3600)
+
+    @property
+    def history_ttl_seconds(self) -> int:
+        return int(self.history_ttl_hours * 3600)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        try:
+            return cls.model_validate(env)
+        except ValidationError as exc:
+            raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (one read per cold start)."""
+    return Settings.from_env()

@@ -1,0 +1,205 @@
+"""The data access layer of the events table: the only code that talks to DynamoDB about events.
+
+Each method is one DynamoDB request; the log algorithm lives in `channel.py`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreUnavailable
+from .models.items import (
+    HEAD_SK,
+    AttributeMap,
+    Head,
+    IdempotencyRecord,
+    Kind,
+    Position,
+    idempotency_item,
+    idempotency_pk,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+_NOT_EXISTS = "attribute_not_exists(pk)"
+
+
+class PositionTaken(Exception):
+    """The position was filled first (a reader tombstoned it): the writer takes another."""
+
+
+class KeyTaken(Exception):
+    """The idempotency key already maps to an event."""
+
+    def __init__(self, record: IdempotencyRecord | None) -> None:
+        super().__init__("idempotency key taken")
+        self.record = record
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class EventStore:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def allocate(self, chan_key: str, now_ms: int) -> int:
+        """Take the next position with one atomic ADD: no retries, no contention collapse."""
+        response = self._call(
+            self._client.update_item,
+            TableName=self._table,
+            Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
+            UpdateExpression="ADD head :one SET allocatedAt = :now, kind = :kind",
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":now": {"N": str(now_ms)},
+                ":kind": {"S": Kind.HEAD.value},
+            },
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["head"]["N"])
+
+    def put_position(self, item: AttributeMap) -> None:
+        """Fill a position (event or tombstone) unless something is already there."""
+        try:
+            self._call(
+                self._client.put_item,
+                TableName=self._table,
+                Item=item,
+                ConditionExpression=_NOT_EXISTS,
+                _expected=("ConditionalCheckFailedException",),
+            )
+        except _ExpectedFailure as exc:
+            raise PositionTaken() from exc
+
+    def put_keyed_event(
+        self, event_item: AttributeMap, chan_key: str, key: str, fingerprint: str, key_expires_at: int, now_s: int
+    ) -> None:
+        """Event and idempotency record in one transaction, each only if absent.
+
+        An expired record (TTL deletion runs days late) counts as absent.
+        """
+        record = idempotency_item(chan_key, key, fingerprint, event_item["event"]["S"], key_expires_at)
+        try:
+            self._call(
+                self._client.transact_write_items,
+                TransactItems=[
+                    {"Put": {"TableName": self._table, "Item": event_item, "ConditionExpression": _NOT_EXISTS}},
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": record,
+                            "ConditionExpression": f"{_NOT_EXISTS} OR #ttl <= :now",
+                            "ExpressionAttributeNames": {"#ttl": "ttl"},
+                            "ExpressionAttributeValues": {":now": {"N": str(now_s)}},
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                ],
+                _expected=("TransactionCanceledException",),
+            )
+        except _ExpectedFailure as exc:
+            reasons = exc.response.get("CancellationReasons") or [{}, {}]
+            key_reason = reasons[1] if len(reasons) > 1 else {}
+            if key_reason.get("Code") == "ConditionalCheckFailed":
+                old = key_reason.get("Item")
+                raise KeyTaken(IdempotencyRecord.from_item(old) if old else None) from exc
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                raise PositionTaken() from exc
+            raise StoreUnavailable(f"transaction cancelled: {reasons}") from exc
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def head(self, chan_key: str) -> Head:
+        response = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
+            ConsistentRead=True,
+        )
+        return Head.from_item(response.get("Item"))
+
+    def idempotency_record(self, chan_key: str, key: str) -> IdempotencyRecord | None:
+        response = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key={"pk": {"S": idempotency_pk(chan_key, key)}, "sk": {"N": str(HEAD_SK)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return IdempotencyRecord.from_item(item) if item else None
+
+    def positions(self, chan_key: str, first: int, last: int) -> dict[int, Position]:
+        """Every stored position in [first, last], consistent, keyed by seq."""
+        found: dict[int, Position] = {}
+        if last < first:
+            return found
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": chan_key},
+                ":first": {"N": str(first)},
+                ":last": {"N": str(last)},
+            },
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._call(self._client.query, **kwargs)
+            for item in response.get("Items", []):
+                position = Position.from_item(item)
+                found[position.seq] = position
+            if "LastEvaluatedKey" not in response:
+                return found
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def next_position(self, chan_key: str, after: int) -> Position | None:
+        """The first stored position above `after` (evidence of when a hole was allocated)."""
+        response = self._call(
+            self._client.query,
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND sk > :after",
+            ExpressionAttributeValues={":pk": {"S": chan_key}, ":after": {"N": str(after)}},
+            ConsistentRead=True,
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        return Position.from_item(items[0]) if items else None
+
+    def position(self, chan_key: str, seq: int) -> Position | None:
+        response = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key={"pk": {"S": chan_key}, "sk": {"N": str(seq)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return Position.from_item(item) if item else None
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @staticmethod
+    def _call(operation: Any, *, _expected: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """One request; expected conditional failures pass through, the rest become StoreUnavailable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return operation(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) in _expected:
+                raise _ExpectedFailure(dict(exc.response)) from exc
+            raise StoreUnavailable(f"DynamoDB {_error_code(exc)}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"DynamoDB unreachable: {exc}") from exc
+
+
+class _ExpectedFailure(Exception):
+    def __init__(self, response: dict[str, Any]) -> None:
+        super().__init__(response.get("Error", {}).get("Code", ""))
+        self.response = response

@@ -18,7 +18,7 @@ from .errors import InvalidCursor
 
 _VERSION = 1
 _LAYOUT = struct.Struct(">BQ4s")  # version, seq, channel tag
-_MAC_BYTES = 12
+_MAC_BYTES = 14  # 13 + 14 = 27 bytes: 36 base64 characters with no spare bits to flip unnoticed
 _ENCODED_LENGTH = len(base64.urlsafe_b64encode(b"\0" * (_LAYOUT.size + _MAC_BYTES)).rstrip(b"="))
 
 
@@ -42,9 +42,11 @@ class CursorCodec:
         if len(cursor) != _ENCODED_LENGTH:
             raise InvalidCursor("cursor is malformed", field="cursor")
         try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidCursor("cursor is malformed", field="cursor") from exc
+        if len(raw) != _LAYOUT.size + _MAC_BYTES:
+            raise InvalidCursor("cursor is malformed", field="cursor")
         body, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
         version, seq, tag = _LAYOUT.unpack(body)
         if version != _VERSION:

@@ -1,0 +1,69 @@
+# realtime-transport: every target sets up what it needs (a machine with only Python will do).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+# `sam build` needs the functions' runtime (python3.13) on PATH.
+PY313_DIR ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13; do \
+	command -v $$p >/dev/null 2>&1 && dirname $$(command -v $$p) && break; done)
+ARGS ?=
+
+.PHONY: install dev test test-unit test-integration lint format build validate bench clean layer-requirements
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its dev tools
+
+dev: install ## run the local stack on http://127.0.0.1:3000 (ARGS="--port 0" etc.)
+	$(BIN)/realtime-transport dev $(ARGS)
+
+test: install ## every test: unit, integration (local stack), browser
+	$(BIN)/python -m pytest $(ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration $(ARGS)
+
+lint: install ## ruff, mypy, the layer's requirements and cfn-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy layers/realtime/realtime_transport local/realtime_devstack functions
+	$(BIN)/python scripts/layer_requirements.py --check
+	$(BIN)/cfn-lint template.yaml
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+layer-requirements: install ## regenerate layers/realtime/requirements.txt from pyproject.toml
+	$(BIN)/python scripts/layer_requirements.py
+
+$(SAM):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli
+
+validate: $(SAM) install ## sam validate --lint and cfn-lint
+	$(BIN)/cfn-lint template.yaml
+	PATH="$(PY313_DIR):$$PATH" $(SAM) validate --lint --region us-east-1
+
+build: $(SAM) ## sam build (python3.13 must be installed)
+	@test -n "$(PY313_DIR)" || { echo "sam build needs python3.13 on PATH (the functions' runtime)"; exit 1; }
+	PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) build
+
+deploy: build ## sam deploy --guided (needs AWS credentials)
+	SAM_CLI_TELEMETRY=0 $(SAM) deploy --guided
+
+bench: install ## benchmarks: print figures and ratios measured side by side
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,155 @@
+"""API Gateway HTTP API (payload format 2.0) in front of a FunctionHost, on aiohttp.
+
+Routes come from the template's `HttpApi` events, so the local gateway
+answers 404 exactly where the deployed one would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .lambda_host import FunctionHost
+
+log = logging.getLogger("realtime_devstack.http")
+
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's HTTP API request limit
+_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml")
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    method: str
+    path: str  # as in the template, e.g. /feeds/{feedId}/events
+    function: FunctionHost
+
+    @property
+    def route_key(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if method != self.method and self.method != "ANY":
+            return None
+        pattern = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + "$"
+        found = re.match(pattern, path)
+        return found.groupdict() if found else None
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def _build_event(request: web.Request, route: HttpRoute, params: dict[str, str], body: bytes) -> dict[str, Any]:
+    now = time.time()
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    query: dict[str, str] = {}
+    for name, value in request.query.items():
+        query[name] = f"{query[name]},{value}" if name in query else value
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route.route_key,
+        "rawPath": request.path,
+        "rawQueryString": request.query_string,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "domainName": request.host,
+            "domainPrefix": request.host.split(".")[0],
+            "http": {
+                "method": request.method,
+                "path": request.path,
+                "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+                "sourceIp": request.remote or "127.0.0.1",
+                "userAgent": request.headers.get("User-Agent", ""),
+            },
+            "requestId": uuid.uuid4().hex[:16],
+            "routeKey": route.route_key,
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": False,
+    }
+    if request.cookies:
+        event["cookies"] = [f"{k}={v}" for k, v in request.cookies.items()]
+    if query:
+        event["queryStringParameters"] = query
+    if params:
+        event["pathParameters"] = params
+    if body:
+        content_type = headers.get("content-type", "application/json")
+        try:
+            if not content_type.startswith(_TEXT_TYPES):
+                raise UnicodeDecodeError("utf-8", b"", 0, 1, "binary content type")
+            event["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            event["body"] = base64.b64encode(body).decode()
+            event["isBase64Encoded"] = True
+    return event
+
+
+def _to_response(result: Any) -> web.Response:
+    # Payload format 2.0: a dict without statusCode is itself the JSON body.
+    if not isinstance(result, dict) or "statusCode" not in result:
+        return web.json_response(result)
+    body = result.get("body") or ""
+    raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    response = web.Response(status=int(result["statusCode"]), body=raw)
+    for name, value in (result.get("headers") or {}).items():
+        response.headers[name] = str(value)
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        for value in values:
+            response.headers.add(name, str(value))
+    for cookie in result.get("cookies") or []:
+        response.headers.add("Set-Cookie", cookie)
+    return response
+
+
+class HttpGateway:
+    def __init__(self, routes: list[HttpRoute], cors_origins: str = "*") -> None:
+        self.routes = routes
+        self.cors_origins = cors_origins
+
+    def _cors(self, response: web.StreamResponse) -> web.StreamResponse:
+        response.headers["Access-Control-Allow-Origin"] = self.cors_origins
+        return response
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET,POST,OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "authorization,content-type"
+            return self._cors(response)
+        for route in self.routes:
+            params = route.match(request.method, request.path)
+            if params is not None:
+                break
+        else:
+            return self._cors(_json_error(404, "Not Found"))
+        if request.content_length and request.content_length > MAX_PAYLOAD_BYTES:
+            return self._cors(_json_error(413, "Request Entity Too Large"))
+        body = await request.read()
+        event = _build_event(request, route, params, body)
+        try:
+            result = await route.function.invoke(event)
+        except Exception:
+            # What API Gateway answers when the function itself fails.
+            log.exception("function %s raised", route.function.name)
+            return self._cors(_json_error(500, "Internal Server Error"))
+        try:
+            return self._cors(_to_response(result))
+        except (ValueError, TypeError, json.JSONDecodeError):
+            log.exception("function %s returned a malformed response", route.function.name)
+            return self._cors(_json_error(502, "Bad Gateway"))

@@ -1,0 +1,106 @@
+"""Shared fixtures: in-process moto with tables built from template.yaml."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = REPO / "events"
+
+# Before anything imports boto3: fake credentials, no real endpoint, no metrics on stdout.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105
+    AWS_SESSION_TOKEN="testing",  # noqa: S105
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+    AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
+    AWS_EC2_METADATA_DISABLED="true",
+    POWERTOOLS_METRICS_NAMESPACE="RealtimeTransportTests",
+    POWERTOOLS_SERVICE_NAME="tests",
+    POWERTOOLS_METRICS_DISABLED="true",
+    POWERTOOLS_LOG_LEVEL="WARNING",
+    EVENTS_TABLE_NAME="test-events",
+    CONNECTIONS_TABLE_NAME="test-connections",
+)
+for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+    os.environ.pop(_var, None)
+
+TABLE_NAMES = {"EventsTable": "test-events", "ConnectionsTable": "test-connections"}
+
+
+@pytest.fixture
+def aws() -> Iterator[Any]:
+    """moto in-process (with our transaction fix), tables created from template.yaml."""
+    import boto3
+    from moto import mock_aws
+
+    from realtime_devstack import moto_dynamodb, template
+    from realtime_transport import clients
+
+    moto_dynamodb.install()
+    with mock_aws():
+        clients.session.cache_clear()
+        clients.client.cache_clear()
+        client = boto3.client("dynamodb")
+        definitions = template.table_definitions(template.load_template())
+        template.create_tables(client, {k: v for k, v in TABLE_NAMES.items() if k in definitions})
+        yield client
+        clients.session.cache_clear()
+        clients.client.cache_clear()
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Any]:
+    from realtime_transport import Settings
+
+    def make(**overrides: Any) -> Settings:
+        values = {"EVENTS_TABLE_NAME": TABLE_NAMES["EventsTable"], **overrides}
+        return Settings.model_validate(values)
+
+    return make
+
+
+@pytest.fixture
+def realtime(aws: Any, settings_factory: Callable[..., Any]) -> Any:
+    from realtime_transport import Realtime
+
+    return Realtime(history_limit=500, settings=settings_factory(), secret=b"unit-test-secret")
+
+
+def load_function(name: str) -> Any:
+    """Import functions/<name>/app.py afresh (a cold start), with its folder on the path as on Lambda."""
+    code_dir = REPO / "functions" / name
+    if str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+    spec = importlib.util.spec_from_file_location(f"_fn_{name}_{uuid.uuid4().hex}", code_dir / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LambdaContext:
+    function_name = "test-function"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+    log_group_name = "/aws/lambda/test-function"
+    log_stream_name = "test"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def sample_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / f"{name}.json").read_text())

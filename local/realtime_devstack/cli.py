@@ -14,6 +14,7 @@ def _dev(args: argparse.Namespace) -> int:
     from .stack import LocalStack, StackOptions
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)  # moto's server
     stack = LocalStack(StackOptions(host=args.host, port=args.port, history_limit=args.history_limit))
 
     async def run() -> None:

@@ -1,0 +1,200 @@
+"""Producers and history over real HTTP against `realtime-transport dev`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .conftest import Http, start_stack, stop_stack
+
+pytestmark = pytest.mark.integration
+
+
+def feed() -> str:
+    return f"it-{uuid.uuid4().hex[:10]}"
+
+
+def test_publish_then_read(http: Http) -> None:
+    feed_id = feed()
+    status, body = http.post(
+        f"/feeds/{feed_id}/events", {"eventId": "e-1", "type": "order.created", "payload": {"n": 1}}
+    )
+    assert status == 201 and body["duplicate"] is False
+    event = body["event"]
+    assert event["channel"] == f"feed_{feed_id}" and event["seq"] == 1
+    assert event["data"]["feedId"] == feed_id and event["data"]["payload"] == {"n": 1}
+    assert event["metadata"] == {"source": "api"} and event["idempotencyKey"] == "e-1"
+    status, page = http.get(f"/feeds/{feed_id}/events")
+    assert status == 200 and page["items"] == [event]
+    assert page["hasMore"] is False and page["truncated"] is False and page["nextCursor"]
+
+
+def test_control_command(http: Http) -> None:
+    feed_id = feed()
+    status, body = http.post(f"/feeds/{feed_id}/control", {"commandId": "c-1", "action": "pause", "target": "all"})
+    assert status == 201
+    assert body["event"]["type"] == "feed.control"
+    assert set(body["event"]["data"]) == {"action", "target", "requestedAt"}
+    status, again = http.post(f"/feeds/{feed_id}/control", {"commandId": "c-1", "action": "pause", "target": "all"})
+    assert status == 200 and again["duplicate"] and again["event"] == body["event"]
+
+
+def test_32_concurrent_retries_give_one_201(http: Http) -> None:
+    feed_id = feed()
+    body = {"eventId": "retry-me", "type": "order.created", "payload": {"total": 12.5}}
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda _: http.post(f"/feeds/{feed_id}/events", body), range(32)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 31 + [201]
+    assert len({(r["event"]["id"], r["event"]["seq"], r["event"]["data"]["receivedAt"]) for _, r in results}) == 1
+    status, page = http.get(f"/feeds/{feed_id}/events")
+    assert status == 200
+    assert [e["idempotencyKey"] for e in page["items"]] == ["retry-me"]
+
+
+def test_four_producers_fifty_events_are_gapless(http: Http) -> None:
+    feed_id = feed()
+
+    def produce(producer: int) -> list[int]:
+        seqs = []
+        for n in range(50):
+            status, body = http.post(
+                f"/feeds/{feed_id}/events", {"eventId": f"{producer}-{n}", "type": "t", "payload": n}
+            )
+            assert status == 201
+            seqs.append(body["event"]["seq"])
+        return seqs
+
+    with ThreadPoolExecutor(4) as pool:
+        seqs = sorted(s for batch in pool.map(produce, range(4)) for s in batch)
+    assert seqs == list(range(1, 201))
+    # The stack runs with --history-limit 50: the window holds the last 50.
+    status, page = http.get(f"/feeds/{feed_id}/events?limit=500")
+    assert status == 200
+    assert [e["seq"] for e in page["items"]] == list(range(151, 201))
+
+
+def test_sixteen_producers_never_fail(http: Http) -> None:
+    feed_id = feed()
+
+    def produce(producer: int) -> list[int]:
+        return [
+            http.post(f"/feeds/{feed_id}/events", {"eventId": f"{producer}-{n}", "type": "t", "payload": n})[0]
+            for n in range(3)
+        ]
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = [s for batch in pool.map(produce, range(16)) for s in batch]
+    assert statuses == [201] * 48
+    status, page = http.get(f"/feeds/{feed_id}/events?limit=100")
+    assert status == 200
+    assert [e["seq"] for e in page["items"]] == list(range(1, 49))
+
+
+def test_paging_to_the_end_with_limit_one(http: Http) -> None:
+    feed_id = feed()
+    status, empty = http.get(f"/feeds/{feed_id}/events")
+    assert status == 200 and empty["items"] == [] and not empty["hasMore"]
+    for n in range(5):
+        http.post(f"/feeds/{feed_id}/events", {"eventId": f"e{n}", "type": "t", "payload": n})
+    seen, cursor, pages = [], empty["nextCursor"], 0
+    while True:
+        status, page = http.get(f"/feeds/{feed_id}/events?limit=1&cursor={cursor}")
+        assert status == 200 and len(page["items"]) <= 1
+        pages += 1
+        seen += [e["data"]["payload"] for e in page["items"]]
+        cursor = page["nextCursor"]
+        if not page["hasMore"]:
+            break
+    assert seen == [0, 1, 2, 3, 4] and pages == 5
+    status, tail = http.get(f"/feeds/{feed_id}/events?limit=1&cursor={cursor}")
+    assert tail["items"] == [] and tail["hasMore"] is False and tail["nextCursor"] == cursor
+
+
+def test_a_cursor_from_another_channel_is_a_400(http: Http) -> None:
+    a, b = feed(), feed()
+    http.post(f"/feeds/{a}/events", {"eventId": "x", "type": "t", "payload": 1})
+    http.post(f"/feeds/{b}/events", {"eventId": "x", "type": "t", "payload": 1})
+    cursor = http.get(f"/feeds/{a}/events")[1]["nextCursor"]
+    status, body = http.get(f"/feeds/{b}/events?cursor={cursor}")
+    assert status == 400 and body["error"] == "invalid_cursor" and "another channel" in body["message"]
+
+
+def test_key_reuse_with_another_payload_is_a_409(http: Http) -> None:
+    feed_id = feed()
+    http.post(f"/feeds/{feed_id}/events", {"eventId": "k", "type": "t", "payload": 1})
+    status, body = http.post(f"/feeds/{feed_id}/events", {"eventId": "k", "type": "t", "payload": 2})
+    assert status == 409 and body["error"] == "idempotency_conflict"
+
+
+def test_openapi_document(http: Http) -> None:
+    status, document = http.get("/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    assert set(document["paths"]) >= {"/feeds/{feedId}/events", "/feeds/{feedId}/control"}
+
+
+BAD_REQUESTS: list[tuple[str, str, bytes | None, int, str]] = [
+    ("POST", "/feeds/{f}/events", b"{", 400, "body"),
+    ("POST", "/feeds/{f}/events", b"[]", 400, "body"),
+    ("POST", "/feeds/{f}/events", b"", 400, "body"),
+    ("POST", "/feeds/{f}/events", b'"just a string"', 400, "body"),
+    ("POST", "/feeds/{f}/events", b'{"type":"t","payload":1}', 422, "eventId"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"","type":"t","payload":1}', 422, "eventId"),
+    (
+        "POST",
+        "/feeds/{f}/events",
+        json.dumps({"eventId": "x" * 257, "type": "t", "payload": 1}).encode(),
+        422,
+        "eventId",
+    ),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"a\\u0000b","type":"t","payload":1}', 422, "eventId"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","payload":1}', 422, "type"),
+    ("POST", "/feeds/{f}/events", json.dumps({"eventId": "e", "type": "t" * 129, "payload": 1}).encode(), 422, "type"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t"}', 422, "payload"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":1,"source":""}', 422, "source"),
+    (
+        "POST",
+        "/feeds/{f}/events",
+        json.dumps({"eventId": "e", "type": "t", "payload": 1, "source": "s" * 65}).encode(),
+        422,
+        "source",
+    ),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":1,"extra":true}', 422, "extra"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":5,"type":"t","payload":1}', 422, "eventId"),
+    ("POST", "/feeds/{f}/events", json.dumps({"eventId": "e", "type": "t", "payload": "x" * 70_000}).encode(), 413, ""),
+    ("POST", "/feeds/{f}/events", b'{"eventId": "e", "type": "t", "payload": "' + b"x" * 70_000 + b'"', 413, ""),
+    ("POST", "/feeds/bad%20feed/events", b'{"eventId":"e","type":"t","payload":1}', 422, "feedId"),
+    ("POST", "/feeds/" + "f" * 129 + "/events", b'{"eventId":"e","type":"t","payload":1}', 422, "feedId"),
+    ("POST", "/feeds/{f}/control", b'{"action":"pause"}', 422, "commandId"),
+    ("POST", "/feeds/{f}/control", b'{"commandId":"c"}', 422, "action"),
+    ("GET", "/feeds/{f}/events?limit=0", None, 422, "limit"),
+    ("GET", "/feeds/{f}/events?limit=501", None, 422, "limit"),
+    ("GET", "/feeds/{f}/events?limit=ten", None, 422, "limit"),
+    ("GET", "/feeds/{f}/events?cursor=not-a-cursor", None, 400, "cursor"),
+    ("GET", "/feeds/{f}/events?cursor=" + "A" * 36, None, 400, "cursor"),
+    ("DELETE", "/feeds/{f}/events", None, 404, ""),
+    ("GET", "/nowhere", None, 404, ""),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "status", "field"), BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_that_names_the_problem_and_store_nothing(
+    http: Http, method: str, path: str, raw: bytes | None, status: int, field: str
+) -> None:
+    feed_id = feed()
+    got, body = http.request(method, path.replace("{f}", feed_id), raw=raw)
+    assert got == status, body
+    assert isinstance(body, dict) and (body.get("message") or body.get("error"))
+    if field:
+        assert field in {d["field"] for d in body["details"]}, body
+    assert http.get(f"/feeds/{feed_id}/events")[1]["items"] == []
+
+
+def test_ctrl_c_stops_the_stack_cleanly() -> None:
+    running = start_stack()
+    assert stop_stack(running) == 0
+    assert running.process.stdout is not None
+    assert "stopping" in running.process.stdout.read()

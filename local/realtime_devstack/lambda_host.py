@@ -44,6 +44,17 @@ class LambdaContext:
         return self.timeout_ms
 
 
+def _drop_disabled_metrics() -> None:
+    """Powertools keeps metrics it was told not to print (POWERTOOLS_METRICS_DISABLED): in a
+    long-running process that set only grows, so drop it after each invocation."""
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if is_metrics_disabled():
+        from aws_lambda_powertools import Metrics
+
+        Metrics().clear_metrics()
+
+
 class FunctionHost:
     """A pool of instances of one function, invoked from asyncio."""
 
@@ -83,6 +94,7 @@ class FunctionHost:
                 self.invocations += 1
                 return handler(event, LambdaContext(function_name=self.name))
             finally:
+                _drop_disabled_metrics()
                 with self._lock:
                     self._idle.append(handler)
 

@@ -1,0 +1,144 @@
+"""functions/http_api fed real API Gateway HTTP API v2 events (events/*.json) on in-process moto."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import LambdaContext, load_function, sample_event
+
+
+@pytest.fixture
+def handler(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from realtime_transport.settings import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "unit-test-secret")
+    module = load_function("http_api")
+    yield lambda event: module.lambda_handler(event, LambdaContext())
+    get_settings.cache_clear()
+
+
+def call(handler: Any, name: str, *, body: Any = None, raw: str | None = None, query: dict[str, str] | None = None):
+    event = sample_event(name)
+    if body is not None or raw is not None:
+        event["body"] = raw if raw is not None else json.dumps(body)
+    if query is not None:
+        event["queryStringParameters"] = query
+        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    response = handler(event)
+    return response["statusCode"], json.loads(response["body"]), response
+
+
+def stored(aws: Any) -> int:
+    return aws.scan(
+        TableName="test-events", FilterExpression="kind <> :h", ExpressionAttributeValues={":h": {"S": "head"}}
+    )["Count"]
+
+
+def test_the_sample_events_round_trip(handler: Any) -> None:
+    status, created, response = call(handler, "http_post_event")
+    assert status == 201 and created["duplicate"] is False
+    assert response["headers"]["Content-Type"] == "application/json"
+    event = created["event"]
+    assert event["channel"] == "feed_42" and event["seq"] == 1 and event["type"] == "order.created"
+    assert event["data"]["eventId"] == "e-1" and event["data"]["payload"] == {"orderId": "o-7", "total": 12.5}
+    assert event["metadata"] == {"source": "api"}
+
+    status, duplicate, _ = call(handler, "http_post_event")
+    assert status == 200 and duplicate == {"event": event, "duplicate": True}
+
+    status, control, _ = call(handler, "http_post_control")
+    assert status == 201 and control["event"]["seq"] == 2 and control["event"]["type"] == "feed.control"
+
+    status, page, _ = call(handler, "http_get_history")
+    assert status == 200
+    assert [e["seq"] for e in page["items"]] == [1, 2]
+    assert page["hasMore"] is False and page["truncated"] is False
+
+
+def test_openapi_document_describes_the_routes(handler: Any) -> None:
+    status, document, _ = call(handler, "http_get_openapi")
+    assert status == 200
+    post = document["paths"]["/feeds/{feedId}/events"]["post"]
+    schema_ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert set(schema["required"]) == {"eventId", "type", "payload"}
+    params = {p["name"]: p for p in document["paths"]["/feeds/{feedId}/events"]["get"]["parameters"]}
+    assert params["limit"]["schema"]["maximum"] == 500 and params["feedId"]["in"] == "path"
+
+
+def test_a_source_is_kept_in_metadata(handler: Any) -> None:
+    status, created, _ = call(
+        handler, "http_post_event", body={"eventId": "s", "type": "t", "payload": None, "source": "billing"}
+    )
+    assert status == 201 and created["event"]["metadata"] == {"source": "billing"}
+    assert created["event"]["data"]["payload"] is None
+
+
+def test_a_base64_body_is_decoded(handler: Any) -> None:
+    import base64
+
+    event = sample_event("http_post_event")
+    event["body"] = base64.b64encode(b'{"eventId":"b64","type":"t","payload":[1,2]}').decode()
+    event["isBase64Encoded"] = True
+    response = handler(event)
+    assert response["statusCode"] == 201
+    assert json.loads(response["body"])["event"]["data"]["payload"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "error"),
+    [
+        ("{", 400, "validation_error"),
+        ("null", 400, "validation_error"),
+        ('{"eventId": "e", "type": "t"}', 422, "validation_error"),
+        ('{"eventId": "e", "type": "t", "payload": 1, "bogus": 1}', 422, "validation_error"),
+        (json.dumps({"eventId": "e", "type": "t", "payload": "x" * 66_000}), 413, "event_too_large"),
+        ('{"eventId": "e", "type": "t", "payload": "' + "x" * 66_000, 413, "event_too_large"),
+    ],
+)
+def test_bad_bodies_are_refused_and_store_nothing(handler: Any, aws: Any, raw: str, status: int, error: str) -> None:
+    got, body, _ = call(handler, "http_post_event", raw=raw)
+    assert (got, body["error"]) == (status, error)
+    assert body["message"]
+    assert stored(aws) == 0
+
+
+def test_conflicting_key_reuse_is_a_409_and_stores_nothing_more(handler: Any, aws: Any) -> None:
+    call(handler, "http_post_event")
+    before = stored(aws)
+    status, body, _ = call(handler, "http_post_event", body={"eventId": "e-1", "type": "order.created", "payload": {}})
+    assert status == 409 and body["error"] == "idempotency_conflict"
+    assert body["details"][0]["field"] == "idempotencyKey"
+    assert stored(aws) == before
+
+
+def test_a_store_outage_is_a_503_with_a_json_body(handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from realtime_transport.store import EventStore
+
+    def boom(*_: Any, **__: Any) -> Any:
+        from realtime_transport import StoreUnavailable
+
+        raise StoreUnavailable("DynamoDB ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(EventStore, "allocate", boom)
+    status, body, _ = call(handler, "http_post_event")
+    assert status == 503 and body["error"] == "unavailable"
+
+
+def test_metrics_are_emitted(aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from realtime_transport.settings import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    module = load_function("http_api")
+    module.metrics.clear_metrics()  # a shared set: other tests added to it with metrics disabled
+    module.lambda_handler(sample_event("http_post_event"), LambdaContext())
+    module.lambda_handler(sample_event("http_post_event"), LambdaContext())
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = [m["Name"] for blob in emitted for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
+    assert names.count("EventsPublished") == 1 and names.count("DuplicatesSuppressed") == 1
+    get_settings.cache_clear()

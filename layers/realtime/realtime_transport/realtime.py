@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .channel import Channel
 from .cursor import CursorCodec
 from .secrets import signing_secret
 from .settings import Settings, get_settings
 from .store import EventStore
+
+if TYPE_CHECKING:
+    from .connections import ConnectionStore
 
 
 class Realtime:
@@ -35,6 +39,7 @@ class Realtime:
             raise ValueError("history_limit must be from 1 to 10000")
         self._store = store
         self._secret = secret
+        self._connections: ConnectionStore | None = None
 
     def channel(self, name: str) -> Channel:
         return Channel(self, name)
@@ -47,6 +52,20 @@ class Realtime:
             self._store = EventStore(dynamodb(), self.settings.events_table_name)
         return self._store
 
+    @property
+    def connections(self) -> ConnectionStore:
+        if self._connections is None:
+            from .clients import dynamodb
+            from .connections import ConnectionStore
+
+            self._connections = ConnectionStore(dynamodb(), self.settings.connections_table_name)
+        return self._connections
+
+    @cached_property
+    def secret(self) -> bytes:
+        """Signs cursors and subscriber tokens (Secrets Manager on AWS)."""
+        return self._secret if self._secret is not None else signing_secret(self.settings)
+
     @cached_property
     def cursor_codec(self) -> CursorCodec:
-        return CursorCodec(self._secret if self._secret is not None else signing_secret(self.settings))
+        return CursorCodec(self.secret)

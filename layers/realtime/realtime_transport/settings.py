@@ -33,6 +33,11 @@ class Settings(BaseModel):
     # On AWS the signing secret lives in Secrets Manager; locally it may be given directly.
     secret_arn: str | None = Field(None, alias="REALTIME_SECRET_ARN")
     secret: SecretStr | None = Field(None, alias="REALTIME_TOKEN_SECRET")
+    # The API Gateway management endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage});
+    # the local stack serves it on its own port.
+    websocket_management_url: str | None = Field(None, alias="WEBSOCKET_MANAGEMENT_URL")
+    # Browsers read history with their subscriber token (on AWS that route takes it instead of IAM).
+    require_history_token: bool = Field(False, alias="REQUIRE_HISTORY_TOKEN")
     # The built-in development secret is only acceptable off Lambda.
     on_lambda: bool = Field(False, alias="AWS_LAMBDA_FUNCTION_NAME")
 

@@ -14,13 +14,9 @@ FEED_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
-def _text(max_length: int) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=max_length, pattern=_PRINTABLE)]
-
-
-EventId = _text(256)
-EventType = _text(128)
-Source = _text(64)
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_PRINTABLE)]
+EventType = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
 
 
 class _Body(BaseModel):

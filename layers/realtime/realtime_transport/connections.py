@@ -1,0 +1,165 @@
+"""The data access layer of the connections table: WebSocket connections and their subscriptions.
+
+| item         | pk             | sk              | GSI `by-channel` (channel, connectionId) |
+| ------------ | -------------- | --------------- | ---------------------------------------- |
+| connection   | `conn#{id}`    | `meta`          | -                                        |
+| subscription | `conn#{id}`    | `sub#{chanKey}` | channel = chanKey, connectionId = id     |
+
+Everything carries `ttl` past API Gateway's two-hour connection limit, since
+`$disconnect` is not guaranteed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+BY_CHANNEL_INDEX = "by-channel"
+CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes every connection after 2 hours
+_META = "meta"
+
+
+def _pk(connection_id: str) -> str:
+    return f"conn#{connection_id}"
+
+
+@dataclass(frozen=True)
+class Connection:
+    connection_id: str
+    sub: str
+    channels: tuple[str, ...]
+    token_expires_at: int
+    connected_at_ms: int
+
+
+class ConnectionStore:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def _expiry(self) -> str:
+        return str(int(time.time()) + CONNECTION_TTL_SECONDS)
+
+    def put_connection(self, connection: Connection) -> None:
+        self._call(
+            self._client.put_item,
+            TableName=self._table,
+            Item={
+                "pk": {"S": _pk(connection.connection_id)},
+                "sk": {"S": _META},
+                "sub": {"S": connection.sub},
+                "patterns": {"L": [{"S": p} for p in connection.channels]},
+                "tokenExp": {"N": str(connection.token_expires_at)},
+                "connectedAt": {"N": str(connection.connected_at_ms)},
+                "ttl": {"N": self._expiry()},
+            },
+        )
+
+    def connection(self, connection_id: str) -> Connection | None:
+        item = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": _META}},
+            ConsistentRead=True,
+        ).get("Item")
+        if not item or int(item["ttl"]["N"]) <= time.time():
+            return None
+        return Connection(
+            connection_id=connection_id,
+            sub=item["sub"]["S"],
+            channels=tuple(p["S"] for p in item["patterns"]["L"]),
+            token_expires_at=int(item["tokenExp"]["N"]),
+            connected_at_ms=int(item["connectedAt"]["N"]),
+        )
+
+    def subscribe(self, connection_id: str, channel_key: str) -> None:
+        self._call(
+            self._client.put_item,
+            TableName=self._table,
+            Item={
+                "pk": {"S": _pk(connection_id)},
+                "sk": {"S": f"sub#{channel_key}"},
+                "channel": {"S": channel_key},
+                "connectionId": {"S": connection_id},
+                "ttl": {"N": self._expiry()},
+            },
+        )
+
+    def unsubscribe(self, connection_id: str, channel_key: str) -> None:
+        self._call(
+            self._client.delete_item,
+            TableName=self._table,
+            Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": f"sub#{channel_key}"}},
+        )
+
+    def subscriptions(self, connection_id: str) -> list[str]:
+        return [key for key in self._item_keys(connection_id) if key != _META]
+
+    def delete_connection(self, connection_id: str) -> int:
+        """Delete the connection and every subscription it holds; returns how many items went."""
+        keys = self._item_keys(connection_id, raw=True)
+        for start in range(0, len(keys), 25):
+            requests: Any = [
+                {"DeleteRequest": {"Key": {"pk": {"S": _pk(connection_id)}, "sk": {"S": sk}}}}
+                for sk in keys[start : start + 25]
+            ]
+            pending: Any = {self._table: requests}
+            for _ in range(5):  # BatchWriteItem may hand some back under throttling
+                response = self._call(self._client.batch_write_item, RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(0.05)
+        return len(keys)
+
+    def subscribers(self, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+        """The live connection ids subscribed to a channel, a page at a time."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": BY_CHANNEL_INDEX,
+            "KeyConditionExpression": "channel = :c",
+            "ExpressionAttributeValues": {":c": {"S": channel_key}},
+            "Limit": page_size,
+        }
+        while True:
+            response = self._call(self._client.query, **kwargs)
+            ids = [item["connectionId"]["S"] for item in response.get("Items", [])]
+            if ids:
+                yield ids
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _item_keys(self, connection_id: str, raw: bool = False) -> list[str]:
+        keys: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(connection_id)}},
+            "ProjectionExpression": "sk",
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._call(self._client.query, **kwargs)
+            for item in response.get("Items", []):
+                sk = item["sk"]["S"]
+                keys.append(sk if raw else sk.removeprefix("sub#"))
+            if "LastEvaluatedKey" not in response:
+                return keys
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    @staticmethod
+    def _call(operation: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return operation(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"connections table: {exc}") from exc

@@ -5,12 +5,12 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import http_errors
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-import http_errors
 from realtime_transport import PublishResult, Realtime
 from realtime_transport.channel import MAX_PAGE
 from realtime_transport.feeds import Feeds
@@ -43,7 +43,7 @@ def _published(result: PublishResult) -> Response[PublishResponse]:
 
 
 @app.post("/feeds/<feedId>/events", summary="Publish an event (idempotent on eventId)")
-def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[PublishResponse]:  # noqa: N803
+def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[PublishResponse]:
     return _published(
         feeds.publish_event(
             feedId, event_id=request.event_id, type=request.type, payload=request.payload, source=request.source
@@ -52,7 +52,7 @@ def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[Publ
 
 
 @app.post("/feeds/<feedId>/control", summary="Send a control command (idempotent on commandId)")
-def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishResponse]:  # noqa: N803
+def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishResponse]:
     return _published(
         feeds.send_control(feedId, command_id=request.command_id, action=request.action, target=request.target)
     )
@@ -60,12 +60,17 @@ def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishRes
 
 @app.get("/feeds/<feedId>/events", summary="Read history, oldest first, from a cursor")
 def read_history(
-    feedId: FeedId,  # noqa: N803
+    feedId: FeedId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
     cursor: Annotated[str | None, Query(max_length=256, description="nextCursor of the previous page.")] = None,
 ) -> HistoryResponse:
+    feeds.authorize_reader(
+        feedId, app.current_event.headers.get("authorization"), required=feeds.realtime.settings.require_history_token
+    )
     page = feeds.history(feedId, limit=limit, cursor=cursor)
-    return HistoryResponse(items=page.items, next_cursor=page.next_cursor, has_more=page.has_more, truncated=page.truncated)
+    return HistoryResponse(
+        items=page.items, next_cursor=page.next_cursor, has_more=page.has_more, truncated=page.truncated
+    )
 
 
 @app.get("/openapi.json", include_in_schema=False)

@@ -70,9 +70,7 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
             )
         details = _validation_details(exc)
         status = HTTPStatus.UNPROCESSABLE_ENTITY
-        if any(error.get("type") == "json_invalid" for error in exc.errors()):
-            status = HTTPStatus.BAD_REQUEST
-        elif _body_not_an_object(body, details):
+        if any(error.get("type") == "json_invalid" for error in exc.errors()) or _body_not_an_object(body, details):
             status = HTTPStatus.BAD_REQUEST
         message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
@@ -91,9 +89,7 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     @app.not_found
     def not_found(_exc: NotFoundError) -> Response:
         event = app.current_event
-        return error_response(
-            HTTPStatus.NOT_FOUND, "not_found", f"no route for {event.http_method} {event.path}"
-        )
+        return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {event.http_method} {event.path}")
 
 
 def _body_not_an_object(body: str, details: list[ErrorDetail]) -> bool:

@@ -142,3 +142,40 @@ def test_metrics_are_emitted(aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: 
     names = [m["Name"] for blob in emitted for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
     assert names.count("EventsPublished") == 1 and names.count("DuplicatesSuppressed") == 1
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Basic abc", 401),
+        ("Bearer not-a-token", 401),
+        ("Bearer {other}", 403),
+        ("Bearer {expired}", 401),
+        ("Bearer {good}", 200),
+    ],
+)
+def test_history_takes_the_subscriber_token(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, authorization: str | None, status: int
+) -> None:
+    from realtime_transport import tokens
+    from realtime_transport.settings import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "history-secret")
+    monkeypatch.setenv("REQUIRE_HISTORY_TOKEN", "true")
+    module = load_function("http_api")
+    secret = b"history-secret"
+    values = {
+        "good": tokens.issue(secret, sub="browser", channels=["feed_4*"]),
+        "other": tokens.issue(secret, sub="browser", channels=["feed_9"]),
+        "expired": tokens.issue(secret, sub="browser", channels=["feed_*"], ttl_seconds=-60),
+    }
+    event = sample_event("http_get_history")
+    if authorization is not None:
+        event["headers"]["authorization"] = authorization.format(**values)
+    response = module.lambda_handler(event, LambdaContext())
+    assert response["statusCode"] == status, response["body"]
+    if status != 200:
+        assert json.loads(response["body"])["error"] in {"unauthorized", "forbidden"}
+    get_settings.cache_clear()

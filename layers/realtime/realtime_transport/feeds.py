@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import clock
+from . import clock, tokens
 from .channel import Channel, HistoryPage, PublishResult, fingerprint_of
+from .errors import Unauthorized
 from .realtime import Realtime
 
 CONTROL_TYPE = "feed.control"
@@ -50,6 +51,20 @@ class Feeds:
             idempotency_key=command_id,
             fingerprint=fingerprint_of(CONTROL_TYPE, action, target),
         )
+
+    def authorize_reader(self, feed_id: str, authorization: str | None, *, required: bool) -> None:
+        """Check a browser's `Authorization: Bearer <subscriber token>` for this feed's channel.
+
+        A header that is present is always checked, even where it is not required.
+        """
+        if not authorization:
+            if required:
+                raise Unauthorized("Authorization: Bearer <token> is required", field="authorization")
+            return
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization must be 'Bearer <token>'", field="authorization")
+        tokens.verify(self.realtime.secret, token.strip()).require(feed_channel_name(feed_id))
 
     def history(self, feed_id: str, *, limit: int = 100, cursor: str | None = None) -> HistoryPage:
         return self.channel(feed_id).history(limit=limit, cursor=cursor)

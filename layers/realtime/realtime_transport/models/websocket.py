@@ -68,3 +68,16 @@ def event_frame(channel: str, event_json: str) -> bytes:
     import json
 
     return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + "}").encode()
+
+
+def _connect_event_model() -> type[BaseModel]:
+    """API Gateway's $connect event, with the query string Powertools' model leaves out."""
+    from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
+
+    class ConnectEvent(APIGatewayWebSocketConnectEventModel):
+        query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")
+
+    return ConnectEvent
+
+
+ConnectEvent = _connect_event_model()

@@ -162,10 +162,10 @@ def test_history_takes_the_subscriber_token(
     from realtime_transport.settings import get_settings
 
     get_settings.cache_clear()
-    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "history-secret")
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "history-secret-long-enough-for-hs256")
     monkeypatch.setenv("REQUIRE_HISTORY_TOKEN", "true")
     module = load_function("http_api")
-    secret = b"history-secret"
+    secret = b"history-secret-long-enough-for-hs256"
     values = {
         "good": tokens.issue(secret, sub="browser", channels=["feed_4*"]),
         "other": tokens.issue(secret, sub="browser", channels=["feed_9"]),

@@ -125,7 +125,10 @@ class LiveService:
         # dropped by seq on the client).
         self.realtime.connections.subscribe(connection_id, channel.key)
         cursor, truncated = self._catch_up(connection_id, channel, message.cursor)
-        self.pusher.send(connection_id, _frame(Subscribed(channel=channel.name, cursor=cursor, truncated=truncated)))
+        subscribed = Subscribed(
+            channel=channel.name, cursor=cursor, truncated=truncated, position=channel.decode_cursor(cursor)
+        )
+        self.pusher.send(connection_id, _frame(subscribed))
 
     def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None) -> tuple[str, bool]:
         """Send the events after `cursor` (up to the history window); returns the cursor reached."""

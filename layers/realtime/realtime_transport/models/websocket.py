@@ -45,6 +45,9 @@ class Subscribed(BaseModel):
     channel: str
     cursor: str
     truncated: bool = False
+    # Every position up to here is resolved (an event sent, or a tombstone that never will be):
+    # a client waiting for a missing seq at or below it can stop waiting.
+    position: int = 0
 
 
 class Unsubscribed(BaseModel):

@@ -1,0 +1,71 @@
+"""WebSocket routes: $connect (token check), $disconnect, subscribe, unsubscribe, ping, $default.
+
+Powertools has no WebSocket resolver: dispatch on the route key, with its parser models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import (
+    APIGatewayWebSocketDisconnectEventModel,
+    APIGatewayWebSocketMessageEventModel,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from realtime_transport import Realtime
+from realtime_transport.delivery import Pusher
+from realtime_transport.errors import Forbidden, Unauthorized
+from realtime_transport.live import LiveService
+from realtime_transport.models.websocket import ConnectEvent
+from realtime_transport.observability import logger, metrics
+
+realtime = Realtime()
+live = LiveService(realtime, Pusher.from_settings(realtime.settings))
+
+
+def _status(code: int, message: str = "") -> dict[str, Any]:
+    body = {"message": message} if message else {}
+    return {"statusCode": code, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+
+
+def on_connect(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(event=event, model=ConnectEvent)
+    try:
+        claims = live.connect(
+            request.request_context.connection_id, (request.query_string_parameters or {}).get("token")
+        )
+    except Unauthorized as exc:
+        metrics.add_metric(name="ConnectionsRefused", unit="Count", value=1)
+        return _status(401, exc.message)
+    except Forbidden as exc:
+        metrics.add_metric(name="ConnectionsRefused", unit="Count", value=1)
+        return _status(403, exc.message)
+    logger.info("connected", extra={"sub": claims.sub, "patterns": list(claims.channels)})
+    metrics.add_metric(name="Connections", unit="Count", value=1)
+    return _status(200)
+
+
+def on_disconnect(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(event=event, model=APIGatewayWebSocketDisconnectEventModel)
+    live.disconnect(request.request_context.connection_id)
+    return _status(200)
+
+
+def on_message(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(event=event, model=APIGatewayWebSocketMessageEventModel)
+    body = request.body if isinstance(request.body, str) else None
+    live.handle(request.request_context.connection_id, body)
+    return _status(200)
+
+
+ROUTES = {"$connect": on_connect, "$disconnect": on_disconnect}
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    route = event.get("requestContext", {}).get("routeKey", "$default")
+    return ROUTES.get(route, on_message)(event)

@@ -1,0 +1,239 @@
+"""functions/websocket and the live service on in-process moto, with a recording pusher."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from realtime_transport import Realtime, tokens
+from realtime_transport.errors import Forbidden, Unauthorized
+from realtime_transport.live import LiveService
+
+SECRET = b"unit-test-secret-long-enough-for-hs256"
+
+
+class RecordingPusher:
+    def __init__(self) -> None:
+        self.frames: dict[str, list[dict[str, Any]]] = {}
+        self.gone: set[str] = set()
+
+    def send(self, connection_id: str, data: bytes) -> bool:
+        if connection_id in self.gone:
+            return False
+        self.frames.setdefault(connection_id, []).append(json.loads(data))
+        return True
+
+    def take(self, connection_id: str) -> list[dict[str, Any]]:
+        return self.frames.pop(connection_id, [])
+
+
+@pytest.fixture
+def live(aws: Any, settings_factory: Any) -> tuple[LiveService, RecordingPusher]:
+    realtime = Realtime(settings=settings_factory(CONNECTIONS_TABLE_NAME="test-connections"), secret=SECRET)
+    pusher = RecordingPusher()
+    return LiveService(realtime, pusher), pusher
+
+
+def token(channels: list[str], ttl: int = 600) -> str:
+    return tokens.issue(SECRET, sub="tester", channels=channels, ttl_seconds=ttl)
+
+
+def send(service: LiveService, connection_id: str, message: Any) -> None:
+    service.handle(connection_id, message if isinstance(message, str) else json.dumps(message))
+
+
+@pytest.mark.parametrize(
+    ("bad_token", "problem"),
+    [
+        (None, "required"),
+        ("", "required"),
+        ("not-a-jwt", "malformed"),
+        (tokens.issue(b"another-secret-long-enough-for-hs256", sub="x", channels=["feed_*"]), "signature"),
+        (tokens.issue(SECRET, sub="x", channels=["feed_*"], ttl_seconds=-60), "expired"),
+    ],
+)
+def test_connect_refuses_bad_tokens(live: Any, bad_token: str | None, problem: str) -> None:
+    service, _ = live
+    with pytest.raises(Unauthorized, match=problem):
+        service.connect("c1", bad_token)
+    assert service.realtime.connections.connection("c1") is None
+
+
+def test_connect_refuses_a_token_without_channels(live: Any) -> None:
+    import jwt
+
+    service, _ = live
+    no_rights = jwt.encode({"sub": "x", "exp": int(time.time()) + 60, "channels": []}, SECRET, algorithm="HS256")
+    with pytest.raises(Forbidden):
+        service.connect("c1", no_rights)
+
+
+def test_subscribe_ping_unsubscribe(live: Any) -> None:
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})
+    (subscribed,) = pusher.take("c1")
+    assert subscribed["type"] == "subscribed" and subscribed["channel"] == "feed_1" and not subscribed["truncated"]
+    assert service.realtime.connections.subscriptions("c1") == ["transport#feed_1"]
+    send(service, "c1", {"action": "ping"})
+    assert pusher.take("c1") == [{"type": "pong"}]
+    send(service, "c1", {"action": "unsubscribe", "channel": "feed_1"})
+    assert pusher.take("c1") == [{"type": "unsubscribed", "channel": "feed_1"}]
+    assert service.realtime.connections.subscriptions("c1") == []
+
+
+def test_subscribe_with_a_cursor_sends_the_missed_events_first(live: Any) -> None:
+    service, pusher = live
+    channel = service.realtime.channel("feed_7")
+    for n in range(3):
+        channel.broadcast(type="t", data=n)
+    service.connect("c1", token(["feed_7"]))
+    send(service, "c1", {"action": "subscribe", "channel": "feed_7"})
+    cursor = pusher.take("c1")[0]["cursor"]
+    for n in range(3, 13):  # missed while disconnected
+        channel.broadcast(type="t", data=n)
+    send(service, "c1", {"action": "subscribe", "channel": "feed_7", "cursor": cursor})
+    frames = pusher.take("c1")
+    assert [f["event"]["seq"] for f in frames[:-1]] == list(range(4, 14))
+    assert all(f["type"] == "event" and f["channel"] == "feed_7" for f in frames[:-1])
+    assert frames[-1]["type"] == "subscribed" and channel.decode_cursor(frames[-1]["cursor"]) == 13
+
+
+def test_catch_up_beyond_the_window_is_truncated(aws: Any, settings_factory: Any) -> None:
+    realtime = Realtime(
+        history_limit=5, settings=settings_factory(CONNECTIONS_TABLE_NAME="test-connections"), secret=SECRET
+    )
+    pusher = RecordingPusher()
+    service = LiveService(realtime, pusher)
+    channel = realtime.channel("feed_w")
+    for n in range(12):
+        channel.broadcast(type="t", data=n)
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", {"action": "subscribe", "channel": "feed_w", "cursor": channel.cursor(1)})
+    frames = pusher.take("c1")
+    assert [f["event"]["seq"] for f in frames[:-1]] == [8, 9, 10, 11, 12]
+    assert frames[-1]["truncated"] is True
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ("[]", "invalid_message"),
+        ({"channel": "feed_1"}, "invalid_message"),
+        ({"action": "dance"}, "unknown_action"),
+        ({"action": "subscribe"}, "invalid_channel"),
+        ({"action": "subscribe", "channel": "bad channel"}, "invalid_channel"),
+        ({"action": "subscribe", "channel": "x" * 201}, "invalid_channel"),
+        ({"action": "subscribe", "channel": "feed_1", "cursor": "forged"}, "invalid_cursor"),
+        ({"action": "subscribe", "channel": "feed_1", "extra": 1}, "invalid_message"),
+        ({"action": "subscribe", "channel": "admin_1"}, "forbidden"),
+        ({"action": "unsubscribe"}, "invalid_channel"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_connection_stays(live: Any, message: Any, code: str) -> None:
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", message)
+    (reply,) = pusher.take("c1")
+    assert reply["type"] == "error" and reply["code"] == code and reply["message"]
+    assert service.realtime.connections.subscriptions("c1") == []
+    send(service, "c1", {"action": "ping"})
+    assert pusher.take("c1") == [{"type": "pong"}]
+
+
+def test_a_forbidden_subscribe_leaks_nothing(live: Any) -> None:
+    service, pusher = live
+    secret_channel = service.realtime.channel("admin_ops")
+    secret_channel.broadcast(type="t", data={"secret": True})
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", {"action": "subscribe", "channel": "admin_ops", "cursor": secret_channel.cursor(0)})
+    frames = pusher.take("c1")
+    assert frames == [{"type": "error", "code": "forbidden", "message": "token does not allow channel 'admin_ops'"}]
+
+
+def test_a_cursor_of_another_channel_is_refused(live: Any) -> None:
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+    other = service.realtime.channel("feed_other").cursor(0)
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1", "cursor": other})
+    assert pusher.take("c1")[0]["code"] == "invalid_cursor"
+
+
+def test_disconnect_removes_the_connection_and_its_subscriptions(live: Any) -> None:
+    service, _ = live
+    service.connect("c1", token(["feed_*"]))
+    for n in range(3):
+        send(service, "c1", {"action": "subscribe", "channel": f"feed_{n}"})
+    assert len(service.realtime.connections.subscriptions("c1")) == 3
+    service.disconnect("c1")
+    assert service.realtime.connections.connection("c1") is None
+    assert list(service.realtime.connections.subscribers("transport#feed_0")) == []
+
+
+def test_subscribers_are_listed_per_channel(live: Any) -> None:
+    service, _ = live
+    for n in range(5):
+        service.connect(f"c{n}", token(["feed_*"]))
+        send(service, f"c{n}", {"action": "subscribe", "channel": "feed_a" if n % 2 == 0 else "feed_b"})
+    pages = list(service.realtime.connections.subscribers("transport#feed_a", page_size=2))
+    assert sorted(c for page in pages for c in page) == ["c0", "c2", "c4"] and len(pages) >= 2
+
+
+# --- the handler, fed API Gateway WebSocket events ---------------------------------------------
+
+
+@pytest.fixture
+def handler(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from realtime_transport.settings import get_settings
+    from tests.conftest import LambdaContext, load_function
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", SECRET.decode())
+    monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", "http://127.0.0.1:9")
+    module = load_function("websocket")
+    pusher = RecordingPusher()
+    module.live.pusher = pusher
+    yield (lambda event: module.lambda_handler(event, LambdaContext())), pusher
+    get_settings.cache_clear()
+
+
+def test_handler_routes_the_sample_events(handler: Any) -> None:
+    from tests.conftest import sample_event
+
+    invoke, pusher = handler
+    connect = sample_event("websocket_connect")
+    connection_id = connect["requestContext"]["connectionId"]
+    connect["queryStringParameters"] = {"token": token(["feed_*"])}
+    assert invoke(connect)["statusCode"] == 200
+    subscribe = sample_event("websocket_subscribe")
+    subscribe["requestContext"]["connectionId"] = connection_id
+    subscribe["body"] = json.dumps({"action": "subscribe", "channel": "feed_42"})
+    assert invoke(subscribe)["statusCode"] == 200
+    assert pusher.take(connection_id)[0]["type"] == "subscribed"
+    disconnect = sample_event("websocket_disconnect")
+    disconnect["requestContext"]["connectionId"] = connection_id
+    assert invoke(disconnect)["statusCode"] == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        (None, 401),
+        ({"token": "garbage"}, 401),
+        ({"token": tokens.issue(SECRET, sub="x", channels=["feed_*"], ttl_seconds=-100)}, 401),
+    ],
+)
+def test_handler_refuses_the_handshake(handler: Any, query: Any, status: int) -> None:
+    from tests.conftest import sample_event
+
+    invoke, _ = handler
+    connect = sample_event("websocket_connect")
+    connect.pop("queryStringParameters", None)
+    if query is not None:
+        connect["queryStringParameters"] = query
+    response = invoke(connect)
+    assert response["statusCode"] == status and json.loads(response["body"])["message"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -27,11 +29,20 @@ TABLE_TYPE = "AWS::DynamoDB::Table"
 FUNCTION_TYPE = "AWS::Serverless::Function"
 HTTP_API_TYPE = "AWS::Serverless::HttpApi"
 ESM_TYPE = "AWS::Lambda::EventSourceMapping"
+GATEWAY_API_TYPE = "AWS::ApiGatewayV2::Api"
+GATEWAY_ROUTE_TYPE = "AWS::ApiGatewayV2::Route"
+GATEWAY_INTEGRATION_TYPE = "AWS::ApiGatewayV2::Integration"
+
+# Lambda's defaults for a function without Timeout or MemorySize.
+DEFAULT_FUNCTION_TIMEOUT_SECONDS = 3
+DEFAULT_FUNCTION_MEMORY_MB = 128
 
 # Lambda's defaults for a DynamoDB stream event source mapping.
 DEFAULT_STREAM_BATCH_SIZE = 100
 DEFAULT_MAXIMUM_RETRY_ATTEMPTS = -1  # retry until the record expires
 DEFAULT_BATCHING_WINDOW_SECONDS = 0
+DEFAULT_MAXIMUM_RECORD_AGE_SECONDS = -1  # no limit: until the record expires
+DEFAULT_PARALLELIZATION_FACTOR = 1
 
 
 class TemplateError(ValueError):
@@ -160,6 +171,37 @@ def referenced_logical_id(value: Any) -> str | None:
     return None
 
 
+_SUB_PLACEHOLDER = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def referenced_logical_ids(value: Any) -> set[str]:
+    """Every name ``value`` refers to: Refs, GetAtts and ``${...}`` in Fn::Sub, at any depth.
+
+    Parameters and pseudo parameters (``AWS::Region``) are included; intersect the result
+    with the logical ids of interest.
+    """
+    found: set[str] = set()
+    if isinstance(value, list):
+        for item in value:
+            found |= referenced_logical_ids(item)
+        return found
+    if not isinstance(value, dict):
+        return found
+    target = referenced_logical_id(value)
+    if target is not None:
+        return {target}
+    if set(value) == {"Fn::Sub"}:
+        argument = value["Fn::Sub"]
+        text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+        for name in _SUB_PLACEHOLDER.findall(text):
+            if name not in variables:
+                found.add(name.split(".", 1)[0])
+        return found | referenced_logical_ids(list(variables.values()))
+    for item in value.values():
+        found |= referenced_logical_ids(item)
+    return found
+
+
 # --- tables ---------------------------------------------------------------------------
 
 _GSI_KEYS = ("IndexName", "KeySchema", "Projection", "ProvisionedThroughput", "OnDemandThroughput")
@@ -256,6 +298,35 @@ def function_property(template: Mapping[str, Any], logical_id: str, name: str) -
     if name in props:
         return props[name]
     return ((template.get("Globals") or {}).get("Function") or {}).get(name)
+
+
+class FunctionSpec(TypedDict):
+    code_uri: str  # relative to the template's directory, e.g. "functions/fanout/"
+    handler: str  # "module.function"
+    timeout: int  # seconds
+    memory: int  # MB
+
+
+def functions(template: Mapping[str, Any]) -> dict[str, FunctionSpec]:
+    """Logical id -> where a function's code is and how it runs (Globals and Lambda defaults filled in)."""
+    specs: dict[str, FunctionSpec] = {}
+    for logical_id in resources(template, FUNCTION_TYPE):
+        code_uri = _function_setting(template, logical_id, "CodeUri", None)
+        handler = _function_setting(template, logical_id, "Handler", None)
+        if not isinstance(code_uri, str) or not isinstance(handler, str):
+            raise TemplateError(f"{logical_id} needs a local CodeUri and a Handler to be run locally")
+        specs[logical_id] = {
+            "code_uri": code_uri,
+            "handler": handler,
+            "timeout": int(_function_setting(template, logical_id, "Timeout", DEFAULT_FUNCTION_TIMEOUT_SECONDS)),
+            "memory": int(_function_setting(template, logical_id, "MemorySize", DEFAULT_FUNCTION_MEMORY_MB)),
+        }
+    return specs
+
+
+def _function_setting(template: Mapping[str, Any], logical_id: str, name: str, default: Any) -> Any:
+    value = function_property(template, logical_id, name)
+    return _literal(default if value is None else value, f"{logical_id}.Properties.{name}")
 
 
 def parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
@@ -415,10 +486,14 @@ class EventSourceMapping(TypedDict):
     maximum_batching_window_seconds: int
     starting_position: str | None
     filter_criteria: dict[str, Any] | None  # raw: {"Filters": [{"Pattern": "..."}]}
+    filter_patterns: list[dict[str, Any]]  # each Pattern parsed from JSON; a record passes if any matches
     maximum_retry_attempts: int  # -1: until the record expires
     bisect_batch_on_function_error: bool
     function_response_types: list[str]  # ["ReportBatchItemFailures"] for partial batch responses
     on_failure_destination: Any | None  # raw DestinationConfig.OnFailure.Destination
+    on_failure_target: str | None  # logical id that destination refers to (a queue or topic), if any
+    maximum_record_age_seconds: int  # -1: until the record expires
+    parallelization_factor: int  # concurrent batches per shard (1 keeps a shard's order)
     enabled: bool
 
 
@@ -437,6 +512,7 @@ def _mapping(function_id: str, event: str | None, table: str, props: Mapping[str
         return _literal(props.get(name, default), f"{where}.{name}")
 
     destination = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    filter_criteria = props.get("FilterCriteria")
     return {
         "function": function_id,
         "event": event,
@@ -446,13 +522,40 @@ def _mapping(function_id: str, event: str | None, table: str, props: Mapping[str
             setting("MaximumBatchingWindowInSeconds", DEFAULT_BATCHING_WINDOW_SECONDS)
         ),
         "starting_position": setting("StartingPosition", None),
-        "filter_criteria": props.get("FilterCriteria"),
+        "filter_criteria": filter_criteria,
+        "filter_patterns": _filter_patterns(filter_criteria, f"{where}.FilterCriteria"),
         "maximum_retry_attempts": int(setting("MaximumRetryAttempts", DEFAULT_MAXIMUM_RETRY_ATTEMPTS)),
         "bisect_batch_on_function_error": _is_true(setting("BisectBatchOnFunctionError", False)),
         "function_response_types": list(setting("FunctionResponseTypes", None) or []),
         "on_failure_destination": destination,
+        "on_failure_target": referenced_logical_id(destination),
+        "maximum_record_age_seconds": int(setting("MaximumRecordAgeInSeconds", DEFAULT_MAXIMUM_RECORD_AGE_SECONDS)),
+        "parallelization_factor": int(setting("ParallelizationFactor", DEFAULT_PARALLELIZATION_FACTOR)),
         "enabled": _is_true(setting("Enabled", True)),
     }
+
+
+def _filter_patterns(filter_criteria: Any, where: str) -> list[dict[str, Any]]:
+    """The Pattern of every filter, parsed (Lambda's event filtering takes them as JSON text)."""
+    if not filter_criteria:
+        return []
+    criteria = _literal(filter_criteria, where)
+    filters = criteria.get("Filters") if isinstance(criteria, dict) else None
+    if not isinstance(filters, list):
+        raise TemplateError(f"{where} must be {{'Filters': [{{'Pattern': '<JSON>'}}, ...]}}")
+    patterns: list[dict[str, Any]] = []
+    for index, entry in enumerate(filters):
+        text = entry.get("Pattern") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            raise TemplateError(f"{where}.Filters[{index}].Pattern must be a JSON string")
+        try:
+            pattern = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TemplateError(f"{where}.Filters[{index}].Pattern is not valid JSON: {exc}") from exc
+        if not isinstance(pattern, dict):
+            raise TemplateError(f"{where}.Filters[{index}].Pattern must be a JSON object")
+        patterns.append(pattern)
+    return patterns
 
 
 def event_source_mappings(template: Mapping[str, Any]) -> list[EventSourceMapping]:
@@ -485,3 +588,65 @@ def event_source_mappings(template: Mapping[str, Any]) -> list[EventSourceMappin
             raise TemplateError(f"{logical_id}.FunctionName must refer to a function in this template")
         mappings.append(_mapping(target, None, table, props))
     return mappings
+
+
+# --- WebSocket API --------------------------------------------------------------------
+
+
+def _websocket_api(template: Mapping[str, Any], api: str | None) -> str:
+    apis = [
+        logical_id
+        for logical_id, resource in resources(template, GATEWAY_API_TYPE).items()
+        if _properties(resource).get("ProtocolType") == "WEBSOCKET"
+    ]
+    if api is not None:
+        if api not in apis:
+            raise KeyError(f"{api} is not a WebSocket {GATEWAY_API_TYPE} in the template")
+        return api
+    if len(apis) != 1:
+        raise TemplateError(f"expected one WebSocket API in the template, found {sorted(apis)}; name one")
+    return apis[0]
+
+
+def websocket_route_selection(template: Mapping[str, Any], api: str | None = None) -> str:
+    """The WebSocket API's RouteSelectionExpression, e.g. ``$request.body.action``.
+
+    ``api`` names the API's logical id; it may be left out when the template has only one.
+    """
+    api_id = _websocket_api(template, api)
+    where = f"{api_id}.Properties.RouteSelectionExpression"
+    expression = _literal(_properties(resources(template)[api_id]).get("RouteSelectionExpression"), where)
+    if not isinstance(expression, str) or not expression:
+        raise TemplateError(f"{where} is missing")
+    return expression
+
+
+def websocket_routes(template: Mapping[str, Any], api: str | None = None) -> dict[str, str]:
+    """Route key (``$connect``, ``subscribe``, ``$default``, ...) -> logical id of the function it invokes.
+
+    Read from the API's ``AWS::ApiGatewayV2::Route`` resources through their Target
+    (``integrations/${Integration}``) to the Lambda proxy integration's IntegrationUri.
+    """
+    api_id = _websocket_api(template, api)
+    function_ids = set(resources(template, FUNCTION_TYPE))
+    integrations = resources(template, GATEWAY_INTEGRATION_TYPE)
+    routes: dict[str, str] = {}
+    for logical_id, resource in resources(template, GATEWAY_ROUTE_TYPE).items():
+        props = _properties(resource)
+        if referenced_logical_id(props.get("ApiId")) != api_id:
+            continue
+        route_key = _literal(props.get("RouteKey"), f"{logical_id}.Properties.RouteKey")
+        targets = referenced_logical_ids(props.get("Target")) & set(integrations)
+        if len(targets) != 1:
+            raise TemplateError(f"{logical_id}.Properties.Target must name one integration of this template")
+        integration_id = targets.pop()
+        integration = _properties(integrations[integration_id])
+        if integration.get("IntegrationType") != "AWS_PROXY":
+            raise TemplateError(f"{integration_id} must be a Lambda proxy (AWS_PROXY) integration to run locally")
+        invoked = referenced_logical_ids(integration.get("IntegrationUri")) & function_ids
+        if len(invoked) != 1:
+            raise TemplateError(f"{integration_id}.Properties.IntegrationUri must name one function of this template")
+        if route_key in routes:
+            raise TemplateError(f"route {route_key!r} is defined twice")
+        routes[str(route_key)] = invoked.pop()
+    return routes

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import graphlib
+import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import boto3
 import pytest
@@ -15,27 +17,52 @@ from moto import mock_aws
 
 from realtime_devstack.template import (
     TEMPLATE_PATH,
+    TemplateError,
     create_tables,
     event_source_mappings,
     function_environment,
     function_property,
+    functions,
     http_routes,
     load_template,
     parameter_defaults,
     parse_template,
+    referenced_logical_ids,
+    resolve_conditionals,
+    resolve_parameters,
     resources,
     table_definitions,
     ttl_attribute,
+    websocket_route_selection,
+    websocket_routes,
 )
+from realtime_transport import Realtime, clients, tokens
+from realtime_transport.connections import BY_CHANNEL_INDEX, ConnectionStore
+from realtime_transport.delivery import DeliveryReport
+from realtime_transport.fanout import Fanout
+from realtime_transport.live import LiveService
+from realtime_transport.models.items import Kind, idempotency_item, position_item
+from realtime_transport.models.stream import StreamRecord
+from realtime_transport.models.websocket import ClientMessage
+from realtime_transport.settings import Settings
+from tests.conftest import TABLE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
 PRODUCER_ROUTES = {
     ("POST", "/feeds/{feedId}/events"),
-    ("GET", "/feeds/{feedId}/events"),
     ("POST", "/feeds/{feedId}/control"),
 }
+# Browsers read history with `Authorization: Bearer <subscriber token>`, checked by the function.
+TOKEN_ROUTES = {("GET", "/feeds/{feedId}/events")}
 PUBLIC_ROUTES = {("GET", "/openapi.json")}
+
+WEBSOCKET_ROUTE_KEYS = {"$connect", "$disconnect", "subscribe", "unsubscribe", "ping", "$default"}
+MANAGE_CONNECTIONS_ARN = (
+    "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${WebSocketStageName}"
+    "/POST/@connections/*"
+)
+WEBSOCKET_MANAGEMENT_URL = "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${WebSocketStageName}"
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +206,80 @@ def test_create_tables_builds_the_template_schema_in_moto(template: dict[str, An
     assert [item["sk"]["N"] for item in items] == ["2", "10"]
 
 
+def test_connections_table_schema(template: dict[str, Any]) -> None:
+    table = template["Resources"]["ConnectionsTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    assert table["DeletionPolicy"] == "Retain"
+    assert table["UpdateReplacePolicy"] == "Retain"
+    p = table["Properties"]
+    assert p["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert sorted((a["AttributeName"], a["AttributeType"]) for a in p["AttributeDefinitions"]) == [
+        ("channel", "S"),
+        ("connectionId", "S"),
+        ("pk", "S"),
+        ("sk", "S"),
+    ]
+    assert p["GlobalSecondaryIndexes"] == [
+        {
+            "IndexName": "by-channel",
+            "KeySchema": [
+                {"AttributeName": "channel", "KeyType": "HASH"},
+                {"AttributeName": "connectionId", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
+    ]
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert "StreamSpecification" not in p, "nothing reads a stream of connections"
+    assert p["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert p["SSESpecification"]["SSEEnabled"] is True
+    assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert ttl_attribute(template, "ConnectionsTable") == "ttl"
+
+
+def test_connections_table_index_name_is_the_libraries(template: dict[str, Any]) -> None:
+    index_names = [index["IndexName"] for index in props(template, "ConnectionsTable")["GlobalSecondaryIndexes"]]
+    assert index_names == [BY_CHANNEL_INDEX]
+
+
+def test_create_tables_builds_the_connections_table_in_moto(dynamodb: Any) -> None:
+    create_tables(dynamodb, {"ConnectionsTable": "rt-connections-test"})
+
+    table = dynamodb.describe_table(TableName="rt-connections-test")["Table"]
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-channel"
+    assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    ttl = dynamodb.describe_time_to_live(TableName="rt-connections-test")["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
+
+    # A connection item stays out of the index; its subscriptions are found by channel.
+    expires = {"N": "4102444800"}
+    dynamodb.put_item(
+        TableName="rt-connections-test", Item={"pk": {"S": "conn#A"}, "sk": {"S": "meta"}, "ttl": expires}
+    )
+    for connection_id, channel in (("A", "transport#feed_1"), ("B", "transport#feed_1"), ("B", "transport#feed_2")):
+        dynamodb.put_item(
+            TableName="rt-connections-test",
+            Item={
+                "pk": {"S": f"conn#{connection_id}"},
+                "sk": {"S": f"sub#{channel}"},
+                "channel": {"S": channel},
+                "connectionId": {"S": connection_id},
+                "ttl": expires,
+            },
+        )
+    items = dynamodb.query(
+        TableName="rt-connections-test",
+        IndexName="by-channel",
+        KeyConditionExpression="channel = :c",
+        ExpressionAttributeValues={":c": {"S": "transport#feed_1"}},
+    )["Items"]
+    assert sorted(item["connectionId"]["S"] for item in items) == ["A", "B"]
+
+
 def test_create_tables_rejects_a_logical_id_that_is_not_a_table(dynamodb: Any) -> None:
     with pytest.raises(KeyError):
         create_tables(dynamodb, {"HttpApiFunction": "nope"})
@@ -205,6 +306,11 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
         "ProducerAuth": "IAM",
         "CorsAllowOrigins": "*",
         "LogLevel": "INFO",
+        "WebSocketStageName": "live",
+        "WebSocketThrottlingBurstLimit": "500",
+        "WebSocketThrottlingRateLimit": "1000",
+        "WebSocketAccessLogs": "Disabled",
+        "AlarmTopicArn": "",
     }
     assert parameters["HistoryLimit"]["Type"] == "Number"
     assert (parameters["HistoryLimit"]["MinValue"], parameters["HistoryLimit"]["MaxValue"]) == (1, 10000)
@@ -217,6 +323,14 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
     assert parameters["ProducerAuth"]["AllowedValues"] == ["IAM", "NONE"]
     assert parameters["CorsAllowOrigins"]["Type"] == "CommaDelimitedList"
     assert "INFO" in parameters["LogLevel"]["AllowedValues"]
+    stage_pattern = re.compile(parameters["WebSocketStageName"]["AllowedPattern"])
+    assert stage_pattern.fullmatch("live")
+    assert not stage_pattern.fullmatch("live/x"), "a stage name is one path segment of every URL and ARN"
+    assert parameters["WebSocketAccessLogs"]["AllowedValues"] == ["Enabled", "Disabled"]
+    topic_pattern = re.compile(parameters["AlarmTopicArn"]["AllowedPattern"])
+    assert topic_pattern.fullmatch("")
+    assert topic_pattern.fullmatch("arn:aws:sns:eu-west-1:123456789012:ops-alerts")
+    assert not topic_pattern.fullmatch("arn:aws:sqs:eu-west-1:123456789012:not-a-topic")
 
 
 def test_function_globals(template: dict[str, Any]) -> None:
@@ -227,21 +341,56 @@ def test_function_globals(template: dict[str, Any]) -> None:
         assert {"Ref": "RealtimeLayer"} in function_property(template, logical_id, "Layers")
 
 
+SHARED_ENVIRONMENT = {
+    "EVENTS_TABLE_NAME": {"Ref": "EventsTable"},
+    "CONNECTIONS_TABLE_NAME": {"Ref": "ConnectionsTable"},
+    "REALTIME_NAME": "transport",
+    "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
+    "HISTORY_TTL_HOURS": {"Ref": "HistoryTtlHours"},
+    "IDEMPOTENCY_TTL_HOURS": {"Ref": "IdempotencyTtlHours"},
+    "MAX_EVENT_BYTES": {"Ref": "MaxEventBytes"},
+    "WRITER_TIMEOUT_SECONDS": 10,
+    "REALTIME_SECRET_ARN": {"Ref": "RealtimeSecret"},
+    "WEBSOCKET_MANAGEMENT_URL": {"Fn::Sub": WEBSOCKET_MANAGEMENT_URL},
+    "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransport",
+    "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+}
+
+
 def test_http_api_function_environment(template: dict[str, Any]) -> None:
     env = function_environment(template, "HttpApiFunction")
     assert env == {
-        "EVENTS_TABLE_NAME": {"Ref": "EventsTable"},
-        "REALTIME_NAME": "transport",
-        "HISTORY_LIMIT": {"Ref": "HistoryLimit"},
-        "HISTORY_TTL_HOURS": {"Ref": "HistoryTtlHours"},
-        "IDEMPOTENCY_TTL_HOURS": {"Ref": "IdempotencyTtlHours"},
-        "MAX_EVENT_BYTES": {"Ref": "MaxEventBytes"},
-        "WRITER_TIMEOUT_SECONDS": 10,
-        "REALTIME_SECRET_ARN": {"Ref": "RealtimeSecret"},
+        **SHARED_ENVIRONMENT,
         "POWERTOOLS_SERVICE_NAME": "realtime-http-api",
-        "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransport",
-        "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+        # history takes the subscriber token, since API Gateway no longer asks for SigV4 there
+        "REQUIRE_HISTORY_TOKEN": "true",
     }
+    assert Settings.model_validate({"REQUIRE_HISTORY_TOKEN": env["REQUIRE_HISTORY_TOKEN"]}).require_history_token
+
+
+def test_websocket_and_fanout_function_environments(template: dict[str, Any]) -> None:
+    assert function_environment(template, "WebSocketFunction") == {
+        **SHARED_ENVIRONMENT,
+        "POWERTOOLS_SERVICE_NAME": "realtime-websocket",
+    }
+    assert function_environment(template, "FanoutFunction") == {
+        **SHARED_ENVIRONMENT,
+        "POWERTOOLS_SERVICE_NAME": "realtime-fanout",
+    }
+
+
+def test_every_setting_a_function_gets_is_one_the_library_reads(template: dict[str, Any]) -> None:
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    for logical_id in resources(template, "AWS::Serverless::Function"):
+        names = {name for name in function_environment(template, logical_id) if not name.startswith("POWERTOOLS_")}
+        assert names <= aliases, (logical_id, names - aliases)
+
+
+def test_management_url_names_the_api_and_its_stage_never_the_stage_resource(template: dict[str, Any]) -> None:
+    # Function -> Stage would close a cycle (Stage -> Deployment -> Route -> Integration -> Function).
+    url = template["Globals"]["Function"]["Environment"]["Variables"]["WEBSOCKET_MANAGEMENT_URL"]
+    assert referenced_logical_ids(url) - {"AWS::Region", "AWS::URLSuffix"} == {"WebSocketApi", "WebSocketStageName"}
+    assert props(template, "WebSocketStage")["StageName"] == {"Ref": "WebSocketStageName"}
 
 
 def test_writer_timeout_is_the_ingest_functions_timeout(template: dict[str, Any]) -> None:
@@ -256,6 +405,54 @@ def test_http_api_function(template: dict[str, Any]) -> None:
     assert p["Handler"] == "app.lambda_handler"
     assert p["Timeout"] == 10
     assert p["MemorySize"] == 512
+
+
+def test_functions_code_and_sizes(template: dict[str, Any]) -> None:
+    assert functions(template) == {
+        "HttpApiFunction": {
+            "code_uri": "functions/http_api/",
+            "handler": "app.lambda_handler",
+            "timeout": 10,
+            "memory": 512,
+        },
+        "WebSocketFunction": {
+            "code_uri": "functions/websocket/",
+            "handler": "app.lambda_handler",
+            "timeout": 10,
+            "memory": 512,
+        },
+        # more memory is more CPU, for signing hundreds of posts per batch
+        "FanoutFunction": {
+            "code_uri": "functions/fanout/",
+            "handler": "app.lambda_handler",
+            "timeout": 60,
+            "memory": 1024,
+        },
+    }
+
+
+def test_functions_fill_in_globals_and_lambda_defaults() -> None:
+    doc = parse_template(
+        """
+        Globals:
+          Function:
+            Timeout: 30
+        Resources:
+          A:
+            Type: AWS::Serverless::Function
+            Properties: {CodeUri: src/a/, Handler: main.handle}
+          B:
+            Type: AWS::Serverless::Function
+            Properties: {CodeUri: src/b/, Handler: main.handle, Timeout: 5, MemorySize: 256}
+        """
+    )
+    assert functions(doc) == {
+        "A": {"code_uri": "src/a/", "handler": "main.handle", "timeout": 30, "memory": 128},
+        "B": {"code_uri": "src/b/", "handler": "main.handle", "timeout": 5, "memory": 256},
+    }
+    no_code = parse_template("Resources: {C: {Type: AWS::Serverless::Function, Properties: {Handler: x.y}}}")
+    with pytest.raises(TemplateError):
+        functions(no_code)
 
 
 def test_every_function_logs_to_a_log_group_with_retention(template: dict[str, Any]) -> None:
@@ -308,20 +505,32 @@ def route_auth(routes: list[Any]) -> dict[tuple[str, str], str]:
     return {(route["method"], route["path"]): route["authorizer"] for route in routes}
 
 
-def test_routes_default_to_iam_auth(template: dict[str, Any]) -> None:
+def test_producer_routes_default_to_iam_auth(template: dict[str, Any]) -> None:
     routes = http_routes(template)
     assert {route["function"] for route in routes} == {"HttpApiFunction"}
     assert {route["api"] for route in routes} == {"HttpApi"}
     auth = route_auth(routes)
-    assert set(auth) == PRODUCER_ROUTES | PUBLIC_ROUTES
+    assert set(auth) == PRODUCER_ROUTES | TOKEN_ROUTES | PUBLIC_ROUTES
     assert {auth[route] for route in PRODUCER_ROUTES} == {"AWS_IAM"}
     assert auth[("GET", "/openapi.json")] == "NONE"
     assert route_auth(http_routes(template, {"ProducerAuth": "IAM"})) == auth
 
 
+def test_history_route_takes_the_subscriber_token_not_iam(template: dict[str, Any]) -> None:
+    # A browser cannot sign SigV4: API Gateway lets the request through and the function
+    # checks `Authorization: Bearer <subscriber token>` (REQUIRE_HISTORY_TOKEN).
+    for producer_auth in ("IAM", "NONE"):
+        auth = route_auth(http_routes(template, {"ProducerAuth": producer_auth}))
+        assert {auth[route] for route in TOKEN_ROUTES} == {"NONE"}, producer_auth
+    paths = props(template, "HttpApi")["DefinitionBody"]["paths"]
+    assert "get" not in paths["/feeds/{feedId}/events"], "no security entry may put IAM back on history"
+    assert function_environment(template, "HttpApiFunction")["REQUIRE_HISTORY_TOKEN"] == "true"
+    assert "authorization" in props(template, "HttpApi")["CorsConfiguration"]["AllowHeaders"]
+
+
 def test_producer_auth_none_opens_every_route(template: dict[str, Any]) -> None:
     auth = route_auth(http_routes(template, {"ProducerAuth": "NONE"}))
-    assert set(auth) == PRODUCER_ROUTES | PUBLIC_ROUTES
+    assert set(auth) == PRODUCER_ROUTES | TOKEN_ROUTES | PUBLIC_ROUTES
     assert set(auth.values()) == {"NONE"}
 
 
@@ -340,6 +549,182 @@ def test_outputs(template: dict[str, Any]) -> None:
     }
     assert outputs["EventsTableName"]["Value"] == {"Ref": "EventsTable"}
     assert outputs["RealtimeSecretArn"]["Value"] == {"Ref": "RealtimeSecret"}
+    assert outputs["ConnectionsTableName"]["Value"] == {"Ref": "ConnectionsTable"}
+    assert outputs["WebSocketUrl"]["Value"] == {
+        "Fn::Sub": "wss://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${WebSocketStageName}"
+    }
+    # the very endpoint the functions post to
+    assert outputs["WebSocketManagementUrl"]["Value"] == {"Fn::Sub": WEBSOCKET_MANAGEMENT_URL}
+    assert outputs["FanoutDeadLetterQueueUrl"]["Value"] == {"Ref": "FanoutDeadLetterQueue"}
+
+
+# --- WebSocket API ---------------------------------------------------------------------------
+
+
+def test_websocket_api_routes_every_action_to_the_websocket_function(template: dict[str, Any]) -> None:
+    api = props(template, "WebSocketApi")
+    assert template["Resources"]["WebSocketApi"]["Type"] == "AWS::ApiGatewayV2::Api"
+    assert api["ProtocolType"] == "WEBSOCKET"
+    assert websocket_route_selection(template) == "$request.body.action"
+    assert websocket_route_selection(template, "WebSocketApi") == "$request.body.action"
+    assert websocket_routes(template) == dict.fromkeys(WEBSOCKET_ROUTE_KEYS, "WebSocketFunction")
+    # the actions of the client messages the library accepts (and nothing it does not)
+    (union, *_) = get_args(ClientMessage)
+    actions = {action for model in get_args(union) for action in get_args(model.model_fields["action"].annotation)}
+    assert actions == WEBSOCKET_ROUTE_KEYS - {"$connect", "$disconnect", "$default"}
+
+
+def test_websocket_routes_are_lambda_proxy_without_gateway_auth(template: dict[str, Any]) -> None:
+    routes = resources(template, "AWS::ApiGatewayV2::Route")
+    assert {route["Properties"]["RouteKey"] for route in routes.values()} == WEBSOCKET_ROUTE_KEYS
+    for logical_id, route in routes.items():
+        p = route["Properties"]
+        assert p["ApiId"] == {"Ref": "WebSocketApi"}, logical_id
+        # $connect checks `?token=` in the function (401/403 refuse the handshake)
+        assert p["AuthorizationType"] == "NONE", logical_id
+        # one-way: the function replies through @connections, so no route response may echo its return value
+        assert "RouteResponseSelectionExpression" not in p, logical_id
+    assert not resources(template, "AWS::ApiGatewayV2::RouteResponse")
+    (integration,) = resources(template, "AWS::ApiGatewayV2::Integration").values()
+    p = integration["Properties"]
+    assert (p["ApiId"], p["IntegrationType"], p["IntegrationMethod"]) == ({"Ref": "WebSocketApi"}, "AWS_PROXY", "POST")
+    assert p["IntegrationUri"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
+        "${WebSocketFunction.Arn}/invocations"
+    }
+
+
+def test_websocket_deployment_waits_for_every_route(template: dict[str, Any]) -> None:
+    deployment = template["Resources"]["WebSocketDeployment"]
+    assert deployment["Type"] == "AWS::ApiGatewayV2::Deployment"
+    assert deployment["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
+    assert set(deployment["DependsOn"]) == set(resources(template, "AWS::ApiGatewayV2::Route"))
+
+
+def test_websocket_stage_is_throttled_and_logs_only_on_request(template: dict[str, Any]) -> None:
+    p = props(template, "WebSocketStage")
+    assert p["ApiId"] == {"Ref": "WebSocketApi"}
+    assert p["StageName"] == {"Ref": "WebSocketStageName"}
+    assert p["DeploymentId"] == {"Ref": "WebSocketDeployment"}
+    assert p["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "WebSocketThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "WebSocketThrottlingRateLimit"},
+    }
+    # Access logs need API Gateway's account-level CloudWatch role: off unless asked for.
+    assert "AccessLogSettings" not in resolve_conditionals(template, p, resolve_parameters(template))
+    enabled = resolve_conditionals(template, p, resolve_parameters(template, {"WebSocketAccessLogs": "Enabled"}))
+    assert enabled["AccessLogSettings"]["DestinationArn"] == {"Fn::GetAtt": ["WebSocketAccessLogGroup", "Arn"]}
+    access_log_format = json.loads(enabled["AccessLogSettings"]["Format"])
+    assert {"requestId", "eventType", "routeKey", "connectionId", "status"} <= set(access_log_format)
+    log_group = template["Resources"]["WebSocketAccessLogGroup"]
+    assert log_group["Condition"] == "UseWebSocketAccessLogs"
+    assert log_group["Properties"]["RetentionInDays"] > 0
+
+
+def test_only_this_apis_stage_may_invoke_the_websocket_function(template: dict[str, Any]) -> None:
+    (permission,) = (
+        resource
+        for resource in resources(template, "AWS::Lambda::Permission").values()
+        if resource["Properties"]["FunctionName"] == {"Ref": "WebSocketFunction"}
+    )
+    p = permission["Properties"]
+    assert p["Action"] == "lambda:InvokeFunction"
+    assert p["Principal"] == "apigateway.amazonaws.com"
+    assert p["SourceArn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}"
+        "/${WebSocketStageName}/*"
+    }
+
+
+def test_websocket_function(template: dict[str, Any]) -> None:
+    p = props(template, "WebSocketFunction")
+    assert "Events" not in p, "invoked through the WebSocket API's integration, not a SAM event"
+    assert function_environment(template, "WebSocketFunction")["POWERTOOLS_SERVICE_NAME"] == "realtime-websocket"
+
+
+# --- fan-out and its alarms --------------------------------------------------------------------
+
+
+def test_fanout_function(template: dict[str, Any]) -> None:
+    p = props(template, "FanoutFunction")
+    assert set(p["Events"]) == {"EventsStream"}
+    assert p["Events"]["EventsStream"]["Type"] == "DynamoDB"
+    assert p["Events"]["EventsStream"]["Properties"]["Stream"] == {"Fn::GetAtt": ["EventsTable", "StreamArn"]}
+    # a batch of 100 must be deliverable within the timeout, retries to slow connections included
+    assert p["Timeout"] >= 30
+
+
+def test_fanout_dead_letter_queue(template: dict[str, Any]) -> None:
+    queue = template["Resources"]["FanoutDeadLetterQueue"]
+    assert queue["Type"] == "AWS::SQS::Queue"
+    assert queue["Properties"]["SqsManagedSseEnabled"] is True
+    assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def _alarm(template: dict[str, Any], metric: str) -> dict[str, Any]:
+    (alarm,) = (
+        resource["Properties"]
+        for resource in resources(template, "AWS::CloudWatch::Alarm").values()
+        if resource["Properties"]["MetricName"] == metric
+    )
+    return alarm
+
+
+def test_delivery_alarms(template: dict[str, Any]) -> None:
+    assert len(resources(template, "AWS::CloudWatch::Alarm")) == 3
+    dead_letters = _alarm(template, "ApproximateNumberOfMessagesVisible")
+    assert dead_letters["Namespace"] == "AWS/SQS"
+    assert dead_letters["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (dead_letters["ComparisonOperator"], dead_letters["Threshold"]) == ("GreaterThanThreshold", 0)
+
+    lag = _alarm(template, "IteratorAge")
+    assert lag["Namespace"] == "AWS/Lambda"
+    assert lag["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "FanoutFunction"}}]
+    assert (lag["Statistic"], lag["Period"], lag["EvaluationPeriods"]) == ("Maximum", 300, 1)
+    assert (lag["ComparisonOperator"], lag["Threshold"]) == ("GreaterThanThreshold", 60000)
+
+    errors = _alarm(template, "Errors")
+    assert errors["Namespace"] == "AWS/Lambda"
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "FanoutFunction"}}]
+    assert (errors["Statistic"], errors["ComparisonOperator"], errors["Threshold"]) == (
+        "Sum",
+        "GreaterThanThreshold",
+        0,
+    )
+    for alarm in (dead_letters, lag, errors):
+        assert alarm["TreatMissingData"] == "notBreaching", "no traffic is not an incident"
+
+
+def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]) -> None:
+    topic = "arn:aws:sns:eu-west-1:123456789012:ops-alerts"
+    for logical_id, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
+        silent = resolve_conditionals(template, alarm["Properties"], resolve_parameters(template))
+        assert "AlarmActions" not in silent and "OKActions" not in silent, logical_id
+        loud = resolve_conditionals(
+            template, alarm["Properties"], resolve_parameters(template, {"AlarmTopicArn": topic})
+        )
+        assert loud["AlarmActions"] == [{"Ref": "AlarmTopicArn"}], logical_id
+        assert loud["OKActions"] == [{"Ref": "AlarmTopicArn"}], logical_id
+
+
+# --- the resource graph -------------------------------------------------------------------------
+
+
+def test_resources_depend_on_each_other_without_a_cycle(template: dict[str, Any]) -> None:
+    graph = {
+        logical_id: (referenced_logical_ids(resource.get("Properties") or {}) | set(resource.get("DependsOn") or []))
+        & set(template["Resources"])
+        for logical_id, resource in template["Resources"].items()
+    }
+    # the Globals (every function's environment and layers) count for every function
+    globals_refs = referenced_logical_ids(template["Globals"]["Function"]) & set(template["Resources"])
+    for logical_id in resources(template, "AWS::Serverless::Function"):
+        graph[logical_id] |= globals_refs
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError
+    for logical_id in resources(template, "AWS::Serverless::Function"):
+        assert not graph[logical_id] & {"WebSocketStage", "WebSocketDeployment"}, logical_id
 
 
 # --- least privilege ---------------------------------------------------------------------
@@ -375,33 +760,61 @@ def statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]
 
 def test_every_function_policy_names_only_what_it_uses(template: dict[str, Any]) -> None:
     types = {logical_id: resource["Type"] for logical_id, resource in template["Resources"].items()}
+    mappings = event_source_mappings(template)
     for logical_id in resources(template, "AWS::Serverless::Function"):
         env_refs = {target for value in function_environment(template, logical_id).values() for target in _refs(value)}
         for statement in statements(template, logical_id):
             assert statement["Effect"] == "Allow"
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             assert all("*" not in action for action in actions), (logical_id, actions)
+            services = {action.split(":")[0] for action in actions}
+            assert len(services) == 1, f"{logical_id}: one service per statement, {statement}"
+            service = services.pop()
             targets = policy_targets(statement["Resource"])
             assert "*" not in targets, (logical_id, statement)
+            assert targets, (logical_id, statement)
+            if service == "execute-api":
+                # only this stack's WebSocket API, on the stage the functions post to
+                assert actions == ["execute-api:ManageConnections"], (logical_id, statement)
+                assert statement["Resource"] == {"Fn::Sub": MANAGE_CONNECTIONS_ARN}, (logical_id, statement)
+                assert env_refs >= {"WebSocketApi"}, logical_id
+                continue
             for target in targets:
-                service = actions[0].split(":")[0]
                 expected_type = {
                     "dynamodb": "AWS::DynamoDB::Table",
                     "secretsmanager": "AWS::SecretsManager::Secret",
-                }.get(service)
-                if expected_type:
-                    assert types.get(target) == expected_type, (logical_id, statement)
+                    "sqs": "AWS::SQS::Queue",
+                }[service]
+                assert types.get(target) == expected_type, (logical_id, statement)
+                if service == "sqs":
+                    # the stream mapping's failure destination: Lambda writes there with the function's role
+                    assert target in {m["on_failure_target"] for m in mappings if m["function"] == logical_id}
+                else:
                     # the function is configured to use what it may touch
                     assert target in env_refs, (logical_id, target)
 
 
 def _refs(value: Any) -> set[str]:
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return {value["Ref"]}
-        if "Fn::GetAtt" in value:
-            return {value["Fn::GetAtt"][0]}
-    return set()
+    return referenced_logical_ids(value)
+
+
+def grants(template: dict[str, Any], logical_id: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs a function's inline policy allows; resources as written, rendered as JSON."""
+    return {
+        (action, json.dumps(resource, sort_keys=True))
+        for statement in statements(template, logical_id)
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        for resource in (statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]])
+    }
+
+
+def arn_of(logical_id: str) -> str:
+    return json.dumps({"Fn::GetAtt": [logical_id, "Arn"]})
+
+
+BY_CHANNEL_INDEX_ARN = json.dumps({"Fn::Sub": "${ConnectionsTable.Arn}/index/by-channel"})
+SECRET = json.dumps({"Ref": "RealtimeSecret"})
+MANAGE_CONNECTIONS = json.dumps({"Fn::Sub": MANAGE_CONNECTIONS_ARN})
 
 
 def test_http_api_function_policy_is_exactly_what_ingest_and_history_need(template: dict[str, Any]) -> None:
@@ -420,13 +833,127 @@ def test_http_api_function_policy_is_exactly_what_ingest_and_history_need(templa
     }
     table_statement = next(s for s in statements(template, "HttpApiFunction") if "dynamodb:Query" in s["Action"])
     assert table_statement["Resource"] == {"Fn::GetAtt": ["EventsTable", "Arn"]}, "the table, not its indexes"
+    assert not any("ConnectionsTable" in resource for _, resource in grants(template, "HttpApiFunction"))
+
+
+def test_websocket_function_policy_is_exactly_what_subscribing_needs(template: dict[str, Any]) -> None:
+    assert grants(template, "WebSocketFunction") == {
+        # catch-up reads history, and tombstones a position whose writer died
+        ("dynamodb:GetItem", arn_of("EventsTable")),
+        ("dynamodb:Query", arn_of("EventsTable")),
+        ("dynamodb:PutItem", arn_of("EventsTable")),
+        # the connection and its subscriptions, always by connection id (never the index)
+        ("dynamodb:GetItem", arn_of("ConnectionsTable")),
+        ("dynamodb:PutItem", arn_of("ConnectionsTable")),
+        ("dynamodb:DeleteItem", arn_of("ConnectionsTable")),
+        ("dynamodb:Query", arn_of("ConnectionsTable")),
+        ("dynamodb:BatchWriteItem", arn_of("ConnectionsTable")),
+        ("secretsmanager:GetSecretValue", SECRET),
+        # replies (pong, subscribed, errors, missed events) go out through @connections
+        ("execute-api:ManageConnections", MANAGE_CONNECTIONS),
+    }
+
+
+def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[str, Any]) -> None:
+    assert grants(template, "FanoutFunction") == {
+        # subscribers by channel; a gone connection's items by its key, deleted in one batch
+        ("dynamodb:Query", BY_CHANNEL_INDEX_ARN),
+        ("dynamodb:Query", arn_of("ConnectionsTable")),
+        ("dynamodb:BatchWriteItem", arn_of("ConnectionsTable")),
+        ("execute-api:ManageConnections", MANAGE_CONNECTIONS),
+        # the mapping's on-failure destination (the stream itself: SAM's AWSLambdaDynamoDBExecutionRole)
+        ("sqs:SendMessage", arn_of("FanoutDeadLetterQueue")),
+    }
+    assert not any("EventsTable" in resource for _, resource in grants(template, "FanoutFunction")), (
+        "the fan-out reads events from the stream, never the table"
+    )
+    assert not any(action.startswith("secretsmanager:") for action, _ in grants(template, "FanoutFunction"))
+
+
+def test_manage_connections_is_scoped_to_this_api_stage_and_post(template: dict[str, Any]) -> None:
+    arn = MANAGE_CONNECTIONS_ARN
+    api_and_stage = arn.split(":")[-1]
+    assert api_and_stage == "${WebSocketApi}/${WebSocketStageName}/POST/@connections/*"
+    assert template["Resources"]["WebSocketApi"]["Type"] == "AWS::ApiGatewayV2::Api"
+    assert "WebSocketStageName" in template["Parameters"]
+    for logical_id in ("WebSocketFunction", "FanoutFunction"):
+        manage = [s for s in statements(template, logical_id) if s["Action"] == "execute-api:ManageConnections"]
+        assert [s["Resource"] for s in manage] == [{"Fn::Sub": arn}], logical_id
 
 
 # --- stream mappings -----------------------------------------------------------------------
 
 
-def test_no_stream_mapping_yet(template: dict[str, Any]) -> None:
-    assert event_source_mappings(template) == []
+def test_fanout_reads_new_events_from_the_stream(template: dict[str, Any]) -> None:
+    (mapping,) = event_source_mappings(template)
+    assert mapping == {
+        "function": "FanoutFunction",
+        "event": "EventsStream",
+        "table": "EventsTable",
+        "batch_size": 100,
+        "maximum_batching_window_seconds": 0,
+        "starting_position": "LATEST",
+        "filter_criteria": {
+            "Filters": [{"Pattern": '{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["event"]}}}}'}]
+        },
+        "filter_patterns": [{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["event"]}}}}],
+        "maximum_retry_attempts": 5,
+        "bisect_batch_on_function_error": True,
+        # the handler reports only the records whose subscribers it could not read
+        "function_response_types": ["ReportBatchItemFailures"],
+        "on_failure_destination": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]},
+        "on_failure_target": "FanoutDeadLetterQueue",
+        "maximum_record_age_seconds": 3600,
+        # one batch per shard at a time: a channel's events stay in order
+        "parallelization_factor": 1,
+        "enabled": True,
+    }
+    # Written inline (and asserted above), so SAM must not add a second policy from `Type`.
+    on_failure = props(template, "FanoutFunction")["Events"]["EventsStream"]["Properties"]["DestinationConfig"]
+    assert on_failure == {"OnFailure": {"Destination": {"Fn::GetAtt": ["FanoutDeadLetterQueue", "Arn"]}}}
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    """Lambda event filtering, as far as the template uses it: nested objects and lists of exact values."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(
+            key in value and _matches(sub_pattern, value[key]) for key, sub_pattern in pattern.items()
+        )
+    return value in pattern
+
+
+def _stream_record(event_name: str, image: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "eventName": event_name,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"pk": image["pk"], "sk": image["sk"]}, "NewImage": image, "SequenceNumber": "1"},
+    }
+
+
+def test_stream_filter_passes_exactly_the_records_the_fanout_delivers(template: dict[str, Any]) -> None:
+    (mapping,) = event_source_mappings(template)
+    patterns = mapping["filter_patterns"]
+    event_json = '{"id": "01J", "channel": "feed_1", "seq": 7}'
+    event = position_item("transport#feed_1", 7, Kind.EVENT, 1, 4102444800, event_json)
+    tombstone = position_item("transport#feed_1", 8, Kind.TOMBSTONE, 1, 4102444800)
+    head = {"pk": {"S": "transport#feed_1"}, "sk": {"N": "0"}, "kind": {"S": "head"}, "head": {"N": "8"}}
+    idem = idempotency_item("transport#feed_1", "e-1", "f", event_json, 4102444800)
+    records = {
+        "event inserted": (_stream_record("INSERT", event), True),
+        "event modified": (_stream_record("MODIFY", event), False),
+        "event expired": (_stream_record("REMOVE", event), False),
+        "tombstone": (_stream_record("INSERT", tombstone), False),
+        "head": (_stream_record("MODIFY", head), False),
+        "new head": (_stream_record("INSERT", head), False),
+        "idempotency key": (_stream_record("INSERT", idem), False),
+    }
+    sample = json.loads((ROOT / "events/dynamodb_stream_insert.json").read_text())["Records"]
+    records.update({f"sample record {n}": (record, True) for n, record in enumerate(sample)})
+    for name, (record, delivered) in records.items():
+        passes = any(_matches(pattern, record) for pattern in patterns)
+        assert passes is delivered, name
+        # the library's own test of a record agrees with the filter AWS applies
+        assert StreamRecord.from_record(record).deliverable is delivered, name
 
 
 def test_stream_mappings_are_read_with_lambda_defaults() -> None:
@@ -477,10 +1004,14 @@ def test_stream_mappings_are_read_with_lambda_defaults() -> None:
         "maximum_batching_window_seconds": 0,
         "starting_position": "LATEST",
         "filter_criteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT"]}'}]},
+        "filter_patterns": [{"eventName": ["INSERT"]}],
         "maximum_retry_attempts": 3,
         "bisect_batch_on_function_error": True,
         "function_response_types": ["ReportBatchItemFailures"],
         "on_failure_destination": {"Fn::GetAtt": ["Dlq", "Arn"]},
+        "on_failure_target": "Dlq",
+        "maximum_record_age_seconds": -1,
+        "parallelization_factor": 1,
         "enabled": True,
     }
     assert other["function"] == "Other"
@@ -488,3 +1019,141 @@ def test_stream_mappings_are_read_with_lambda_defaults() -> None:
     assert other["bisect_batch_on_function_error"] is False
     assert other["function_response_types"] == []
     assert other["filter_criteria"] is None
+    assert other["filter_patterns"] == []
+    assert (other["on_failure_destination"], other["on_failure_target"]) == (None, None)
+
+
+@pytest.mark.parametrize("pattern", ["not json", "[1, 2]"])
+def test_stream_filter_patterns_must_be_json_objects(pattern: str) -> None:
+    doc = parse_template(
+        f"""
+        Resources:
+          EventsTable: {{Type: AWS::DynamoDB::Table, Properties: {{}}}}
+          Fanout:
+            Type: AWS::Serverless::Function
+            Properties:
+              Events:
+                Stream:
+                  Type: DynamoDB
+                  Properties:
+                    Stream: !GetAtt EventsTable.StreamArn
+                    StartingPosition: LATEST
+                    FilterCriteria:
+                      Filters:
+                        - Pattern: '{pattern}'
+        """
+    )
+    with pytest.raises(TemplateError, match="Pattern"):
+        event_source_mappings(doc)
+
+
+# --- the policies cover what the code does -------------------------------------------------
+
+_TRANSACT_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+
+
+class DynamoDBRequests:
+    """The IAM (action, resource) pairs of the DynamoDB requests made through realtime_transport's clients."""
+
+    def __init__(self, table_ids: dict[str, str]) -> None:
+        self._table_ids = table_ids  # physical name -> logical id
+        self.made: set[tuple[str, str]] = set()
+
+    def _table(self, name: str, index: str | None = None) -> str:
+        logical_id = self._table_ids[name]
+        if index:
+            return json.dumps({"Fn::Sub": f"${{{logical_id}.Arn}}/index/{index}"})
+        return arn_of(logical_id)
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        operation = model.name
+        if operation == "TransactWriteItems":
+            for item in params["TransactItems"]:
+                ((kind, request),) = item.items()
+                self.made.add((_TRANSACT_ACTIONS[kind], self._table(request["TableName"])))
+        elif operation in {"BatchWriteItem", "BatchGetItem"}:
+            for name in params["RequestItems"]:
+                self.made.add((f"dynamodb:{operation}", self._table(name)))
+        else:
+            self.made.add((f"dynamodb:{operation}", self._table(params["TableName"], params.get("IndexName"))))
+
+    def take(self) -> set[tuple[str, str]]:
+        made, self.made = self.made, set()
+        return made
+
+
+class _Pusher:
+    """Accepts every frame; reports the connections in `gone` as gone (410)."""
+
+    def __init__(self, gone: set[str]) -> None:
+        self.gone = gone
+
+    def send(self, connection_id: str, data: bytes) -> bool:
+        return connection_id not in self.gone
+
+    def send_many(self, plan: Mapping[str, Sequence[bytes]]) -> DeliveryReport:
+        gone = sorted(set(plan) & self.gone)
+        return DeliveryReport(delivered=sum(len(plan[c]) for c in plan if c not in self.gone), gone=gone)
+
+
+def test_each_functions_policy_covers_the_requests_its_code_makes(template: dict[str, Any], aws: Any) -> None:
+    """Producers, subscribers and the fan-out on moto, each DynamoDB request checked against its function's role."""
+    requests = DynamoDBRequests({name: logical_id for logical_id, name in TABLE_NAMES.items()})
+    events = clients.session().events
+    events.register("before-parameter-build.dynamodb", requests)
+    try:
+        _exercise_every_function(template, requests)
+    finally:
+        events.unregister("before-parameter-build.dynamodb", requests)
+
+
+def _exercise_every_function(template: dict[str, Any], requests: DynamoDBRequests) -> None:
+    settings = Settings.model_validate(
+        {"EVENTS_TABLE_NAME": TABLE_NAMES["EventsTable"], "CONNECTIONS_TABLE_NAME": TABLE_NAMES["ConnectionsTable"]}
+    )
+    realtime = Realtime(settings=settings, secret=b"policy-test-secret-of-at-least-32-bytes")
+    channel = realtime.channel("feed_1")
+
+    # HttpApiFunction: keyed and plain events, a retry, history pages.
+    for n in range(3):
+        channel.broadcast(type="t", data={"n": n}, idempotency_key=f"e-{n}")
+    assert channel.broadcast(type="t", data={"n": 0}, idempotency_key="e-0").duplicate
+    channel.publish(type="feed.control", data={"action": "pause"})
+    channel.history(limit=2, cursor=channel.history(limit=1).next_cursor)
+    http_requests = requests.take()
+    assert http_requests and http_requests <= grants(template, "HttpApiFunction"), http_requests - grants(
+        template, "HttpApiFunction"
+    )
+
+    # WebSocketFunction: connect, subscribe with catch-up, ping, unsubscribe, disconnect.
+    live = LiveService(realtime, _Pusher(gone=set()))
+    token = tokens.issue(realtime.secret, sub="tester", channels=["feed_*"])
+    for connection_id in ("c1", "c2"):
+        live.connect(connection_id, token)
+        live.handle(
+            connection_id, json.dumps({"action": "subscribe", "channel": "feed_1", "cursor": channel.cursor(1)})
+        )
+    live.handle("c1", json.dumps({"action": "ping"}))
+    live.handle("c1", json.dumps({"action": "unsubscribe", "channel": "feed_1"}))
+    live.handle("c1", "not json")
+    live.disconnect("c1")
+    websocket_requests = requests.take()
+    assert websocket_requests and websocket_requests <= grants(template, "WebSocketFunction"), (
+        websocket_requests - grants(template, "WebSocketFunction")
+    )
+
+    # FanoutFunction: subscribers by channel, then the gone connection c2 forgotten.
+    fanout = Fanout(ConnectionStore(clients.dynamodb(), TABLE_NAMES["ConnectionsTable"]), _Pusher(gone={"c2"}))
+    event_json = json.dumps({"id": "01J", "channel": "feed_1", "seq": 6})
+    record = _stream_record("INSERT", position_item(channel.key, 6, Kind.EVENT, 1, 4102444800, event_json))
+    result = fanout.deliver([record])
+    assert result.deleted == ["c2"]
+    fanout_requests = requests.take()
+    assert fanout_requests and fanout_requests <= grants(template, "FanoutFunction"), fanout_requests - grants(
+        template, "FanoutFunction"
+    )

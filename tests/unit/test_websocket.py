@@ -152,7 +152,14 @@ def test_a_forbidden_subscribe_leaks_nothing(live: Any) -> None:
     service.connect("c1", token(["feed_*"]))
     send(service, "c1", {"action": "subscribe", "channel": "admin_ops", "cursor": secret_channel.cursor(0)})
     frames = pusher.take("c1")
-    assert frames == [{"type": "error", "code": "forbidden", "message": "token does not allow channel 'admin_ops'"}]
+    assert frames == [
+        {
+            "type": "error",
+            "code": "forbidden",
+            "message": "token does not allow channel 'admin_ops'",
+            "channel": "admin_ops",
+        }
+    ]
 
 
 def test_a_cursor_of_another_channel_is_refused(live: Any) -> None:

@@ -103,7 +103,8 @@ class LiveService:
             elif isinstance(message, Ping):
                 self.pusher.send(connection_id, _frame(Pong()))
         except RealtimeError as exc:
-            self._send_error(connection_id, exc.code, exc.message)
+            channel = message.channel if isinstance(message, Subscribe | Unsubscribe) else None
+            self._send_error(connection_id, exc.code, exc.message, channel)
 
     def _channel(self, name: str) -> Channel:
         return self.realtime.channel(name)
@@ -146,5 +147,5 @@ class LiveService:
             if not page.has_more or not progressed:
                 return cursor, truncated  # caught up, or stopped at a write still in flight
 
-    def _send_error(self, connection_id: str, code: str, message: str) -> None:
-        self.pusher.send(connection_id, _frame(ErrorMessage(code=code, message=message)))
+    def _send_error(self, connection_id: str, code: str, message: str, channel: str | None = None) -> None:
+        self.pusher.send(connection_id, _frame(ErrorMessage(code=code, message=message, channel=channel)))

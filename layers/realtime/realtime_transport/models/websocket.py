@@ -63,6 +63,7 @@ class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
     code: str
     message: str
+    channel: str | None = None  # the channel of the subscribe/unsubscribe it answers, when known
     details: dict[str, Any] | None = None
 
 

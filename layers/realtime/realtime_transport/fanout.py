@@ -1,0 +1,228 @@
+"""Fan-out: newly committed events, from the events table's stream to every subscribed connection.
+
+One stream batch is worked out whole before Powertools' `BatchProcessor` sees it:
+
+1. keep only INSERTs of `kind=event` items (the template's filter does this on AWS too);
+2. group them by channel, in `seq` order (positions can commit out of order by a few ms);
+3. read each channel's subscribers once, every page of the `by-channel` index;
+4. deliver every connection its frames in order, all connections at once (`Pusher.send_many`);
+5. delete connections that answered 410, with their subscriptions, at once.
+
+Only a failure to read a channel's subscribers fails that channel's records (they land in
+`batchItemFailures` and come back); a connection that cannot be reached is given up alone
+and never fails the batch, so nobody else gets the events twice because of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from .clock import now_ms
+from .connections import ConnectionStore
+from .delivery import DeliveryReport, Pusher
+from .errors import RealtimeError, StoreUnavailable
+from .models.stream import StreamRecord
+from .models.websocket import event_frame
+from .observability import logger, metrics
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+_T = TypeVar("_T")
+# Of the invocation's remaining time, what delivery may use: the rest deletes gone
+# connections and returns the answer.
+DELIVERY_SHARE = 0.8
+_R = TypeVar("_R")
+
+
+class SubscribersUnavailable(RealtimeError):
+    """The channel's subscribers could not be read: its records must come back later."""
+
+    code = "unavailable"
+
+
+class Deliverer(Protocol):
+    def send_many(self, plan: Mapping[str, Sequence[bytes]], *, budget_s: float | None = None) -> DeliveryReport: ...
+
+
+@dataclass
+class ChannelBatch:
+    """One channel's events in this batch, in seq order, and who was subscribed."""
+
+    key: str
+    name: str
+    records: list[StreamRecord]
+    subscribers: list[str] = field(default_factory=list)
+    lookup_error: str | None = None
+
+
+@dataclass
+class FanoutResult:
+    records: int
+    channels: dict[str, ChannelBatch]
+    report: DeliveryReport
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def failed_channels(self) -> set[str]:
+        return {key for key, batch in self.channels.items() if batch.lookup_error is not None}
+
+    def check(self, record: Any) -> None:
+        """A `BatchProcessor` record handler: raise only for records of a channel whose subscribers were unreadable."""
+        parsed = StreamRecord.from_record(record)
+        if not parsed.deliverable:
+            return
+        batch = self.channels.get(parsed.channel_key or "")
+        if batch is not None and batch.lookup_error is not None:
+            raise SubscribersUnavailable(f"subscribers of {batch.key}: {batch.lookup_error}")
+
+
+class Fanout:
+    def __init__(
+        self,
+        connections: ConnectionStore,
+        pusher: Deliverer,
+        *,
+        page_size: int = 1000,
+        store_workers: int = 8,
+    ) -> None:
+        self.connections = connections
+        self.pusher = pusher
+        self._page_size = page_size
+        self._store_workers = store_workers
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Fanout:
+        from .clients import dynamodb
+        from .settings import get_settings
+
+        settings = settings or get_settings()
+        return cls(ConnectionStore(dynamodb(), settings.connections_table_name), Pusher.from_settings(settings))
+
+    def deliver(self, records: Iterable[Any], *, remaining_ms: int | None = None) -> FanoutResult:
+        """Deliver a stream batch (Powertools `DynamoDBRecord`s or raw record dicts).
+
+        `remaining_ms` is the invocation's time left: delivery stops at DELIVERY_SHARE of it
+        (what is left unsent is reported failed, its clients fill the gap from history), so
+        an unreachable endpoint cannot time the invocation out and make everyone's events
+        come again.
+        """
+        deadline = None if remaining_ms is None else time.monotonic() + remaining_ms / 1000 * DELIVERY_SHARE
+        parsed = [StreamRecord.from_record(record) for record in records]
+        channels = _by_channel(parsed)
+        for batch, outcome in zip(channels.values(), self._map(self._subscribers, channels.values()), strict=True):
+            if isinstance(outcome, StoreUnavailable):
+                batch.lookup_error = outcome.message
+            else:
+                batch.subscribers = outcome
+
+        plan: dict[str, list[bytes]] = {}
+        for batch in channels.values():
+            if not batch.subscribers:
+                continue
+            frames = [event_frame(batch.name, record.event_json or "") for record in batch.records]
+            for connection_id in batch.subscribers:
+                held = plan.get(connection_id)
+                # Shared list for the common case of one channel per connection; a new one when merging.
+                plan[connection_id] = frames if held is None else [*held, *frames]
+        budget = None if deadline is None else max(0.0, deadline - time.monotonic())
+        report = self.pusher.send_many(plan, budget_s=budget) if plan else DeliveryReport()
+        delivered_at = now_ms()
+
+        deleted = [
+            connection_id
+            for connection_id, outcome in zip(report.gone, self._map(self._forget, report.gone), strict=True)
+            if outcome is None
+        ]
+        result = FanoutResult(records=len(parsed), channels=channels, report=report, deleted=deleted)
+        self._record(result, delivered_at)
+        return result
+
+    # --- steps ------------------------------------------------------------------------
+
+    def _subscribers(self, batch: ChannelBatch) -> list[str] | StoreUnavailable:
+        ids: list[str] = []
+        try:
+            for page in self.connections.subscribers(batch.key, page_size=self._page_size):
+                ids.extend(page)
+        except StoreUnavailable as exc:
+            return exc
+        return list(dict.fromkeys(ids))
+
+    def _forget(self, connection_id: str) -> StoreUnavailable | None:
+        try:
+            self.connections.delete_connection(connection_id)
+        except StoreUnavailable as exc:
+            # It will answer 410 again next time and be deleted then; the batch is fine.
+            logger.warning(
+                "could not delete a gone connection", extra={"connection_id": connection_id, "error": str(exc)}
+            )
+            return exc
+        return None
+
+    def _map(self, function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+        """Table reads and deletes of a batch side by side (boto3 clients are thread-safe)."""
+        work = list(items)
+        if len(work) <= 1:
+            return [function(item) for item in work]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._store_workers, thread_name_prefix="fanout-store")
+        return list(self._executor.map(function, work))
+
+    def _record(self, result: FanoutResult, delivered_at: int) -> None:
+        report = result.report
+        metrics.add_metric(name="Deliveries", unit=MetricUnit.Count, value=report.delivered)
+        metrics.add_metric(name="DeliveryFailures", unit=MetricUnit.Count, value=len(report.failed))
+        metrics.add_metric(name="GoneConnections", unit=MetricUnit.Count, value=len(report.gone))
+        if result.failed_channels:
+            metrics.add_metric(
+                name="SubscriberLookupFailures", unit=MetricUnit.Count, value=len(result.failed_channels)
+            )
+        for batch in result.channels.values():
+            if not batch.subscribers:
+                continue
+            for record in batch.records:
+                published = record.published_at_ms()
+                if published is not None:
+                    metrics.add_metric(
+                        name="FanoutLatency", unit=MetricUnit.Milliseconds, value=max(0, delivered_at - published)
+                    )
+        summary: dict[str, Any] = {
+            "batch_size": result.records,
+            "events": sum(len(batch.records) for batch in result.channels.values()),
+            "channels": {
+                key: {"events": len(batch.records), "subscribers": len(batch.subscribers)}
+                | ({"lookup_error": batch.lookup_error} if batch.lookup_error else {})
+                for key, batch in result.channels.items()
+            },
+            "delivered": report.delivered,
+            "gone": len(report.gone),
+            "failed": len(report.failed),
+            "retries": report.retries,
+            "delivery_ms": round(report.elapsed_ms, 1),
+        }
+        if report.errors:
+            summary["errors"] = dict(list(report.errors.items())[:10])  # a sample: the reasons repeat
+        if result.failed_channels:
+            logger.error("fanout batch: subscribers unreadable", extra=summary)
+        else:
+            logger.info("fanout batch", extra=summary)
+
+
+def _by_channel(records: Iterable[StreamRecord]) -> dict[str, ChannelBatch]:
+    """Deliverable records grouped by channel key, each channel's in seq order, repeats dropped."""
+    by_key: dict[str, dict[int, StreamRecord]] = {}
+    for record in records:
+        if record.deliverable and record.channel_key is not None and record.seq is not None:
+            by_key.setdefault(record.channel_key, {}).setdefault(record.seq, record)
+    return {
+        key: ChannelBatch(key=key, name=next(iter(seqs.values())).channel, records=[seqs[s] for s in sorted(seqs)])
+        for key, seqs in by_key.items()
+    }

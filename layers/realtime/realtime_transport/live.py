@@ -103,8 +103,8 @@ class LiveService:
             elif isinstance(message, Ping):
                 self.pusher.send(connection_id, _frame(Pong()))
         except RealtimeError as exc:
-            channel = message.channel if isinstance(message, Subscribe | Unsubscribe) else None
-            self._send_error(connection_id, exc.code, exc.message, channel)
+            channel_name = message.channel if isinstance(message, Subscribe | Unsubscribe) else None
+            self._send_error(connection_id, exc.code, exc.message, channel_name)
 
     def _channel(self, name: str) -> Channel:
         return self.realtime.channel(name)

@@ -6,35 +6,75 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from .stack import LocalStack, StackOptions
+    from .stack import DEV_TOKEN_CHANNELS, DEV_TOKEN_TTL_SECONDS, LocalStack, StackOptions
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)  # moto's server
-    stack = LocalStack(StackOptions(host=args.host, port=args.port, history_limit=args.history_limit))
+    stack = LocalStack(
+        StackOptions(
+            host=args.host,
+            port=args.port,
+            history_limit=args.history_limit,
+            require_auth=args.require_auth,
+            poll_interval=args.poll_interval_ms / 1000,
+            ttl_sweep_interval=args.ttl_sweep_seconds,
+            idle_timeout=args.idle_timeout,
+        )
+    )
 
-    async def run() -> None:
+    async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stack.start()
+        try:
+            await stack.start()
+        except OSError as exc:  # most often: the port is taken
+            await stack.stop()
+            print(
+                f"realtime-transport: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 1
+        hours = DEV_TOKEN_TTL_SECONDS // 3600
+        history = "Bearer token required (--require-auth)" if args.require_auth else "open, as under sam local"
         print("realtime-transport local stack (state in memory; Ctrl-C stops it)", flush=True)
-        print(f"  HTTP API:  {stack.url}", flush=True)
-        print(f"  OpenAPI:   {stack.url}/openapi.json", flush=True)
-        print(f"  DynamoDB:  {stack.dynamodb_url}", flush=True)
+        print(f"  HTTP API:   {stack.url}  (history route: {history})", flush=True)
+        print(f"  OpenAPI:    {stack.url}/openapi.json", flush=True)
+        if stack.ws_gateway is not None:
+            print(f"  WebSocket:  {stack.websocket_url}  (append ?token=<token>)", flush=True)
+            print(f"  Management: {stack.url}/@connections/{{connectionId}}", flush=True)
+        else:
+            print("  WebSocket:  not served (no WebSocket API function code yet; see the warnings above)", flush=True)
+        print(f"  Dashboard:  {stack.url}/", flush=True)
+        print(f"  DynamoDB:   {stack.dynamodb_url}", flush=True)
+        for poller in stack.pollers:
+            print(f"  Stream:     {poller.stream_arn} -> {poller.mapping.name}", flush=True)
+        print(f"  Dev token ({', '.join(DEV_TOKEN_CHANNELS)}, {hours}h): {stack.dev_token()}", flush=True)
         print(f"ready {stack.url}", flush=True)
         try:
             await stop.wait()
         finally:
             print("stopping", flush=True)
             await stack.stop()
+        return 0
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _token(args: argparse.Namespace) -> int:
+    from realtime_transport.secrets import DEVELOPMENT_SECRET
+    from realtime_transport.tokens import issue
+
+    secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
+    if args.ttl <= 0:
+        raise SystemExit("--ttl must be a positive number of seconds")
+    print(issue(secret.encode(), sub=args.sub, channels=args.channels, ttl_seconds=args.ttl))
     return 0
 
 
@@ -46,8 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dev.add_argument("--port", type=int, default=3000, help="port (default 3000; 0 picks a free one)")
     dev.add_argument("--history-limit", type=int, default=None, help="events kept per channel (default 500)")
+    dev.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="the history route demands 'Authorization: Bearer <token>' as deployed "
+        "(WebSocket tokens are always checked)",
+    )
+    dev.add_argument(
+        "--poll-interval-ms", type=float, default=50, help="stream poll interval when idle (default 50 ms)"
+    )
+    dev.add_argument(
+        "--ttl-sweep-seconds", type=float, default=30, help="how often expired items are deleted (default 30; 0: never)"
+    )
+    dev.add_argument(
+        "--idle-timeout", type=float, default=600, help="WebSocket idle timeout in seconds (default 600; 0: none)"
+    )
     dev.add_argument("-v", "--verbose", action="store_true", help="log every request")
     dev.set_defaults(func=_dev)
+
+    token = commands.add_parser(
+        "token",
+        help="print a subscriber token (signed with REALTIME_TOKEN_SECRET, else the development secret)",
+    )
+    token.add_argument(
+        "--channels",
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="a channel glob the token allows, e.g. 'feed_*' (repeat for more)",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument("--sub", default="developer", help="the token's subject (default 'developer')")
+    token.set_defaults(func=_token)
     return parser
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import mimetypes
 import re
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -153,3 +155,36 @@ class HttpGateway:
         except (ValueError, TypeError, json.JSONDecodeError):
             log.exception("function %s returned a malformed response", route.function.name)
             return self._cors(_json_error(502, "Bad Gateway"))
+
+
+class StaticFiles:
+    """The dashboard and the browser client: ``/`` is ``web/dashboard.html``, ``/web/...`` is ``web/...``.
+
+    Whatever exists is served (no caching, for editing while the stack runs); anything else,
+    and any path that would leave ``web/``, is a 404.
+    """
+
+    INDEX = "dashboard.html"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/", self.index)
+        router.add_get("/web/{path:.*}", self.file)
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return self._serve(self.INDEX)
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        return self._serve(request.match_info["path"])
+
+    def _serve(self, relative: str) -> web.StreamResponse:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root) or not path.is_file():
+            return _json_error(404, "Not Found")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if path.suffix in (".js", ".mjs"):
+            content_type = "text/javascript"
+        response = web.FileResponse(path, headers={"Cache-Control": "no-store", "Content-Type": content_type})
+        return response

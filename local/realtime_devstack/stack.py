@@ -3,21 +3,49 @@
 No AWS account, no Docker, no internet: the handlers run unmodified in this
 process and reach DynamoDB through boto3's own endpoint setting
 (`AWS_ENDPOINT_URL_DYNAMODB`), over real HTTP to moto's server.
+
+Everything is read from ``template.yaml``: the tables (with their streams and TTL), the
+functions and their environment, the HTTP API routes, the WebSocket API (routes, selection
+expression, stage) and the stream event source mappings. One aiohttp server on one port
+serves all of it:
+
+| path                         | what                                                         |
+| ---------------------------- | ------------------------------------------------------------ |
+| ``GET /ws``                  | the WebSocket API (``ws_gateway``)                           |
+| ``/@connections/{id}``       | its management API (``management_api``), also under ``/{stage}/`` |
+| ``GET /``, ``GET /web/...``  | the dashboard and the browser client (``web/``)              |
+| anything else                | the HTTP API routes (``http_gateway``), 404 where none match |
+
+Beside it run a stream poller per event source mapping (``stream_poller``) and the TTL
+sweeper (``ttl_sweeper``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import moto_dynamodb, template
-from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute
-from .lambda_host import FUNCTIONS_DIR, FunctionHost
+from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute, StaticFiles
+from .lambda_host import REPO_ROOT, FunctionHost
+from .management_api import ManagementApi
+from .stream_poller import DEFAULT_POLL_INTERVAL, EventSourceMapping, StreamPoller
+from .ttl_sweeper import DEFAULT_INTERVAL_SECONDS, TtlSweeper
+from .ws_gateway import (
+    IDLE_TIMEOUT_SECONDS,
+    MAX_MESSAGE_BYTES,
+    ConnectionRegistry,
+    WebSocketApi,
+    WebSocketGateway,
+)
 
 log = logging.getLogger("realtime_devstack")
 
@@ -31,7 +59,16 @@ _LOCAL_AWS_ENV = {
     "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-_FUNCTIONS = {"HttpApiFunction": "http_api"}
+# Environment the template sets that means nothing locally (the secret comes from
+# REALTIME_TOKEN_SECRET or the development secret instead of Secrets Manager).
+_DROPPED_ENV = {"REALTIME_SECRET_ARN"}
+WEBSOCKET_PATH = "/ws"
+DEV_TOKEN_CHANNELS = ("feed_*",)
+DEV_TOKEN_TTL_SECONDS = 12 * 3600
+WEBSOCKET_API_TYPE = "AWS::ApiGatewayV2::Api"
+STAGE_TYPE = "AWS::ApiGatewayV2::Stage"
+ROUTE_TYPE = "AWS::ApiGatewayV2::Route"
+ROUTE_RESPONSE_TYPE = "AWS::ApiGatewayV2::RouteResponse"
 
 
 @dataclass
@@ -41,6 +78,14 @@ class StackOptions:
     history_limit: int | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     concurrency: int = 16
+    # --require-auth: the history route demands `Authorization: Bearer` (REQUIRE_HISTORY_TOKEN).
+    # Off by default: HTTP routes stay open locally, as under `sam local`.
+    require_auth: bool = False
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds between reads of an idle stream shard
+    ttl_sweep_interval: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the sweeper
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS  # WebSocket idle timeout; 0 disables it
+    template_path: Path | None = None  # default: the repository's template.yaml
+    web_dir: Path | None = None  # default: the repository's web/
 
 
 def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
@@ -52,17 +97,41 @@ def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
     return str(value)
 
 
+def _url_host(host: str) -> str:
+    """The host to put in URLs: loopback for a wildcard address, brackets around IPv6."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising it, not binding to it
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 class LocalStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
-        self.template = template.load_template()
+        self.template_path = (options.template_path or template.TEMPLATE_PATH).resolve()
+        self.template = template.load_template(self.template_path)
+        self.web_dir = options.web_dir or REPO_ROOT / "web"
         self._moto: Any = None
         self._runner: web.AppRunner | None = None
+        self._socket: socket.socket | None = None
+        self._stopped = False
         self.functions: dict[str, FunctionHost] = {}
+        self.registry = ConnectionRegistry()
+        self.ws_gateway: WebSocketGateway | None = None
+        self.management = ManagementApi(self.registry)
+        self.pollers: list[StreamPoller] = []
+        self.sweeper: TtlSweeper | None = None
         self.url = ""
+        self.websocket_url = ""
         self.dynamodb_url = ""
+        self.table_names = {logical: f"local-{logical}" for logical in template.table_definitions(self.template)}
 
     # --- set-up ----------------------------------------------------------------------------
+
+    def _parameters(self) -> dict[str, str]:
+        parameters = {**template.parameter_defaults(self.template), **self.options.parameters}
+        if self.options.history_limit is not None:
+            parameters["HistoryLimit"] = str(self.options.history_limit)
+        return parameters
 
     def _start_dynamodb(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -73,21 +142,30 @@ class LocalStack:
         host, port = self._moto.get_host_and_port()
         self.dynamodb_url = f"http://{host}:{port}"
 
+    def _bind(self) -> None:
+        """Take the port now, so the URL (and the functions' management endpoint) is known."""
+        family = socket.AF_INET6 if ":" in self.options.host else socket.AF_INET
+        self._socket = socket.create_server((self.options.host, self.options.port), family=family, backlog=512)
+        port = self._socket.getsockname()[1]
+        host = _url_host(self.options.host)
+        self.url = f"http://{host}:{port}"
+        self.websocket_url = f"ws://{host}:{port}{WEBSOCKET_PATH}"
+
     def _environment(self) -> dict[str, str]:
-        parameters = {**template.parameter_defaults(self.template), **self.options.parameters}
-        if self.options.history_limit is not None:
-            parameters["HistoryLimit"] = str(self.options.history_limit)
-        tables = dict.fromkeys(template.table_definitions(self.template))
-        refs: dict[str, str] = {**parameters, **{logical: f"local-{logical}" for logical in tables}}
+        refs: dict[str, str] = {**self._parameters(), **self.table_names}
         env: dict[str, str] = {}
-        for logical_id in _FUNCTIONS:
+        for logical_id in template.resources(self.template, template.FUNCTION_TYPE):
             for name, value in template.function_environment(self.template, logical_id).items():
                 resolved = _resolve(value, refs)
-                if resolved is not None and name != "REALTIME_SECRET_ARN":
+                if resolved is not None and name not in _DROPPED_ENV:
                     env[name] = resolved
         env.update(_LOCAL_AWS_ENV)
         env["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_url
         env["AWS_ENDPOINT_URL_DYNAMODBSTREAMS"] = self.dynamodb_url
+        # The management API is served on this stack's own port (the template's is https://{api}...).
+        env["WEBSOCKET_MANAGEMENT_URL"] = self.url
+        env["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = self.url
+        env["REQUIRE_HISTORY_TOKEN"] = "true" if self.options.require_auth else "false"
         # EMF metrics on stdout are for CloudWatch; locally they would drown the log.
         env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         env.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
@@ -97,24 +175,109 @@ class LocalStack:
         import boto3
 
         client = boto3.client("dynamodb", endpoint_url=self.dynamodb_url)
-        names = {logical: f"local-{logical}" for logical in template.table_definitions(self.template)}
-        template.create_tables(client, names)
+        template.create_tables(client, self.table_names, template=self.template)
+
+    def _start_functions(self) -> None:
+        base = self.template_path.parent
+        for logical_id, spec in template.functions(self.template).items():
+            code_dir = (base / spec["code_uri"]).resolve()
+            module = spec["handler"].rsplit(".", 1)[0]
+            if not (code_dir / f"{module.replace('.', '/')}.py").is_file():
+                log.warning("%s: %s/%s.py does not exist yet; its routes are not served", logical_id, code_dir, module)
+                continue
+            host = FunctionHost(logical_id, code_dir, spec["handler"], max_concurrency=self.options.concurrency)
+            host.warm()
+            self.functions[logical_id] = host
 
     def _http_routes(self) -> list[HttpRoute]:
         routes = []
-        for logical_id in _FUNCTIONS:
-            host = self.functions[logical_id]
-            events = self.template["Resources"][logical_id]["Properties"].get("Events", {})
-            for event in events.values():
-                if event.get("Type") == "HttpApi":
-                    props = event["Properties"]
-                    routes.append(HttpRoute(props["Method"].upper(), props["Path"], host))
+        for route in template.http_routes(self.template, self.options.parameters or None):
+            host = self.functions.get(route["function"])
+            if host is not None:
+                routes.append(HttpRoute(route["method"], route["path"], host))
         return routes
+
+    def _websocket_api(self) -> WebSocketApi | None:
+        apis = [
+            logical_id
+            for logical_id, resource in template.resources(self.template, WEBSOCKET_API_TYPE).items()
+            if (resource.get("Properties") or {}).get("ProtocolType") == "WEBSOCKET"
+        ]
+        if not apis:
+            return None
+        api_id = apis[0]
+        routes = {
+            route_key: self.functions[function_id]
+            for route_key, function_id in template.websocket_routes(self.template, api_id).items()
+            if function_id in self.functions
+        }
+        if not routes:
+            return None
+        return WebSocketApi(
+            routes=routes,
+            route_selection_expression=template.websocket_route_selection(self.template, api_id),
+            api_id="local",
+            stage=self._stage(api_id),
+            two_way_routes=self._two_way_routes(api_id),
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            idle_timeout=self.options.idle_timeout,
+        )
+
+    def _stage(self, api_id: str) -> str:
+        parameters = self._parameters()
+        for resource in template.resources(self.template, STAGE_TYPE).values():
+            props = resource.get("Properties") or {}
+            if template.referenced_logical_id(props.get("ApiId")) == api_id:
+                name = _resolve(props.get("StageName"), parameters)
+                if name:
+                    return name
+        return "local"
+
+    def _two_way_routes(self, api_id: str) -> frozenset[str]:
+        """Route keys with an AWS::ApiGatewayV2::RouteResponse: only those send a handler's body back."""
+        keys = set()
+        routes = template.resources(self.template, ROUTE_TYPE)
+        for resource in template.resources(self.template, ROUTE_RESPONSE_TYPE).values():
+            props = resource.get("Properties") or {}
+            route = routes.get(template.referenced_logical_id(props.get("RouteId")) or "")
+            if (
+                route is not None
+                and template.referenced_logical_id((route.get("Properties") or {}).get("ApiId")) == api_id
+            ):
+                keys.add(str(route["Properties"]["RouteKey"]))
+        return frozenset(keys)
+
+    def _start_pollers(self) -> None:
+        import boto3
+
+        dynamodb = boto3.client("dynamodb", endpoint_url=self.dynamodb_url)
+        streams = boto3.client("dynamodbstreams", endpoint_url=self.dynamodb_url)
+        for settings in template.event_source_mappings(self.template):
+            host = self.functions.get(settings["function"])
+            if host is None or not settings["enabled"]:
+                continue
+            table = dynamodb.describe_table(TableName=self.table_names[settings["table"]])["Table"]
+            mapping = EventSourceMapping(settings=settings, invoke=host.invoke_sync)
+            poller = StreamPoller(mapping, streams, table["LatestStreamArn"], interval=self.options.poll_interval)
+            poller.start()
+            self.pollers.append(poller)
+
+    def dev_token(
+        self, channels: tuple[str, ...] = DEV_TOKEN_CHANNELS, ttl_seconds: int = DEV_TOKEN_TTL_SECONDS
+    ) -> str:
+        """A subscriber token signed with the secret the functions use (REALTIME_TOKEN_SECRET or the dev one)."""
+        from realtime_transport.secrets import signing_secret
+        from realtime_transport.settings import Settings
+        from realtime_transport.tokens import issue
+
+        secret = signing_secret(Settings.from_env())
+        return issue(secret, sub="developer", channels=list(channels), ttl_seconds=ttl_seconds)
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._start_dynamodb()
+        self._bind()
         # Process-wide, as a Lambda sandbox's environment is: every handler reads it once.
         for name, value in self._environment().items():
             if name.startswith("POWERTOOLS_"):
@@ -122,26 +285,58 @@ class LocalStack:
             else:
                 os.environ[name] = value
         self._create_tables()
-        for logical_id, code_dir in _FUNCTIONS.items():
-            host = FunctionHost(logical_id, FUNCTIONS_DIR / code_dir, max_concurrency=self.options.concurrency)
-            host.warm()
-            self.functions[logical_id] = host
-        gateway = HttpGateway(self._http_routes())
+        self._start_functions()
+        # Streams are read from LATEST: start before anything can write.
+        self._start_pollers()
+        if self.options.ttl_sweep_interval > 0:
+            import boto3
+
+            self.sweeper = TtlSweeper(
+                boto3.client("dynamodb", endpoint_url=self.dynamodb_url), interval=self.options.ttl_sweep_interval
+            )
+            self.sweeper.start()
+
         app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
-        app.router.add_route("*", "/{tail:.*}", gateway.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        websocket_api = self._websocket_api()
+        if websocket_api is not None:
+            self.ws_gateway = WebSocketGateway(websocket_api, self.registry)
+            app.router.add_get(WEBSOCKET_PATH, self.ws_gateway.handle)
+        else:
+            app.router.add_get(WEBSOCKET_PATH, _no_websocket_api)
+        self.management.add_routes(app.router)
+        StaticFiles(self.web_dir).add_routes(app.router)
+        app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes()).handle)
+
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else self.options.port
-        self.url = f"http://{self.options.host}:{port}"
+        assert self._socket is not None  # noqa: S101 - bound above
+        await web.SockSite(self._runner, self._socket).start()
 
     async def stop(self) -> None:
+        """Stop in dependency order: stream pollers (their in-flight batch may still post to
+        sockets), then every socket (1001 and $disconnect, which needs DynamoDB), then the
+        server, the functions and moto last. Calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for poller in self.pollers:
+            await asyncio.to_thread(poller.stop)
+        if self.ws_gateway is not None:
+            await self.ws_gateway.shutdown()
+        if self.sweeper is not None:
+            await asyncio.to_thread(self.sweeper.stop)
         if self._runner is not None:
             await self._runner.cleanup()
+        elif self._socket is not None:
+            self._socket.close()
         for host in self.functions.values():
             host.close()
         if self._moto is not None:
             self._moto.stop()
+
+
+async def _no_websocket_api(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"message": "the template has no WebSocket API whose function code exists (see the start-up log)"},
+        status=404,
+    )

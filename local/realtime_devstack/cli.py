@@ -78,6 +78,33 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    import json
+
+    from .tools import publish
+
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise SystemExit(f"--payload is not valid JSON: {exc}") from exc
+    return publish(args.url, args.feed, type=args.type, payload=payload, event_id=args.event_id, source=args.source)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from realtime_transport.secrets import DEVELOPMENT_SECRET
+    from realtime_transport.tokens import issue
+
+    from .tools import Tail
+
+    token = args.token or os.environ.get("REALTIME_TOKEN")
+    if not token:
+        if "amazonaws.com" in args.url:
+            raise SystemExit("--token (or REALTIME_TOKEN) is required for a deployed stack")
+        secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
+        token = issue(secret.encode(), sub="tail", channels=args.channels, ttl_seconds=12 * 3600)
+    return asyncio.run(Tail(args.url, token, args.channels, args.cursor, sys.stdout).run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-transport", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--sub", default="developer", help="the token's subject (default 'developer')")
     token.set_defaults(func=_token)
+
+    publish = commands.add_parser(
+        "publish", help="publish one event over HTTP (SigV4-signed when the URL is a deployed API)"
+    )
+    publish.add_argument("feed", help="feed id (the channel is feed_{feed})")
+    publish.add_argument("--type", required=True, help="event type, e.g. order.created")
+    publish.add_argument("--payload", default="null", help="the payload as JSON (default null)")
+    publish.add_argument("--event-id", default=None, help="idempotency key (default: a new UUID)")
+    publish.add_argument("--source", default=None, help="metadata.source (default 'api')")
+    publish.add_argument("--url", default="http://127.0.0.1:3000", help="HTTP API URL (default the local stack)")
+    publish.set_defaults(func=_publish)
+
+    tail = commands.add_parser(
+        "tail", help="print channels' events as JSON lines, in order, resuming after a dropped connection"
+    )
+    tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. feed_42")
+    tail.add_argument("--url", default="ws://127.0.0.1:3000/ws", help="WebSocket URL (default the local stack)")
+    tail.add_argument("--token", default=None, help="subscriber token (default: REALTIME_TOKEN, or a dev token)")
+    tail.add_argument("--cursor", default=None, help="resume after this cursor (one channel)")
+    tail.set_defaults(func=_tail)
     return parser
 
 

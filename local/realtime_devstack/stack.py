@@ -168,7 +168,8 @@ class LocalStack:
         env["REQUIRE_HISTORY_TOKEN"] = "true" if self.options.require_auth else "false"
         # EMF metrics on stdout are for CloudWatch; locally they would drown the log.
         env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-        env.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+        # The template's INFO is for CloudWatch; locally a line per connect and batch is noise.
+        env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
         return env
 
     def _create_tables(self) -> None:
@@ -262,6 +263,9 @@ class LocalStack:
             poller.start()
             self.pollers.append(poller)
 
+    async def _serve_dev_token(self, _request: web.Request) -> web.Response:
+        return web.json_response({"token": self.dev_token()}, headers={"Cache-Control": "no-store"})
+
     def dev_token(
         self, channels: tuple[str, ...] = DEV_TOKEN_CHANNELS, ttl_seconds: int = DEV_TOKEN_TTL_SECONDS
     ) -> str:
@@ -305,6 +309,8 @@ class LocalStack:
             app.router.add_get(WEBSOCKET_PATH, _no_websocket_api)
         self.management.add_routes(app.router)
         StaticFiles(self.web_dir).add_routes(app.router)
+        # The dashboard asks for a development token here (local stack only: never deployed).
+        app.router.add_get("/dev/token", self._serve_dev_token)
         app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes()).handle)
 
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)

@@ -25,6 +25,14 @@ class Stack:
     process: subprocess.Popen[str]
     output: list[str]
 
+    def printed(self, label: str) -> str:
+        """A URL the stack printed at start-up, e.g. printed("DynamoDB:")."""
+        return next(line.split()[1] for line in self.output if line.strip().startswith(label))
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
 
 def start_stack(*args: str) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EVENTS_", "CONNECTIONS_"))}

@@ -1,0 +1,138 @@
+"""Small helpers shared by the benchmarks: environment, tables, goals, the local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]  # realtime_transport and realtime_devstack: the editable install
+
+# Fake credentials and quiet Powertools, as tests/conftest.py sets them (nothing may reach AWS).
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransportBench",
+    "POWERTOOLS_SERVICE_NAME": "bench",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "EVENTS_TABLE_NAME": "bench-events",
+    "CONNECTIONS_TABLE_NAME": "bench-connections",
+}
+
+
+def fake_aws_env() -> None:
+    """Set the fake environment in this process (before boto3 reads it)."""
+    os.environ.update(FAKE_AWS_ENV)
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+        os.environ.pop(var, None)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a plain left/right aligned table (numbers right-aligned)."""
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        aligned = (c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        print("  ".join(aligned).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def goal(met: bool, text: str) -> None:
+    print(f"GOAL {'MET' if met else 'MISSED'}: {text}")
+
+
+# --- the local stack as a subprocess (as tests/integration/conftest.py runs it) ----------------
+
+# The stack signs cursors and checks subscriber tokens with this (REALTIME_TOKEN_SECRET).
+STACK_SECRET = "bench-secret-for-the-local-stack-only"  # noqa: S105
+
+
+def reader_token(channels: list[str]) -> str:
+    """A subscriber token for the stack's history route (`Authorization: Bearer`)."""
+    from realtime_transport import tokens
+
+    return tokens.issue(STACK_SECRET.encode(), sub="bench", channels=channels)
+
+
+@dataclass
+class Stack:
+    url: str
+    process: subprocess.Popen[str]
+
+
+def start_stack(*args: str, timeout: float = 60) -> Stack:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EVENTS_", "CONNECTIONS_"))}
+    env["REALTIME_TOKEN_SECRET"] = STACK_SECRET
+    process = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "realtime_devstack.cli", "dev", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if line.startswith("ready "):
+            # Keep draining its output so a chatty stack never blocks on a full pipe.
+            _drain(process)
+            return Stack(url=line.split()[1], process=process)
+    process.kill()
+    raise RuntimeError("local stack did not start:\n" + "".join(output))
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    import threading
+
+    def run() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if not line.startswith("stopping"):
+                sys.stderr.write(f"[stack] {line}")
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def stop_stack(stack: Stack) -> int:
+    stack.process.send_signal(signal.SIGINT)
+    try:
+        return stack.process.wait(timeout=20)
+    finally:
+        if stack.process.poll() is None:
+            stack.process.kill()
+
+
+if __name__ == "__main__":
+    print("helpers for the benchmarks in bench/; nothing to measure here")

@@ -1,0 +1,592 @@
+"""Live delivery end to end on the local stack: HTTP publish -> stream -> fan-out -> 100 WebSocket subscribers.
+
+Starts `realtime-transport dev --port 0` as a subprocess (bench/_common.start_stack), and 100
+WebSocket subscribers on one channel in a SEPARATE process (this script with `--subscriber-process`:
+asyncio + the websockets client, no permessage-deflate, as API Gateway offers none), so receiving
+6,000+ frames/s never delays the publisher's clock readings or its event loop, and vice versa.
+The publisher (this process, aiohttp, keep-alive pool) publishes open-loop on a fixed schedule.
+
+Latency of an event = (the LAST of the 100 subscribers' receipt) - (the moment its POST was sent),
+both read from one clock: CLOCK_MONOTONIC (`time.clock_gettime_ns`), which on Linux is system-wide,
+so readings from the two processes compare directly (and, unlike time.time_ns, NTP cannot step it).
+Elsewhere the script falls back to time.time_ns. A ping-pong before measuring checks that the
+subscriber process's clock reading falls between the publisher's before and after readings.
+
+Phase 1: 200 events, one every 250 ms. Goal: p99 under 250 ms (loopback).
+Phase 2: the rate steps up (8, 16, 32, ... events/s, ~10 s per step; phase 1 is the 4/s step); a step
+passes when p99 < 1 s, every event reached all subscribers, no POST failed, no subscriber saw a
+duplicate or an out-of-order seq, and the publisher kept the schedule. The ramp stops at the first
+failure (then tries the midpoint once, if the stack drained); the last passing rate is reported.
+At the end every subscriber's received seqs must be exactly the published ones, once each, in order.
+
+    .venv/bin/python bench/e2e_latency.py [--subscribers 100] [--poll-interval-ms 50] [--step-seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUBSCRIBERS = 100
+PHASE1_EVENTS = 200
+PHASE1_RATE = 4.0  # one event every 250 ms
+PHASE1_GOAL_MS = 250.0
+RAMP_GOAL_MS = 1000.0
+RAMP_RATES = (8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+STEP_SECONDS = 10.0
+MIN_STEP_EVENTS = 60
+DRAIN_SECONDS = 10.0  # after a step's last POST: how long to wait for stragglers
+TIME_BUDGET_S = 150.0  # no new ramp step starts after this (the whole run stays under ~3 minutes)
+WARMUP_EVENTS = 8
+SCHEDULE_SLACK = 0.9  # a step whose publisher achieved less than this share of the rate is not "steady"
+
+if sys.platform.startswith("linux") and hasattr(time, "clock_gettime_ns"):
+
+    def clock_ns() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    CLOCK_NAME = "CLOCK_MONOTONIC via time.clock_gettime_ns (system-wide on Linux, shared by both processes)"
+else:  # pragma: no cover - not Linux: the wall clock is the one both processes share
+
+    def clock_ns() -> int:
+        return time.time_ns()
+
+    CLOCK_NAME = "time.time_ns (wall clock, shared by both processes on this machine)"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# =====================================================================================================
+# The subscriber process: N WebSocket connections on one channel, one asyncio loop.
+#
+# stdout protocol (one line each, flushed):
+#   ready <n>                       every connection is subscribed
+#   D <seq> <first_ns> <last_ns>    every connection has received <seq> (first and last receipt)
+#   X <conn> <seq> dup|order        a connection received <seq> again, or after a higher seq
+#   E <text>                        an unexpected frame or a closed connection
+#   C <ns>                          answer to "clock" on stdin
+#   R <json>                        final report, answer to "stop" on stdin
+# =====================================================================================================
+
+
+async def subscriber_process(ws_url: str, token: str, channel: str, count: int) -> None:
+    import websockets
+
+    out = sys.stdout
+
+    def emit(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    received: list[list[int]] = [[] for _ in range(count)]
+    highest = [0] * count
+    seen: list[set[int]] = [set() for _ in range(count)]
+    per_seq: dict[int, list[int]] = {}  # seq -> [connections that have it, first ns, last ns]
+    errors: list[str] = []
+
+    def error(text: str) -> None:
+        if len(errors) < 50:
+            errors.append(text)
+            emit(f"E {text}")
+
+    opening = asyncio.Semaphore(16)
+
+    async def open_one(index: int) -> Any:
+        async with opening:
+            ws = await websockets.connect(
+                f"{ws_url}?token={token}", compression=None, max_queue=None, open_timeout=30, ping_interval=None
+            )
+            await ws.send(json.dumps({"action": "subscribe", "channel": channel}))
+            while True:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if reply.get("type") == "subscribed" and reply.get("channel") == channel:
+                    return ws
+                raise RuntimeError(f"connection {index}: unexpected answer to subscribe: {reply}")
+
+    async def read(index: int, ws: Any) -> None:
+        mine, seen_here = received[index], seen[index]
+        try:
+            async for raw in ws:
+                now = clock_ns()
+                message = json.loads(raw)
+                if message.get("type") != "event" or message.get("channel") != channel:
+                    error(f"connection {index}: unexpected frame {str(raw)[:200]}")
+                    continue
+                seq = int(message["event"]["seq"])
+                mine.append(seq)
+                if seq in seen_here:
+                    emit(f"X {index} {seq} dup")
+                    continue
+                seen_here.add(seq)
+                if seq < highest[index]:
+                    emit(f"X {index} {seq} order")
+                highest[index] = max(highest[index], seq)
+                entry = per_seq.get(seq)
+                if entry is None:
+                    per_seq[seq] = entry = [0, now, now]
+                entry[0] += 1
+                entry[2] = now
+                if entry[0] == count:
+                    emit(f"D {seq} {entry[1]} {entry[2]}")
+        except websockets.ConnectionClosed as exc:
+            if not stopping.is_set():
+                error(f"connection {index} closed: {exc}")
+                return
+        if not stopping.is_set():
+            error(f"connection {index} closed by the server")
+
+    stopping = asyncio.Event()
+    sockets = await asyncio.gather(*(open_one(i) for i in range(count)))
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    emit(f"ready {count}")
+
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str] = asyncio.Queue()
+
+    def stdin_lines() -> None:  # a thread: stdin as a queue of commands (EOF means stop)
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
+        loop.call_soon_threadsafe(commands.put_nowait, "stop")
+
+    threading.Thread(target=stdin_lines, daemon=True).start()
+    while (command := await commands.get()) != "stop":
+        if command == "clock":
+            emit(f"C {clock_ns()}")
+    stopping.set()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    await asyncio.gather(*readers, return_exceptions=True)
+    partial = {seq: entry for seq, entry in per_seq.items() if entry[0] < count}
+    emit("R " + json.dumps({"received": received, "partial": partial, "errors": errors}))
+
+
+# =====================================================================================================
+# The publisher and the measurement (this process).
+# =====================================================================================================
+
+
+@dataclass
+class Published:
+    sent_ns: int
+    due_ns: int
+    acked_ns: int = 0
+    status: int = 0
+    seq: int | None = None
+    error: str = ""
+
+
+@dataclass
+class Step:
+    name: str
+    rate: float
+    events: list[Published] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> cores used during the step
+    drained: bool = False
+    anomalies: int = 0  # duplicate / out-of-order receipts reported while it ran
+    latencies_ms: list[float] = field(default_factory=list)  # POST sent -> last subscriber
+    first_ms: list[float] = field(default_factory=list)  # POST sent -> first subscriber
+    post_ms: list[float] = field(default_factory=list)  # POST round trip
+    incomplete: int = 0
+
+    @property
+    def failed_posts(self) -> list[Published]:
+        return [e for e in self.events if e.seq is None]
+
+    @property
+    def achieved_rate(self) -> float:
+        sent = sorted(e.sent_ns for e in self.events)
+        if len(sent) < 2:
+            return float("nan")
+        return (len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9)
+
+    def p(self, q: float) -> float:
+        from _common import percentile
+
+        return percentile(self.latencies_ms, q)
+
+    def problems(self, goal_ms: float) -> list[str]:
+        found = []
+        if self.failed_posts:
+            first = self.failed_posts[0]
+            found.append(f"{len(self.failed_posts)} POSTs failed (first: {first.status} {first.error[:120]})")
+        if self.incomplete:
+            found.append(f"{self.incomplete} events did not reach every subscriber within {DRAIN_SECONDS:.0f} s")
+        if self.anomalies:
+            found.append(f"{self.anomalies} duplicate or out-of-order receipts")
+        if self.latencies_ms and not self.p(99) < goal_ms:
+            found.append(f"p99 {self.p(99):.0f} ms >= {goal_ms:.0f} ms")
+        if not self.achieved_rate >= SCHEDULE_SLACK * self.rate:
+            found.append(f"publisher reached only {self.achieved_rate:.1f} of {self.rate:.0f} events/s")
+        return found
+
+
+class Subscribers:
+    """The subscriber process, and what it reports on stdout."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.done: dict[int, tuple[int, int]] = {}  # seq -> (first ns, last ns)
+        self.anomalies: list[str] = []
+        self.errors: list[str] = []
+        self.report: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._clock: asyncio.Queue[int] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, ws_url: str, token: str, channel: str, count: int) -> Subscribers:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--subscriber-process",
+            ws_url,
+            token,
+            channel,
+            str(count),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 28,  # the final report is one (long) line
+        )
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        if not line.startswith("ready"):
+            process.kill()
+            raise RuntimeError(f"subscriber process did not get ready: {line!r}")
+        subscribers = cls(process)
+        subscribers._reader = asyncio.create_task(subscribers._read())
+        return subscribers
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := (await self.process.stdout.readline()).decode():
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "D":
+                seq, first, last = (int(x) for x in rest.split())
+                self.done[seq] = (first, last)
+                self._changed.set()
+            elif kind == "X":
+                self.anomalies.append(rest)
+            elif kind == "E":
+                self.errors.append(rest)
+            elif kind == "C":
+                self._clock.put_nowait(int(rest))
+            elif kind == "R":
+                self.report.set_result(json.loads(rest))
+        if not self.report.done():
+            self.report.set_exception(RuntimeError("the subscriber process ended without a report"))
+
+    async def command(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def clock_check(self, rounds: int = 5) -> tuple[bool, float]:
+        """The subscriber process's clock read between our before and after readings? (and the widest bracket, µs)"""
+        ok, widest = True, 0.0
+        for _ in range(rounds):
+            before = clock_ns()
+            await self.command("clock")
+            theirs = await asyncio.wait_for(self._clock.get(), 10)
+            after = clock_ns()
+            ok = ok and before <= theirs <= after
+            widest = max(widest, (after - before) / 1000)
+        return ok, widest
+
+    async def wait_for(self, seqs: list[int], timeout: float) -> bool:
+        """Until every seq reached every subscriber (True) or timeout seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while any(seq not in self.done for seq in seqs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    async def stop(self) -> dict[str, Any]:
+        await self.command("stop")
+        report = await asyncio.wait_for(self.report, 60)
+        await asyncio.wait_for(self.process.wait(), 30)
+        return report
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+async def publish(http: Any, url: str, feed: str, rate: float, count: int, step: Step, tag: str) -> None:
+    """`count` events at `rate` per second on an open-loop schedule; each POST in its own task."""
+    interval_ns = int(1e9 / rate)
+    start = clock_ns() + 20_000_000
+    tasks = []
+
+    async def post(n: int, due: int) -> None:
+        event = Published(sent_ns=clock_ns(), due_ns=due)  # the moment the request is sent
+        step.events.append(event)
+        body = {"eventId": f"{tag}-{n}", "type": "bench.e2e", "payload": {"n": n}}
+        try:
+            async with http.post(f"{url}/feeds/{feed}/events", json=body) as response:
+                event.status = response.status
+                answer = await response.json(content_type=None)
+            event.acked_ns = clock_ns()
+            if response.status == 201 and not answer.get("duplicate"):
+                event.seq = int(answer["event"]["seq"])
+            else:
+                event.error = json.dumps(answer)[:300]
+        except Exception as exc:  # a failed POST is a result of the step, not a crash of the bench
+            event.acked_ns, event.error = clock_ns(), repr(exc)
+
+    for n in range(count):
+        due = start + n * interval_ns
+        delay = (due - clock_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(n, due)))
+    await asyncio.gather(*tasks)
+
+
+async def run_step(
+    http: Any, url: str, feed: str, subscribers: Subscribers, pids: dict[str, int], name: str, rate: float, count: int
+) -> Step:
+    step = Step(name=name, rate=rate)
+    anomalies_before = len(subscribers.anomalies)
+    cpu_before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+    started = time.monotonic()
+    await publish(http, url, feed, rate, count, step, tag=f"{name}-{uuid.uuid4().hex[:6]}")
+    seqs = [e.seq for e in step.events if e.seq is not None]
+    step.drained = await subscribers.wait_for(seqs, DRAIN_SECONDS)
+    step.wall_s = time.monotonic() - started
+    step.cpu = {who: (cpu_seconds(pid) - cpu_before[who]) / step.wall_s for who, pid in pids.items()}
+    step.anomalies = len(subscribers.anomalies) - anomalies_before
+    for event in step.events:
+        if event.seq is None:
+            continue
+        step.post_ms.append((event.acked_ns - event.sent_ns) / 1e6)
+        if event.seq in subscribers.done:
+            first, last = subscribers.done[event.seq]
+            step.latencies_ms.append((last - event.sent_ns) / 1e6)
+            step.first_ms.append((first - event.sent_ns) / 1e6)
+        else:
+            step.incomplete += 1
+    return step
+
+
+def integrity(report: dict[str, Any], published: list[int]) -> tuple[list[list[object]], list[str]]:
+    """Every connection's receipts against the published seqs: exactly once each, in seq order."""
+    expected = sorted(published)
+    wanted = set(expected)
+    rows: list[list[object]] = []
+    problems: list[str] = []
+    perfect = missing = duplicates = disorder = foreign = 0
+    for index, got in enumerate(report["received"]):
+        seen = set(got)
+        dup = len(got) - len(seen)
+        out_of_order = sum(1 for a, b in itertools.pairwise(got) if b <= a)
+        lost, extra = len(wanted - seen), len(seen - wanted)
+        if got == expected:
+            perfect += 1
+        elif len(problems) < 5:
+            problems.append(
+                f"connection {index}: {lost} missing, {dup} duplicate, {out_of_order} out of order, {extra} unexpected"
+            )
+        missing, duplicates = missing + lost, duplicates + dup
+        disorder, foreign = disorder + out_of_order, foreign + extra
+    rows.append([len(report["received"]), perfect, len(expected), missing, duplicates, disorder, foreign])
+    problems += [f"subscriber process: {e}" for e in report["errors"][:5]]
+    return rows, problems
+
+
+async def bench(args: argparse.Namespace) -> None:
+    import aiohttp
+    from _common import goal, percentile, start_stack, stop_stack, table
+
+    began = time.monotonic()
+    stack = await asyncio.to_thread(start_stack, "--poll-interval-ms", str(args.poll_interval_ms))
+    subscribers: Subscribers | None = None
+    steps: list[Step] = []
+    published: list[int] = []
+    report: dict[str, Any] | None = None
+    notes: list[str] = []
+    ramp_stop = ""
+    try:
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.get(f"{stack.url}/dev/token") as response:
+                token = (await response.json())["token"]
+            feed = f"e2e-{uuid.uuid4().hex[:8]}"
+            ws_url = stack.url.replace("http://", "ws://", 1) + "/ws"
+            connect_started = time.monotonic()
+            subscribers = await Subscribers.start(ws_url, token, f"feed_{feed}", args.subscribers)
+            connect_s = time.monotonic() - connect_started
+            clock_ok, bracket_us = await subscribers.clock_check()
+            pids = {"stack": stack.process.pid, "subscribers": subscribers.process.pid, "publisher": os.getpid()}
+
+            def run(name: str, rate: float, count: int) -> Any:
+                return run_step(http, stack.url, feed, subscribers, pids, name, rate, count)
+
+            # Warm-up: the first deliveries pay for fresh keep-alive connections and lazy imports.
+            warm = await run("warm-up", PHASE1_RATE, WARMUP_EVENTS)
+            published += [e.seq for e in warm.events if e.seq is not None]
+
+            phase1 = await run("phase 1", PHASE1_RATE, args.events)
+            steps.append(phase1)
+            last_pass = 0.0 if phase1.problems(RAMP_GOAL_MS) else PHASE1_RATE
+            if not last_pass:
+                ramp_stop = "the 4 events/s phase already fails the 1 s criterion"
+            failed_at: float | None = None
+            for rate in RAMP_RATES if last_pass else ():
+                if time.monotonic() - began > args.time_budget:
+                    ramp_stop = f"time budget ({args.time_budget:.0f} s) spent before {rate:.0f} events/s"
+                    break
+                count = max(MIN_STEP_EVENTS, round(rate * args.step_seconds))
+                step = await run(f"ramp {rate:.0f}/s", rate, count)
+                steps.append(step)
+                if step.problems(RAMP_GOAL_MS):
+                    failed_at = rate
+                    ramp_stop = f"{rate:.0f} events/s failed: " + "; ".join(step.problems(RAMP_GOAL_MS))
+                    break
+                last_pass = rate
+            if failed_at is not None and steps[-1].drained and time.monotonic() - began <= args.time_budget:
+                middle = (last_pass + failed_at) / 2  # one refinement between the last pass and the failure
+                count = max(MIN_STEP_EVENTS, round(middle * args.step_seconds))
+                step = await run(f"ramp {middle:.0f}/s", middle, count)
+                steps.append(step)
+                if not step.problems(RAMP_GOAL_MS):
+                    last_pass = middle
+            elif failed_at is not None and not steps[-1].drained:
+                notes.append("the failing step had not drained: no refinement step was run")
+            if failed_at is None and not ramp_stop:
+                ramp_stop = f"every rate up to {RAMP_RATES[-1]:.0f} events/s passed"
+
+            published += [e.seq for s in steps for e in s.events if e.seq is not None]
+            # Stragglers of the last step, then the subscriber process's full account.
+            await subscribers.wait_for(published, DRAIN_SECONDS)
+            report = await subscribers.stop()
+    finally:
+        if subscribers is not None:
+            subscribers.kill()
+        code = await asyncio.to_thread(stop_stack, stack)
+
+    # --- the report -----------------------------------------------------------------------------
+    print(
+        f"\nLive delivery end to end, local stack (poll interval {args.poll_interval_ms:g} ms): "
+        f"{args.subscribers} WebSocket subscribers on one channel in a separate process"
+    )
+    print(f"latency = POST sent -> LAST subscriber's receipt; clock: {CLOCK_NAME}")
+    print(
+        f"clock check: subscriber process's reading inside the publisher's bracket: {'yes' if clock_ok else 'NO'} "
+        f"(5 round trips, widest {bracket_us:.0f} µs); {args.subscribers} connections subscribed in {connect_s:.1f} s\n"
+    )
+    rows: list[list[object]] = []
+    for s in steps:
+        rows.append(
+            [
+                s.name,
+                s.rate,
+                s.achieved_rate,
+                len(s.events),
+                len(s.latencies_ms),
+                percentile(s.latencies_ms, 50),
+                percentile(s.latencies_ms, 90),
+                percentile(s.latencies_ms, 99),
+                max(s.latencies_ms, default=float("nan")),
+                percentile(s.first_ms, 50),
+                percentile(s.post_ms, 50),
+                percentile(s.post_ms, 99),
+                s.cpu["stack"],
+                s.cpu["subscribers"],
+                s.cpu["publisher"],
+                "pass" if not s.problems(RAMP_GOAL_MS) else "FAIL",
+            ]
+        )
+    table(
+        [
+            "step",
+            "ev/s",
+            "sent ev/s",
+            "events",
+            "to all",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "1st sub p50",
+            "POST p50",
+            "POST p99",
+            "stack cores",
+            "subs cores",
+            "pub cores",
+            "p99<1s",
+        ],
+        rows,
+    )
+    print(
+        "\n(to all: events that reached every subscriber within "
+        f"{DRAIN_SECONDS:.0f} s of the step's last POST; 1st sub: POST -> FIRST subscriber; cores: CPU s / wall s)"
+    )
+    for s in steps:
+        for problem in s.problems(RAMP_GOAL_MS):
+            print(f"  {s.name}: {problem}")
+    print(f"ramp: {ramp_stop}")
+    for note in notes:
+        print(f"note: {note}")
+
+    problems = ["the subscriber process sent no final report"]
+    if report is not None:
+        rows, problems = integrity(report, published)
+        print("\nDelivery integrity over the whole run (warm-up, phase 1 and every ramp step, one channel):")
+        table(["connections", "exact", "events", "missing", "duplicates", "out of order", "unexpected"], rows)
+        for problem in problems:
+            print(f"  PROBLEM: {problem}")
+    print(f"stack exit code {code}; total {time.monotonic() - began:.0f} s\n")
+
+    phase1 = steps[0]
+    p99 = phase1.p(99)
+    goal(
+        phase1.latencies_ms != [] and p99 < PHASE1_GOAL_MS and not phase1.problems(PHASE1_GOAL_MS),
+        f"{len(phase1.latencies_ms)}/{len(phase1.events)} events at {PHASE1_RATE:g}/s to all {args.subscribers} "
+        f"subscribers: p50 {phase1.p(50):.0f} ms, p99 {p99:.0f} ms (< {PHASE1_GOAL_MS:.0f} ms)",
+    )
+    goal(
+        not problems and clock_ok,
+        f"every subscriber got every event exactly once, in seq order ({len(published)} events x "
+        f"{args.subscribers} subscribers)",
+    )
+    print(f"RESULT: highest steady rate with p99 < 1 s to all {args.subscribers} subscribers: {last_pass:g} events/s")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--subscriber-process":
+        _, _, ws_url, token, channel, count = sys.argv
+        asyncio.run(subscriber_process(ws_url, token, channel, int(count)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
+    parser.add_argument("--events", type=int, default=PHASE1_EVENTS, help="phase 1 events (at 4/s)")
+    parser.add_argument("--poll-interval-ms", type=float, default=50, help="the stack's stream poll interval")
+    parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS, help="duration of a ramp step")
+    parser.add_argument("--time-budget", type=float, default=TIME_BUDGET_S, help="no ramp step starts after this")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""functions/fanout fed DynamoDB Streams events, on in-process moto, delivering to a local management API."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from realtime_transport.connections import Connection, ConnectionStore
+from realtime_transport.delivery import Pusher
+from realtime_transport.errors import StoreUnavailable
+from tests.conftest import TABLE_NAMES, LambdaContext, load_function, sample_event
+from tests.unit.test_delivery import FakeManagementApi
+
+CONNECTIONS = TABLE_NAMES["ConnectionsTable"]
+FEED_42 = "transport#feed_42"
+FEED_7 = "transport#feed_7"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeManagementApi]:
+    server = FakeManagementApi(stage="/live")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(aws: Any) -> ConnectionStore:
+    tables = aws.list_tables()["TableNames"]
+    if CONNECTIONS not in tables:  # until template.yaml has ConnectionsTable: the same schema by hand
+        aws.create_table(
+            TableName=CONNECTIONS,
+            AttributeDefinitions=[
+                {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "channel", "connectionId")
+            ],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by-channel",
+                    "KeySchema": [
+                        {"AttributeName": "channel", "KeyType": "HASH"},
+                        {"AttributeName": "connectionId", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    return ConnectionStore(aws, CONNECTIONS)
+
+
+@pytest.fixture
+def fanout(aws: Any, store: ConnectionStore, api: FakeManagementApi, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The handler module, cold-started against the fake management API (fast retries)."""
+    from realtime_transport.settings import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", api.url)
+    module = load_function("fanout")
+    wired = module.fanout.pusher
+    assert isinstance(wired, Pusher) and wired.endpoint == api.url  # the settings' endpoint
+    module.fanout.pusher = Pusher(api.url, backoff_base=0.002, backoff_cap=0.01, max_attempts=3, max_concurrency=8)
+    yield module
+    module.fanout.pusher.close()
+    wired.close()
+    get_settings.cache_clear()
+
+
+def invoke(module: Any, event: dict[str, Any]) -> list[str]:
+    """The sequence numbers in batchItemFailures."""
+    response = module.lambda_handler(event, LambdaContext())
+    return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
+
+
+def connect(store: ConnectionStore, connection_id: str, *channel_keys: str) -> None:
+    store.put_connection(Connection(connection_id, "user", ("feed_*",), 2_000_000_000, 1_700_000_000_000))
+    for key in channel_keys:
+        store.subscribe(connection_id, key)
+
+
+def frames(api: FakeManagementApi, connection_id: str) -> list[dict[str, Any]]:
+    return [json.loads(body) for body in api.delivered(connection_id)]
+
+
+def seqs(api: FakeManagementApi, connection_id: str, channel: str | None = None) -> list[int]:
+    return [f["event"]["seq"] for f in frames(api, connection_id) if channel is None or f["channel"] == channel]
+
+
+def record(channel: str, seq: int, *, name: str = "INSERT", kind: str = "event", number: int | None = None) -> dict:
+    """A stream record shaped like the sample's, for another channel / seq / event name / kind."""
+    base = copy.deepcopy(sample_event("dynamodb_stream_insert")["Records"][0])
+    envelope = json.loads(base["dynamodb"]["NewImage"]["event"]["S"])
+    envelope.update(channel=channel, seq=seq, id=f"01ID{channel}{seq:04d}")
+    image = {
+        "pk": {"S": f"transport#{channel}"},
+        "sk": {"N": str(seq)},
+        "kind": {"S": kind},
+        "allocatedAt": {"N": "1795838400012"},
+        "ttl": {"N": "1796443200"},
+    }
+    if kind == "event":
+        image["event"] = {"S": json.dumps(envelope, separators=(",", ":"))}
+    base["eventName"] = name
+    base["dynamodb"]["Keys"] = {"pk": image["pk"], "sk": image["sk"]}
+    base["dynamodb"]["NewImage"] = image
+    base["dynamodb"]["SequenceNumber"] = str(number if number is not None else 10**20 + seq)
+    return base
+
+
+# --- the sample event ------------------------------------------------------------------------------------
+
+
+def test_sample_event_reaches_every_subscriber_in_order(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    connect(store, "a", FEED_42)
+    connect(store, "b", FEED_42)
+    connect(store, "c", FEED_7)
+    connect(store, "both", FEED_42, FEED_7)
+    connect(store, "idle")  # connected, subscribed to nothing
+    event = sample_event("dynamodb_stream_insert")
+
+    assert invoke(fanout, event) == []
+
+    stored = [json.loads(r["dynamodb"]["NewImage"]["event"]["S"]) for r in event["Records"]]
+    assert frames(api, "a") == [
+        {"type": "event", "channel": "feed_42", "event": stored[0]},
+        {"type": "event", "channel": "feed_42", "event": stored[1]},
+    ]
+    assert seqs(api, "b") == [17, 18]
+    assert frames(api, "c") == [{"type": "event", "channel": "feed_7", "event": stored[2]}]
+    assert seqs(api, "both", "feed_42") == [17, 18] and seqs(api, "both", "feed_7") == [3]
+    assert api.requests_for("idle") == []
+    assert {r.path.rpartition("/")[2] for r in api.received} == {"a", "b", "c", "both"}
+    assert all(r.path.startswith("/live/@connections/") for r in api.received)
+
+
+def test_events_of_a_channel_go_out_in_seq_order_whatever_the_record_order(
+    fanout: Any, store: ConnectionStore, api: Any
+) -> None:
+    connect(store, "a", FEED_42)
+    records = [record("feed_42", 5), record("feed_42", 3), record("feed_42", 6), record("feed_42", 4)]
+    records.append(record("feed_42", 4))  # a repeat is sent once
+
+    assert invoke(fanout, {"Records": records}) == []
+    assert seqs(api, "a") == [3, 4, 5, 6]
+
+
+def test_only_inserts_of_event_items_are_delivered(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    connect(store, "a", FEED_42)
+    ignored = [
+        record("feed_42", 1, name="MODIFY"),
+        record("feed_42", 2, name="REMOVE"),
+        record("feed_42", 0, kind="head"),
+        record("feed_42", 3, kind="tombstone"),
+        record("feed_42", 4, kind="idem"),
+    ]
+    del ignored[1]["dynamodb"]["NewImage"]  # a REMOVE carries no new image
+
+    assert invoke(fanout, {"Records": ignored}) == []
+    assert api.received == []
+
+    assert invoke(fanout, {"Records": [*ignored, record("feed_42", 5)]}) == []
+    assert seqs(api, "a") == [5]
+
+
+# --- connections that cannot be reached ------------------------------------------------------------------
+
+
+def test_a_gone_connection_is_deleted_with_its_subscriptions(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    connect(store, "gone", FEED_42, FEED_7)
+    connect(store, "alive", FEED_42, FEED_7)
+    api.script = {"gone": [410]}
+
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
+
+    assert len(api.requests_for("gone")) == 1  # its other frames were skipped
+    assert store.connection("gone") is None and store.subscriptions("gone") == []
+    assert [page for key in (FEED_42, FEED_7) for page in store.subscribers(key)] == [["alive"], ["alive"]]
+    assert sorted(seqs(api, "alive")) == [3, 17, 18]
+    assert store.connection("alive") is not None
+
+
+def test_transient_failures_are_retried_and_never_fail_the_batch(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    for connection_id in ("throttled", "flaky", "broken", "fine"):
+        connect(store, connection_id, FEED_42)
+    api.script = {"throttled": [429, 200, 429, 200], "flaky": [500, 502, 200], "broken": [500] * 20}
+
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
+
+    for connection_id in ("throttled", "flaky", "fine"):
+        assert seqs(api, connection_id) == [17, 18]
+    assert len(api.requests_for("broken")) == 3  # given up after the bounded attempts, for it alone
+    assert store.connection("broken") is not None  # not gone: kept, its client fills the gap from history
+    assert len(api.requests_for("fine")) == 2  # and nobody else got anything twice
+
+
+def test_an_unresponsive_endpoint_cannot_run_the_invocation_out_of_time(
+    fanout: Any, store: ConnectionStore, api: Any
+) -> None:
+    class ShortContext(LambdaContext):
+        def get_remaining_time_in_millis(self) -> int:
+            return 600
+
+    for n in range(4):
+        connect(store, f"c{n}", FEED_42)
+    api.script = {f"c{n}": ["hang"] * 5 for n in range(4)}  # each answer takes 3 s
+    started = time.monotonic()
+
+    response = fanout.lambda_handler(sample_event("dynamodb_stream_insert"), ShortContext())
+
+    assert time.monotonic() - started < 2.5  # not 3 s a connection, nor the 5 s timeout
+    assert response["batchItemFailures"] == []  # given up per connection, not a failed batch
+
+
+def test_metrics_count_deliveries_failures_gone_and_latency(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    from realtime_transport.observability import metrics
+
+    connect(store, "ok", FEED_42)
+    connect(store, "gone", FEED_42)
+    connect(store, "broken", FEED_7)
+    api.script = {"gone": [410], "broken": [500] * 10}
+    metrics.clear_metrics()
+
+    fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    values = {name: metric["Value"] for name, metric in metrics.metric_set.items()}
+    metrics.clear_metrics()
+    assert values["Deliveries"] == [2.0] and values["GoneConnections"] == [1.0]
+    assert values["DeliveryFailures"] == [1.0]
+    assert len(values["FanoutLatency"]) == 3 and all(v > 0 for v in values["FanoutLatency"])
+
+
+# --- reading subscribers -------------------------------------------------------------------------------
+
+
+def test_an_unreadable_channel_fails_only_its_own_records(
+    fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(store, "a", FEED_42, FEED_7)
+    real = ConnectionStore.subscribers
+
+    def flaky(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+        if channel_key == FEED_7:
+            raise StoreUnavailable("connections table: throttled")
+        return real(self, channel_key, page_size)
+
+    monkeypatch.setattr(ConnectionStore, "subscribers", flaky)
+    event = sample_event("dynamodb_stream_insert")
+
+    assert invoke(fanout, event) == [event["Records"][2]["dynamodb"]["SequenceNumber"]]
+    assert seqs(api, "a", "feed_42") == [17, 18] and seqs(api, "a", "feed_7") == []
+
+
+def test_a_batch_whose_every_lookup_fails_lists_every_record(
+    fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+        raise StoreUnavailable("connections table: unavailable")
+        yield []  # a generator, like the real one
+
+    monkeypatch.setattr(ConnectionStore, "subscribers", down)
+    event = sample_event("dynamodb_stream_insert")
+    event["Records"].insert(0, record("feed_42", 1, name="MODIFY"))  # ignored: never a failure
+
+    failures = invoke(fanout, event)
+
+    assert failures == [r["dynamodb"]["SequenceNumber"] for r in event["Records"][1:]]
+    assert api.received == []
+
+
+def test_each_channel_is_looked_up_once_per_batch_across_all_pages(
+    fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscribers = [f"s{n}" for n in range(5)]
+    for connection_id in subscribers:
+        connect(store, connection_id, FEED_42)
+    connect(store, "other", FEED_7)
+    calls: Counter[str] = Counter()
+    real = ConnectionStore.subscribers
+
+    def counted(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+        calls[channel_key] += 1
+        return real(self, channel_key, page_size)
+
+    monkeypatch.setattr(ConnectionStore, "subscribers", counted)
+    queries: list[dict[str, Any]] = []
+    client = fanout.fanout.connections._client
+    client.meta.events.register("provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params))
+    fanout.fanout._page_size = 2  # 5 subscribers: 3 pages
+
+    records = [record("feed_42", n) for n in (1, 2, 3)] + [record("feed_7", n) for n in (1, 2)]
+    assert invoke(fanout, {"Records": records}) == []
+
+    assert calls == {FEED_42: 1, FEED_7: 1}
+    by_channel = Counter(q["ExpressionAttributeValues"][":c"]["S"] for q in queries if q.get("IndexName"))
+    assert by_channel == {FEED_42: 3, FEED_7: 1}
+    for connection_id in subscribers:
+        assert seqs(api, connection_id) == [1, 2, 3]
+    assert seqs(api, "other") == [1, 2]
+
+
+def test_an_empty_batch_does_nothing(fanout: Any, api: Any) -> None:
+    result = fanout.fanout.deliver([])
+    assert result.records == 0 and result.channels == {} and result.report.delivered == 0
+    assert api.received == []

@@ -172,7 +172,7 @@ def test_invalid_fields_store_nothing(realtime: Realtime, aws: Any, field: str, 
 def test_a_fresh_hole_stops_the_reader_without_a_gap(realtime: Realtime) -> None:
     channel = realtime.channel("feed_hole")
     channel.broadcast(type="t", data=1)
-    realtime.store.allocate(channel.key, clock.now_ms())  # a writer still in flight at seq 2
+    realtime.store.allocate(channel.key, clock.now_ms(), token="in-flight")  # a writer still at seq 2
     channel.broadcast(type="t", data=3)
     page = channel.history(limit=10, cursor=channel.cursor(0))
     assert [e.seq for e in page.items] == [1]
@@ -186,7 +186,7 @@ def test_an_abandoned_hole_is_tombstoned_and_skipped(
 ) -> None:
     channel = realtime.channel("feed_dead")
     channel.broadcast(type="t", data=1)
-    dead_seq = realtime.store.allocate(channel.key, clock.now_ms())  # its writer dies
+    dead_seq = realtime.store.allocate(channel.key, clock.now_ms(), token="dies")  # its writer dies
     channel.broadcast(type="t", data=3)
     later = clock.now_ms() + int(realtime.settings.writer_timeout_seconds * 1000) + 5_000
     monkeypatch.setattr(clock, "now_ms", lambda: later)
@@ -205,7 +205,7 @@ def test_an_abandoned_hole_is_tombstoned_and_skipped(
 def test_a_dead_writer_at_the_head_is_tombstoned(realtime: Realtime, monkeypatch: pytest.MonkeyPatch) -> None:
     channel = realtime.channel("feed_tail")
     channel.broadcast(type="t", data=1)
-    realtime.store.allocate(channel.key, clock.now_ms())
+    realtime.store.allocate(channel.key, clock.now_ms(), token="dies")
     later = clock.now_ms() + 60_000
     monkeypatch.setattr(clock, "now_ms", lambda: later)
     page = channel.history(limit=10)
@@ -221,8 +221,8 @@ def test_a_writer_whose_position_was_tombstoned_takes_another(
     store = realtime.store
     original_allocate = store.allocate
 
-    def allocate_then_lose_the_slot(key: str, now: int) -> int:
-        seq = original_allocate(key, now)
+    def allocate_then_lose_the_slot(key: str, now: int, token: str) -> int:
+        seq = original_allocate(key, now, token)
         if seq == 1:  # a reader declares this writer dead before it writes
             channel._tombstone(seq, now)
         return seq
@@ -380,3 +380,39 @@ def test_requests_per_publish(realtime: Realtime) -> None:
     assert unkeyed == {"UpdateItem": 1, "PutItem": 1}
     assert keyed == {"GetItem": 1, "UpdateItem": 1, "TransactWriteItems": 1}
     assert retry == {"GetItem": 1}
+
+
+# --- retries of requests whose responses were lost (boto3 retries them) -----------------------
+
+
+def test_a_retried_allocation_returns_the_same_position(realtime: Realtime) -> None:
+    key = realtime.channel("feed_alloc").key
+    first = realtime.store.allocate(key, clock.now_ms(), token="writer-1")
+    assert realtime.store.allocate(key, clock.now_ms(), token="writer-1") == first
+    assert realtime.store.allocate(key, clock.now_ms(), token="writer-2") == first + 1
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_write_whose_response_was_lost_is_not_written_twice(
+    realtime: Realtime, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    store = realtime.store
+    name = "put_keyed_event" if keyed else "put_position"
+    original = getattr(store, name)
+
+    def commit_then_retry(*args: Any) -> None:
+        original(*args)  # commits; the response is lost and boto3 sends it again
+        original(*args)
+
+    monkeypatch.setattr(store, name, commit_then_retry)
+    channel = realtime.channel("feed_lost")
+    result = channel.broadcast(type="t", data=1, idempotency_key="k" if keyed else None)
+    assert not result.duplicate and result.event.seq == 1
+    monkeypatch.undo()
+    assert [e.id for e in all_events(channel)] == [result.event.id]
+    assert realtime.store.head(channel.key).seq == 1
+
+
+def test_text_fields_refuse_a_trailing_newline(realtime: Realtime) -> None:
+    with pytest.raises(InvalidInput):
+        realtime.channel("c").broadcast(type="order.created\n", data=1)

@@ -244,3 +244,17 @@ def test_handler_refuses_the_handshake(handler: Any, query: Any, status: int) ->
         connect["queryStringParameters"] = query
     response = invoke(connect)
     assert response["statusCode"] == status and json.loads(response["body"])["message"]
+
+
+def test_an_undeliverable_reply_does_not_fail_the_invocation(live: Any) -> None:
+    from realtime_transport.delivery import DeliveryFailed
+
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+
+    def unreachable(connection_id: str, data: bytes) -> bool:
+        raise DeliveryFailed(connection_id, "HTTP 500 after 4 attempts")
+
+    pusher.send = unreachable
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})  # must not raise
+    assert service.realtime.connections.subscriptions("c1") == ["transport#feed_1"]

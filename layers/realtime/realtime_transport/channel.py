@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 MAX_PAGE = 500
-_PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\U0010ffff]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Clocks of different Lambda hosts disagree by milliseconds; never call a hole
 # abandoned on a margin thinner than this.
 _CLOCK_SKEW_MS = 1000
@@ -56,7 +56,7 @@ def fingerprint_of(*parts: Any) -> str:
 
 
 def _check_text(value: str, field: str, max_length: int) -> None:
-    if not 1 <= len(value) <= max_length or not _PRINTABLE.match(value):
+    if not 1 <= len(value) <= max_length or _CONTROL.search(value):
         raise InvalidInput(f"{field} must be 1 to {max_length} printable characters", field=field)
 
 
@@ -118,8 +118,9 @@ class Channel:
 
         for _ in range(_WRITE_ATTEMPTS):
             now = clock.now_ms()
-            seq = store.allocate(self.key, now)
-            event = draft.model_copy(update={"id": new_ulid(now), "seq": seq, "published_at": clock.iso_ms(now)})
+            event_id = new_ulid(now)
+            seq = store.allocate(self.key, now, token=event_id)
+            event = draft.model_copy(update={"id": event_id, "seq": seq, "published_at": clock.iso_ms(now)})
             item = position_item(self.key, seq, Kind.EVENT, now, self._history_expiry(now), event.to_json())
             try:
                 if idempotency_key is None:
@@ -135,14 +136,20 @@ class Channel:
                         now // 1000,
                     )
                 return PublishResult(event=event, duplicate=False)
-            except PositionTaken:
+            except PositionTaken as taken:
+                if taken.existing is not None and taken.existing.event_id() == event.id:
+                    # Our own put committed and its response was lost to a retry.
+                    return PublishResult(event=event, duplicate=False)
                 continue  # a reader declared us dead and tombstoned the slot: take a fresh one
             except KeyTaken as taken:
-                # Lost the key race: our position must not stay a hole.
-                self._tombstone(seq, now)
                 record = taken.record or store.idempotency_record(self.key, idempotency_key or "")
                 if record is None:
                     raise StoreUnavailable("idempotency record vanished during a key race") from None
+                if record.event().id == event.id:
+                    # Our own transaction committed and its response was lost to a retry.
+                    return PublishResult(event=event, duplicate=False)
+                # Lost the key race: our position must not stay a hole.
+                self._tombstone(seq, now)
                 return self._replay(record, fingerprint or "", idempotency_key or "")
         raise StoreUnavailable(f"no position could be filled after {_WRITE_ATTEMPTS} attempts")
 
@@ -179,8 +186,8 @@ class Channel:
                 position_item(self.key, seq, Kind.TOMBSTONE, now_ms, self._history_expiry(now_ms))
             )
             return None
-        except PositionTaken:
-            return self._realtime.store.position(self.key, seq)
+        except PositionTaken as taken:
+            return taken.existing or self._realtime.store.position(self.key, seq)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from . import tokens
 from .channel import MAX_PAGE, Channel
 from .clock import now_ms
 from .connections import Connection
+from .delivery import DeliveryFailed
 from .errors import Forbidden, RealtimeError, Unauthorized
 from .models.websocket import (
     ErrorMessage,
@@ -27,6 +28,7 @@ from .models.websocket import (
     client_message,
     event_frame,
 )
+from .observability import logger
 from .realtime import Realtime
 
 
@@ -102,6 +104,9 @@ class LiveService:
                 self.pusher.send(connection_id, _frame(Unsubscribed(channel=channel.name)))
             elif isinstance(message, Ping):
                 self.pusher.send(connection_id, _frame(Pong()))
+        except DeliveryFailed as exc:
+            # The client cannot be reached right now; it resubscribes with its cursor when it can.
+            logger.warning("reply not delivered", extra={"connection_id": connection_id, "reason": str(exc)})
         except RealtimeError as exc:
             channel_name = message.channel if isinstance(message, Subscribe | Unsubscribe) else None
             self._send_error(connection_id, exc.code, exc.message, channel_name)

@@ -26,7 +26,11 @@ _NOT_EXISTS = "attribute_not_exists(pk)"
 
 
 class PositionTaken(Exception):
-    """The position was filled first (a reader tombstoned it): the writer takes another."""
+    """The position was already filled: by a reader's tombstone, or by our own retried put."""
+
+    def __init__(self, existing: Position | None = None) -> None:
+        super().__init__("position taken")
+        self.existing = existing
 
 
 class KeyTaken(Exception):
@@ -49,20 +53,32 @@ class EventStore:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def allocate(self, chan_key: str, now_ms: int) -> int:
-        """Take the next position with one atomic ADD: no retries, no contention collapse."""
-        response = self._call(
-            self._client.update_item,
-            TableName=self._table,
-            Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
-            UpdateExpression="ADD head :one SET allocatedAt = :now, kind = :kind",
-            ExpressionAttributeValues={
-                ":one": {"N": "1"},
-                ":now": {"N": str(now_ms)},
-                ":kind": {"S": Kind.HEAD.value},
-            },
-            ReturnValues="UPDATED_NEW",
-        )
+    def allocate(self, chan_key: str, now_ms: int, token: str) -> int:
+        """Take the next position with one atomic ADD: no retries, no contention collapse.
+
+        `token` makes the request idempotent: if boto3 retries an ADD whose response was
+        lost after it committed, the condition fails and the position the first attempt took
+        comes back (ALL_OLD) instead of a second position that would become a hole.
+        """
+        try:
+            response = self._call(
+                self._client.update_item,
+                TableName=self._table,
+                Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
+                UpdateExpression="ADD head :one SET allocatedAt = :now, kind = :kind, lastAlloc = :token",
+                ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":now": {"N": str(now_ms)},
+                    ":kind": {"S": Kind.HEAD.value},
+                    ":token": {"S": token},
+                },
+                ReturnValues="UPDATED_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                _expected=("ConditionalCheckFailedException",),
+            )
+        except _ExpectedFailure as exc:
+            return int(exc.response["Item"]["head"]["N"])
         return int(response["Attributes"]["head"]["N"])
 
     def put_position(self, item: AttributeMap) -> None:
@@ -73,10 +89,12 @@ class EventStore:
                 TableName=self._table,
                 Item=item,
                 ConditionExpression=_NOT_EXISTS,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 _expected=("ConditionalCheckFailedException",),
             )
         except _ExpectedFailure as exc:
-            raise PositionTaken() from exc
+            old = exc.response.get("Item")
+            raise PositionTaken(Position.from_item(old) if old else None) from exc
 
     def put_keyed_event(
         self, event_item: AttributeMap, chan_key: str, key: str, fingerprint: str, key_expires_at: int, now_s: int
@@ -90,7 +108,14 @@ class EventStore:
             self._call(
                 self._client.transact_write_items,
                 TransactItems=[
-                    {"Put": {"TableName": self._table, "Item": event_item, "ConditionExpression": _NOT_EXISTS}},
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": event_item,
+                            "ConditionExpression": _NOT_EXISTS,
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
                     {
                         "Put": {
                             "TableName": self._table,
@@ -111,7 +136,8 @@ class EventStore:
                 old = key_reason.get("Item")
                 raise KeyTaken(IdempotencyRecord.from_item(old) if old else None) from exc
             if reasons[0].get("Code") == "ConditionalCheckFailed":
-                raise PositionTaken() from exc
+                old = reasons[0].get("Item")
+                raise PositionTaken(Position.from_item(old) if old else None) from exc
             raise StoreUnavailable(f"transaction cancelled: {reasons}") from exc
 
     # --- reads ----------------------------------------------------------------------------

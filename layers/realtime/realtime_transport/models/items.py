@@ -68,6 +68,9 @@ class Position(BaseModel):
         assert self.event_json is not None  # noqa: S101 - only called on kind == EVENT
         return Event.model_validate_json(self.event_json)
 
+    def event_id(self) -> str | None:
+        return self.event().id if self.kind is Kind.EVENT and self.event_json else None
+
 
 class IdempotencyRecord(BaseModel):
     fingerprint: str

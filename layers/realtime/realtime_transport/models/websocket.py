@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .envelope import Event
@@ -74,14 +75,7 @@ def event_frame(channel: str, event_json: str) -> bytes:
     return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + "}").encode()
 
 
-def _connect_event_model() -> type[BaseModel]:
+class ConnectEvent(APIGatewayWebSocketConnectEventModel):
     """API Gateway's $connect event, with the query string Powertools' model leaves out."""
-    from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
 
-    class ConnectEvent(APIGatewayWebSocketConnectEventModel):
-        query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")
-
-    return ConnectEvent
-
-
-ConnectEvent = _connect_event_model()
+    query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")

@@ -47,7 +47,7 @@ def measure(variant: str) -> dict[int, float]:
 
     results: dict[int, float] = {}
     with mock_aws():
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb: Any = boto3.client("dynamodb", region_name="us-east-1")
         ddb.create_table(
             TableName="events",
             KeySchema=[

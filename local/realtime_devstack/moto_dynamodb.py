@@ -194,15 +194,16 @@ def _scratch_backend(backend: DynamoDBBackend, table_name: str, current: Item | 
 
 
 class _SkipStubInsert:
-    """Stands in for a table's stream shard during UpdateItem: drops the INSERT of the keys-only
+    """Stands in for a table's stream shard during UpdateItem: holds back the INSERT of the keys-only
     stub item moto puts before applying the update to a new item (the update's own record follows)."""
 
     def __init__(self, shard: StreamShard) -> None:
-        self.shard, self.skipped = shard, False
+        self.shard = shard
+        self.stub: Item | None = None
 
     def add(self, old: Item | None, new: Item | None) -> None:
-        if old is None and not self.skipped:
-            self.skipped = True
+        if old is None and self.stub is None:
+            self.stub = new
             return
         self.shard.add(old, new)
 
@@ -214,9 +215,14 @@ def _one_stream_record(update_item: Callable[..., Item]) -> Callable[..., Item]:
         shard = table.stream_shard
         if shard is None:
             return update_item(self, table_name, *args, **kwargs)
-        table.stream_shard = cast(StreamShard, _SkipStubInsert(shard))
+        shim = _SkipStubInsert(shard)
+        table.stream_shard = cast(StreamShard, shim)
         try:
             return update_item(self, table_name, *args, **kwargs)
+        except BaseException:
+            if shim.stub is not None:  # moto keeps the stub of a failed update: keep its record too
+                shard.add(None, shim.stub)
+            raise
         finally:
             table.stream_shard = shard
 

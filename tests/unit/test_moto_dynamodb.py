@@ -6,6 +6,7 @@ without install() (this file doubles as that script: ``python test_moto_dynamodb
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -52,6 +53,11 @@ def aws() -> Iterator[None]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def client(service: str, **kwargs: Any) -> Any:
+    """An untyped boto3 client: the tests pass moto plain dicts, not the stubs' TypedDicts."""
+    return boto3.client(service, region_name=REGION, **kwargs)  # type: ignore[call-overload]
 
 
 def create_events_table(ddb: Any, name: str = "events") -> None:
@@ -245,7 +251,7 @@ def parity_cases() -> dict[str, list[dict[str, Any]]]:
                 "Update": {
                     "TableName": "flat",
                     "Key": {"pk": {"S": "x1"}},
-                    "UpdateExpression": "SET n = missing + :one",
+                    "UpdateExpression": "SET n = nothere + :one",
                     "ExpressionAttributeValues": one,
                 }
             },
@@ -274,8 +280,8 @@ def parity_cases() -> dict[str, list[dict[str, Any]]]:
 def run_parity_scenario() -> dict[str, Any]:
     """Seed two tables, run every case in order; report each outcome, the final state and streams."""
     with mock_aws():
-        ddb = boto3.client("dynamodb", region_name=REGION)
-        streams = boto3.client("dynamodbstreams", region_name=REGION)
+        ddb = client("dynamodb")
+        streams = client("dynamodbstreams")
         create_events_table(ddb)
         create_flat_table(ddb)
         for seq in (1, 2, 3):
@@ -283,9 +289,19 @@ def run_parity_scenario() -> dict[str, Any]:
         for pk, n in (("x1", "1"), ("x2", "2")):
             ddb.put_item(TableName="flat", Item={"pk": {"S": pk}, "n": {"N": n}})
         outcomes = {
-            name: outcome(lambda items=items: ddb.transact_write_items(TransactItems=items))  # type: ignore[misc]
+            name: outcome(functools.partial(ddb.transact_write_items, TransactItems=items))
             for name, items in parity_cases().items()
         }
+        # a failing UpdateItem of a new item: moto keeps the keys-only stub it created, and its INSERT
+        outcomes["update_item_too_large"] = outcome(
+            functools.partial(
+                ddb.update_item,
+                TableName="events",
+                Key=ev("h", 1),
+                UpdateExpression="SET bigattr = :b",
+                ExpressionAttributeValues={":b": {"S": BIG}},
+            )
+        )
         return {
             "outcomes": outcomes,
             "state": {t: table_state(ddb, t) for t in ("events", "flat")},
@@ -300,7 +316,7 @@ def unpatched_result() -> dict[str, Any]:
         [sys.executable, __file__, "--unpatched"], capture_output=True, text=True, env=env, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    return json.loads(proc.stdout)
 
 
 def test_cancellation_reasons_match_unpatched_moto(unpatched_result: dict[str, Any]) -> None:
@@ -320,7 +336,11 @@ def test_cancellation_reasons_match_unpatched_moto(unpatched_result: dict[str, A
     assert "multiple operations on one item" in out["duplicate_item"]["Message"]
     assert out["item_too_large"]["Code"] == "ValidationException"
     assert out["condition_fail_then_too_large"]["Code"] == "ValidationException"
-    assert out["unknown_table_condition_check"]["Code"] == "TransactionCanceledException"
+    assert "attribute that does not exist" in out["update_of_missing_attribute"]["Message"]
+    assert [r["Code"] for r in out["number_overflow"]["CancellationReasons"]] == ["None", "ValidationException"]
+    reasons = out["unknown_table_condition_check"]["CancellationReasons"]
+    assert [r["Code"] for r in reasons] == ["None", "ResourceNotFoundException"]
+    assert out["update_item_too_large"]["Message"] == "Item size to update has exceeded the maximum allowed size"
 
 
 def test_final_state_and_stream_records_match_unpatched_moto(unpatched_result: dict[str, Any]) -> None:
@@ -328,14 +348,17 @@ def test_final_state_and_stream_records_match_unpatched_moto(unpatched_result: d
     assert patched["state"] == unpatched_result["state"]
     assert patched["streams"] == unpatched_result["streams"]
     assert len(patched["streams"]["events"]) > 3  # the seed, plus the applied transactions
+    # moto keeps the keys-only stub of the failed UpdateItem; its INSERT must be there too
+    assert {"channel": {"S": "h"}, "seq": {"N": "1"}} in patched["state"]["events"]
+    assert patched["streams"]["events"][-1]["NewImage"] == {"channel": {"S": "h"}, "seq": {"N": "1"}}
 
 
 # --- behaviour -------------------------------------------------------------------------------------
 
 
 def test_two_put_transaction_emits_two_inserts_and_cancelled_one_nothing(aws: None) -> None:
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    streams = boto3.client("dynamodbstreams", region_name=REGION)
+    ddb = client("dynamodb")
+    streams = client("dynamodbstreams")
     create_events_table(ddb)
     ddb.put_item(TableName="events", Item=ev("a", 1, v={"N": "1"}))
 
@@ -368,8 +391,8 @@ def test_two_put_transaction_emits_two_inserts_and_cancelled_one_nothing(aws: No
 
 def test_stream_iterator_survives_a_cancelled_transaction(aws: None) -> None:
     """Unpatched moto swaps the Table for a deep copy on rollback: old shard iterators go deaf."""
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    streams = boto3.client("dynamodbstreams", region_name=REGION)
+    ddb = client("dynamodb")
+    streams = client("dynamodbstreams")
     create_events_table(ddb)
     ddb.put_item(TableName="events", Item=ev("a", 1))
     arn = ddb.describe_table(TableName="events")["Table"]["LatestStreamArn"]
@@ -385,8 +408,8 @@ def test_stream_iterator_survives_a_cancelled_transaction(aws: None) -> None:
 
 
 def test_update_item_emits_one_record(aws: None) -> None:
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    streams = boto3.client("dynamodbstreams", region_name=REGION)
+    ddb = client("dynamodb")
+    streams = client("dynamodbstreams")
     create_events_table(ddb)
     update = {"UpdateExpression": "SET v = :v", "ExpressionAttributeValues": {":v": {"N": "1"}}}
     ddb.update_item(TableName="events", Key=ev("a", 1), **update)  # creates
@@ -406,8 +429,49 @@ def test_update_item_emits_one_record(aws: None) -> None:
     )
 
 
+def test_failure_while_applying_undoes_the_applied_writes(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes are dry-run first, so applying should not fail; if it does, nothing stays applied."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.table import StreamShard
+
+    ddb = client("dynamodb")
+    streams = client("dynamodbstreams")
+    create_events_table(ddb)
+    for seq in (1, 2):
+        ddb.put_item(TableName="events", Item=ev("a", seq, v={"N": "1"}))
+    state, records = table_state(ddb, "events"), stream_records(streams, ddb, "events")
+
+    calls, real_add = [], StreamShard.add
+
+    def flaky_add(shard: StreamShard, old: Any, new: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        real_add(shard, old, new)
+
+    monkeypatch.setattr(StreamShard, "add", flaky_add)
+    items = [
+        {
+            "Update": {
+                "TableName": "events",
+                "Key": ev("a", 1),
+                "UpdateExpression": "SET v = :v",
+                "ExpressionAttributeValues": {":v": {"N": "42"}},
+            }
+        },
+        put_new("events", ev("a", 3)),
+        {"Delete": {"TableName": "events", "Key": ev("a", 2)}},
+    ]
+    with pytest.raises(RuntimeError, match="boom"):
+        dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION].transact_write_items(items)
+    monkeypatch.undo()
+    assert table_state(ddb, "events") == state
+    assert stream_records(streams, ddb, "events") == records
+
+
 def test_transaction_cost_does_not_grow_with_table_size(aws: None) -> None:
-    ddb = boto3.client("dynamodb", region_name=REGION)
+    ddb = client("dynamodb")
     create_events_table(ddb)
     filled = 0
     counter = iter(range(10**9))
@@ -469,8 +533,8 @@ def moto_server() -> Iterator[str]:
 def test_concurrent_writers_on_threaded_server(moto_server: str) -> None:
     """8 threads: transactions (applied and cancelled), puts, queries and stream tailing at once."""
     config = Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=16)
-    ddb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server, config=config)
-    streams = boto3.client("dynamodbstreams", region_name=REGION, endpoint_url=moto_server, config=config)
+    ddb = client("dynamodb", endpoint_url=moto_server, config=config)
+    streams = client("dynamodbstreams", endpoint_url=moto_server, config=config)
     table = f"concurrent-{time.monotonic_ns()}"
     create_events_table(ddb, table)
     seeded = 250  # big enough that unpatched moto's table deep copy takes a while
@@ -491,7 +555,7 @@ def test_concurrent_writers_on_threaded_server(moto_server: str) -> None:
 
     def work(w: int) -> list[int]:
         """Writes its own channel, and tails the whole stream like the fanout poller does."""
-        channel, seen = f"w{w}", []
+        channel, seen = f"w{w}", list[int]()
         iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
         position = iterator["ShardIterator"]
 

@@ -55,8 +55,8 @@ $(SAM):
 
 validate: $(SAM) install ## sam validate --lint and cfn-lint
 	$(BIN)/cfn-lint template.yaml
-	PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
-	PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) validate
+	PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) validate --lint --region us-east-1
+	PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) validate --region us-east-1
 
 build: $(SAM) ## sam build (python3.13 must be installed)
 	@test -n "$(PY313_DIR)" || { echo "sam build needs python3.13 on PATH (the functions' runtime)"; exit 1; }

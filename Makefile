@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 # `sam build` needs the functions' runtime (python3.13) on PATH.
-PY313_DIR ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13; do \
-	command -v $$p >/dev/null 2>&1 && dirname $$(command -v $$p) && break; done)
+# (pyenv's shims do not satisfy SAM's check: look for a real interpreter first.)
+PY313_DIR ?= $(shell for p in $$HOME/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 \
+	/usr/local/bin/python3.13 /usr/bin/python3.13; do test -x $$p && dirname $$p && break; done)
 ARGS ?=
 
 .PHONY: install dev test test-unit test-integration lint format build validate bench clean layer-requirements

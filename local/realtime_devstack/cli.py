@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,10 @@ def _dev(args: argparse.Namespace) -> int:
                 f"realtime-transport: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr
             )
             return 1
+        # What is loaded by now lives for the whole run: keep it out of the collector's scans,
+        # so GC pauses stay short however long the stack runs.
+        gc.collect()
+        gc.freeze()
         hours = DEV_TOKEN_TTL_SECONDS // 3600
         history = "Bearer token required (--require-auth)" if args.require_auth else "open, as under sam local"
         print("realtime-transport local stack (state in memory; Ctrl-C stops it)", flush=True)

@@ -619,3 +619,63 @@ if __name__ == "__main__":
         sys.exit("usage: test_moto_dynamodb.py --unpatched")
     os.environ.update(FAKE_ENV)
     print(json.dumps(run_parity_scenario()))
+
+
+def test_fast_serializer_matches_motos_own_for_reads() -> None:
+    """The json.dumps shortcut for Query/GetItem/Scan must produce what moto's serializer does."""
+    import json as _json
+
+    import boto3
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.server import ThreadedMotoServer
+
+    from realtime_devstack import moto_dynamodb
+
+    moto_dynamodb.install()
+    fast = DynamoHandler.serialized
+    slow = fast.__wrapped__  # type: ignore[attr-defined]
+    compared: list[str] = []
+
+    def both(self: DynamoHandler, action_result: object) -> object:
+        quick, full = fast(self, action_result), slow(self, action_result)
+        if self._get_action() in {"Query", "GetItem", "Scan"}:
+            assert quick[0] == full[0] and _json.loads(quick[2]) == _json.loads(full[2])
+            compared.append(self._get_action())
+        return full
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    DynamoHandler.serialized = both  # type: ignore[method-assign]
+    try:
+        host, port = server.get_host_and_port()
+        client = boto3.client("dynamodb", endpoint_url=f"http://{host}:{port}")
+        client.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "N"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        item = {
+            "pk": {"S": "p"},
+            "sk": {"N": "1"},
+            "n": {"N": "12.50"},
+            "l": {"L": [{"S": "x"}, {"NULL": True}, {"BOOL": False}]},
+            "m": {"M": {"k": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]}}},
+        }
+        client.put_item(TableName="t", Item=item)
+        got = client.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"N": "1"}})["Item"]
+        assert got == item
+        client.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p"}})
+        client.scan(TableName="t")
+        client.get_item(TableName="t", Key={"pk": {"S": "missing"}, "sk": {"N": "1"}})
+        # Binary values are not JSON: they take moto's own path and still round-trip.
+        client.put_item(TableName="t", Item={"pk": {"S": "b"}, "sk": {"N": "1"}, "b": {"B": b"\x00\x01"}})
+        binary = client.get_item(TableName="t", Key={"pk": {"S": "b"}, "sk": {"N": "1"}})["Item"]
+        assert binary["b"] == {"B": b"\x00\x01"}
+    finally:
+        DynamoHandler.serialized = fast  # type: ignore[method-assign]
+        server.stop()
+    assert sorted(set(compared)) == ["GetItem", "Query", "Scan"]

@@ -30,8 +30,27 @@ if (typeof globalThis.WebSocket !== 'function') {
 const now = () => performance.timeOrigin + performance.now();
 const out = (message) => process.stdout.write(`${JSON.stringify(message)}\n`);
 
+/** The global WebSocket, counting what goes through it: frames in, subscribes out. */
+function countingWebSocket(record) {
+  return class extends globalThis.WebSocket {
+    constructor(url) {
+      super(url);
+      this.addEventListener('message', () => {
+        record.framesIn += 1;
+      });
+    }
+
+    send(data) {
+      if (typeof data === 'string' && data.includes('"subscribe"')) record.subscribesSent += 1;
+      super.send(data);
+    }
+  };
+}
+
 const clients = config.clients.map(({ id, channel }) => {
   const record = {
+    framesIn: 0,
+    subscribesSent: 0,
     id,
     channel,
     events: [], // [seq, receivedAtMs] in callback order
@@ -45,7 +64,7 @@ const clients = config.clients.map(({ id, channel }) => {
   record.client = connect({
     url: config.url,
     token: config.token,
-    WebSocket: globalThis.WebSocket,
+    WebSocket: countingWebSocket(record),
     onStateChange: (state, info) => {
       record.states.push([state, now()]);
       if (state === 'reconnecting') {
@@ -89,7 +108,8 @@ async function finish({ expected, timeoutMs }) {
   const complete = await waitUntil(() => clients.every((r) => lastSeq(r) >= (expected[r.channel] ?? 0)), timeoutMs ?? 60_000);
   const report = clients.map(({ client, ...record }) => ({ ...record, stats: client.stats(record.channel), state: client.state }));
   for (const record of clients) record.client.close();
-  out({ type: 'report', complete, clients: report });
+  const cpu = process.cpuUsage();
+  out({ type: 'report', complete, cpuSeconds: (cpu.user + cpu.system) / 1e6, clients: report });
   // Let stdout drain before leaving (a pipe may hold a large report).
   process.stdout.write('', () => process.exit(0));
 }

@@ -16,6 +16,10 @@ serves all of it:
 | ``GET /``, ``GET /web/...``  | the dashboard and the browser client (``web/``)              |
 | anything else                | the HTTP API routes (``http_gateway``), 404 where none match |
 
+Two development routes exist only here, never deployed: ``GET /dev/token`` (a subscriber
+token for the dashboard) and ``POST /dev/connections/drop`` (cut every WebSocket with no close
+frame, as a lost network would; answers ``{"dropped": N}``).
+
 Beside it run a stream poller per event source mapping (``stream_poller``) and the TTL
 sweeper (``ttl_sweeper``).
 """
@@ -266,6 +270,13 @@ class LocalStack:
     async def _serve_dev_token(self, _request: web.Request) -> web.Response:
         return web.json_response({"token": self.dev_token()}, headers={"Cache-Control": "no-store"})
 
+    async def _drop_connections(self, _request: web.Request) -> web.Response:
+        """Simulate a network drop: cut every open WebSocket with no close frame (see
+        ``WebSocketGateway.drop_connections``). Local stack only, never deployed: reconnect and
+        catch-up tests and the soak benchmark use it."""
+        dropped = self.ws_gateway.drop_connections() if self.ws_gateway is not None else 0
+        return web.json_response({"dropped": dropped}, headers={"Cache-Control": "no-store"})
+
     def dev_token(
         self, channels: tuple[str, ...] = DEV_TOKEN_CHANNELS, ttl_seconds: int = DEV_TOKEN_TTL_SECONDS
     ) -> str:
@@ -311,6 +322,8 @@ class LocalStack:
         StaticFiles(self.web_dir).add_routes(app.router)
         # The dashboard asks for a development token here (local stack only: never deployed).
         app.router.add_get("/dev/token", self._serve_dev_token)
+        # Development only, never deployed: drop every WebSocket as a lost network would.
+        app.router.add_post("/dev/connections/drop", self._drop_connections)
         app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes()).handle)
 
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)

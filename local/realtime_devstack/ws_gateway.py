@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -479,6 +480,24 @@ class WebSocketGateway:
             await asyncio.sleep(due - now)
 
     # -- life cycle ----------------------------------------------------------------------------
+
+    def drop_connections(self) -> int:
+        """Cut every open socket's TCP connection with no close frame, as a lost network would.
+
+        Development only (the local stack's ``POST /dev/connections/drop``; API Gateway has no
+        such call). Clients see an abnormal closure (1006); each socket's ``$disconnect`` still
+        runs, with 1006 "Connection closed abnormally", once its receive loop sees the end.
+        Returns how many sockets were cut.
+        """
+        dropped = 0
+        for connection in self.registry.all():
+            sock = connection.ws.get_extra_info("socket")
+            if not connection.open or sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                dropped += 1
+        return dropped
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Refuse new sockets, close every open one with 1001 and wait for their $disconnect."""

@@ -197,7 +197,8 @@ export function backoffDelay(attempt, backoff, random) {
  * `resumed` says the subscribe carried a cursor (so the server catches up);
  * `evidence` is the highest buffered seq the server sent again inside the
  * window; `minSeq` the lowest seq seen inside it.
- * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number}} CatchUpWindow
+ * `active` says events arrived since the subscribe's watchdog last looked.
+ * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number, active?: boolean}} CatchUpWindow
  */
 
 export class ChannelSequencer {
@@ -219,6 +220,19 @@ export class ChannelSequencer {
     /** @type {CatchUpWindow[]} */
     this.windows = [];
     this.stats = { delivered: 0, duplicates: 0, gapsFilled: 0, gapsLost: 0, truncated: 0 };
+    /** Cursors that came with live events, by seq: adopted once that seq is delivered in order. */
+    /** @type {Map<number, string>} */
+    this.eventCursors = new Map();
+  }
+
+  /**
+   * A live event frame's cursor names its own seq: once everything up to that seq is
+   * delivered it is the resume point, so a reconnect re-sends only what came after it.
+   * @param {number} seq
+   * @param {string} cursor
+   */
+  noteCursor(seq, cursor) {
+    if (seq > (this.lastSeq ?? this.floor ?? -Infinity)) this.eventCursors.set(seq, cursor);
   }
 
   get hasGap() {
@@ -389,6 +403,12 @@ export class ChannelSequencer {
   /** @param {Envelope[]} events */
   counted(events) {
     this.stats.delivered += events.length;
+    const last = events[events.length - 1];
+    if (last && this.eventCursors.size) {
+      const cursor = this.eventCursors.get(last.seq);
+      if (cursor !== undefined) this.cursor = cursor; // covers exactly what was delivered
+      for (const seq of this.eventCursors.keys()) if (seq <= last.seq) this.eventCursors.delete(seq);
+    }
     return events;
   }
 }
@@ -792,7 +812,7 @@ export class RealtimeClient {
     }
   }
 
-  /** @param {{channel?: string, event?: Envelope}} message */
+  /** @param {{channel?: string, event?: Envelope, cursor?: string}} message */
   onEventFrame(message) {
     const event = message.event;
     const sub = this.channels.get(message.channel ?? event?.channel ?? '');
@@ -801,6 +821,9 @@ export class RealtimeClient {
       this.reportError(new RealtimeError('bad_frame', 'an event frame without an integer seq', { channel: sub.seq.name }), sub);
       return;
     }
+    // A catch-up still streaming in is an answer in progress: its subscribe is not lost.
+    for (const window of sub.seq.windows) window.active = true;
+    if (typeof message.cursor === 'string') sub.seq.noteCursor(event.seq, message.cursor);
     this.deliver(sub, sub.seq.accept(event));
     this.updateGap(sub);
   }
@@ -912,6 +935,17 @@ export class RealtimeClient {
   subscribeUnanswered(sub, window) {
     const index = sub.seq.windows.indexOf(window);
     if (index === -1 || this.channels.get(sub.seq.name) !== sub) return; // answered, or gone
+    if (window.active) {
+      // Events kept arriving: a long catch-up, not a lost subscribe. Sending it again would
+      // start a second catch-up from the same cursor and slow everything down further.
+      window.active = false;
+      const timer = this.clock.setTimeout(() => {
+        this.watchdogs.delete(timer);
+        this.subscribeUnanswered(sub, window);
+      }, this.options.subscribeTimeoutMs);
+      this.watchdogs.add(timer);
+      return;
+    }
     sub.seq.windows.splice(index, 1);
     sub.unanswered += 1;
     if (sub.unanswered > SUBSCRIBE_RETRIES) {

@@ -54,6 +54,15 @@ def store(aws: Any) -> ConnectionStore:
     return ConnectionStore(aws, CONNECTIONS)
 
 
+CURSOR_SECRET = "fanout-test-secret-long-enough-for-hmac"
+
+
+def cursor_of(channel: str, seq: int) -> str:
+    from realtime_transport.cursor import CursorCodec
+
+    return CursorCodec(CURSOR_SECRET.encode()).encode(f"transport#{channel}", seq)
+
+
 @pytest.fixture
 def fanout(aws: Any, store: ConnectionStore, api: FakeManagementApi, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The handler module, cold-started against the fake management API (fast retries)."""
@@ -61,6 +70,7 @@ def fanout(aws: Any, store: ConnectionStore, api: FakeManagementApi, monkeypatch
 
     get_settings.cache_clear()
     monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", api.url)
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", CURSOR_SECRET)
     module = load_function("fanout")
     wired = module.fanout.pusher
     assert isinstance(wired, Pusher) and wired.endpoint == api.url  # the settings' endpoint
@@ -126,12 +136,15 @@ def test_sample_event_reaches_every_subscriber_in_order(fanout: Any, store: Conn
     assert invoke(fanout, event) == []
 
     stored = [json.loads(r["dynamodb"]["NewImage"]["event"]["S"]) for r in event["Records"]]
+    # Each frame carries its event's cursor: a client resumes from the last one it delivered.
     assert frames(api, "a") == [
-        {"type": "event", "channel": "feed_42", "event": stored[0]},
-        {"type": "event", "channel": "feed_42", "event": stored[1]},
+        {"type": "event", "channel": "feed_42", "event": stored[0], "cursor": cursor_of("feed_42", 17)},
+        {"type": "event", "channel": "feed_42", "event": stored[1], "cursor": cursor_of("feed_42", 18)},
     ]
     assert seqs(api, "b") == [17, 18]
-    assert frames(api, "c") == [{"type": "event", "channel": "feed_7", "event": stored[2]}]
+    assert frames(api, "c") == [
+        {"type": "event", "channel": "feed_7", "event": stored[2], "cursor": cursor_of("feed_7", 3)}
+    ]
     assert seqs(api, "both", "feed_42") == [17, 18] and seqs(api, "both", "feed_7") == [3]
     assert api.requests_for("idle") == []
     assert {r.path.rpartition("/")[2] for r in api.received} == {"a", "b", "c", "both"}

@@ -524,6 +524,22 @@ describe('reconnecting', () => {
     assert.deepEqual(a.events, [1, 2, 3]);
   });
 
+  test('live events carry their cursor: a reconnect resumes after the last event delivered in order', () => {
+    const { ws, clock, client } = harness();
+    ws.last().accept();
+    const a = record(client, 'feed_a', { cursor: 'a0' });
+    const first = ws.last();
+    first.push({ ...subscribedFrame('feed_a', 'a0'), position: 0 });
+    for (const seq of [1, 2, 4]) first.push({ ...eventFrame('feed_a', seq), cursor: `a${seq}` });
+    assert.deepEqual(a.events, [1, 2], 'seq 4 waits for 3');
+    first.drop(1006);
+    clock.advance(DEFAULTS.backoff.maxMs);
+    const second = ws.last();
+    second.accept();
+    // a2 covers exactly what was delivered; a4 would skip the undelivered seq 3.
+    assert.deepEqual(second.frames('subscribe'), [{ action: 'subscribe', channel: 'feed_a', cursor: 'a2' }]);
+  });
+
   test('a connection that stayed up resets the backoff', () => {
     const { ws, clock, states } = harness({ backoff: { initialMs: 1000, maxMs: 60_000 } });
     ws.last().refuse();
@@ -711,6 +727,22 @@ describe('unsubscribe, errors, close', () => {
     assert.equal(errors.at(-1).code, 'subscribe_unanswered');
     assert.equal(errors.at(-1).channel, 'feed_2');
     assert.equal(rec.errors.length, 0);
+  });
+
+  test('a long catch-up that keeps streaming events is not mistaken for a lost subscribe', () => {
+    const { ws, client, clock } = harness({ subscribeTimeoutMs: 1000 });
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    for (let seq = 1; seq <= 5; seq += 1) {
+      socket.push(eventFrame('feed_1', seq));
+      clock.advance(900);
+    }
+    assert.equal(socket.frames('subscribe').length, 1, 'events kept arriving: no second catch-up');
+    socket.push(subscribedFrame('feed_1', 'c5'));
+    assert.deepEqual(rec.events, [1, 2, 3, 4, 5]);
+    clock.advance(5000);
+    assert.equal(socket.frames('subscribe').length, 1);
   });
 
   test('an unauthorized error (token expired on the server) reconnects with a fresh token', () => {

@@ -25,11 +25,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from .clock import now_ms
 from .connections import ConnectionStore
+from .cursor import CursorCodec
 from .delivery import DeliveryReport, Pusher
 from .errors import RealtimeError, StoreUnavailable
 from .models.stream import StreamRecord
 from .models.websocket import event_frame
 from .observability import logger, metrics
+from .secrets import signing_secret
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -91,9 +93,12 @@ class Fanout:
         *,
         page_size: int = 1000,
         store_workers: int = 8,
+        cursors: CursorCodec | None = None,
     ) -> None:
         self.connections = connections
         self.pusher = pusher
+        # Signs each live frame's cursor (one HMAC per event, not per connection).
+        self.cursors = cursors
         self._page_size = page_size
         self._store_workers = store_workers
         self._executor: ThreadPoolExecutor | None = None
@@ -104,7 +109,17 @@ class Fanout:
         from .settings import get_settings
 
         settings = settings or get_settings()
-        return cls(ConnectionStore(dynamodb(), settings.connections_table_name), Pusher.from_settings(settings))
+        return cls(
+            ConnectionStore(dynamodb(), settings.connections_table_name),
+            Pusher.from_settings(settings),
+            cursors=CursorCodec(signing_secret(settings)),
+        )
+
+    def _frame(self, channel: str, record: StreamRecord) -> bytes:
+        cursor = None
+        if self.cursors is not None and record.channel_key is not None and record.seq is not None:
+            cursor = self.cursors.encode(record.channel_key, record.seq)
+        return event_frame(channel, record.event_json or "", cursor)
 
     def deliver(self, records: Iterable[Any], *, remaining_ms: int | None = None) -> FanoutResult:
         """Deliver a stream batch (Powertools `DynamoDBRecord`s or raw record dicts).
@@ -127,7 +142,7 @@ class Fanout:
         for batch in channels.values():
             if not batch.subscribers:
                 continue
-            frames = [event_frame(batch.name, record.event_json or "") for record in batch.records]
+            frames = [self._frame(batch.name, record) for record in batch.records]
             for connection_id in batch.subscribers:
                 held = plan.get(connection_id)
                 # Shared list for the common case of one channel per connection; a new one when merging.

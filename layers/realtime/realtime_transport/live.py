@@ -145,7 +145,8 @@ class LiveService:
             page = channel.history(limit=MAX_PAGE, cursor=cursor)
             truncated = truncated or page.truncated
             for event in page.items:
-                if not self.pusher.send(connection_id, event_frame(channel.name, event.to_json())):
+                frame = event_frame(channel.name, event.to_json(), channel.cursor(event.seq))
+                if not self.pusher.send(connection_id, frame):
                     return page.next_cursor, truncated  # the client left mid catch-up
             progressed = page.next_cursor != cursor
             cursor = page.next_cursor

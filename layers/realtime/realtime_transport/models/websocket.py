@@ -35,12 +35,6 @@ ClientMessage = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="a
 client_message: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientMessage)
 
 
-class EventMessage(BaseModel):
-    type: Literal["event"] = "event"
-    channel: str
-    event: Event
-
-
 class Subscribed(BaseModel):
     type: Literal["subscribed"] = "subscribed"
     channel: str
@@ -68,11 +62,20 @@ class ErrorMessage(BaseModel):
     details: dict[str, Any] | None = None
 
 
-def event_frame(channel: str, event_json: str) -> bytes:
-    """The live-event frame, built around the stored envelope JSON without re-serialising it."""
+class EventMessage(BaseModel):
+    type: Literal["event"] = "event"
+    channel: str
+    event: Event
+    # The cursor of this event: once a client has everything up to it, it resumes from here.
+    cursor: str | None = None
+
+
+def event_frame(channel: str, event_json: str, cursor: str | None = None) -> bytes:
+    """An `EventMessage` frame built around the stored envelope JSON without re-serialising it."""
     import json
 
-    return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + "}").encode()
+    tail = f',"cursor":{json.dumps(cursor)}' if cursor is not None else ""
+    return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + tail + "}").encode()
 
 
 class ConnectEvent(APIGatewayWebSocketConnectEventModel):

@@ -60,13 +60,14 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     @app.exception_handler(RequestValidationError)
     def invalid_request(exc: RequestValidationError) -> Response:
         body = app.current_event.decoded_body or ""
+        size = len(body.encode("utf-8", "surrogatepass"))  # a malformed body still has a size
         # Size first: a body over the cap is refused as such, whatever else is wrong with it.
-        if len(body.encode()) > max_body_bytes:
+        if size > max_body_bytes:
             metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
             return error_response(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 "event_too_large",
-                f"request body is {len(body.encode())} bytes; the limit is {max_body_bytes}",
+                f"request body is {size} bytes; the limit is {max_body_bytes}",
             )
         details = _validation_details(exc)
         status = HTTPStatus.UNPROCESSABLE_ENTITY

@@ -96,6 +96,10 @@ def test_a_base64_body_is_decoded(handler: Any) -> None:
         ("null", 400, "validation_error"),
         ('{"eventId": "e", "type": "t"}', 422, "validation_error"),
         ('{"eventId": "e", "type": "t", "payload": 1, "bogus": 1}', 422, "validation_error"),
+        # Valid JSON text, but an unpaired surrogate is not Unicode that can be stored or sent.
+        ('{"eventId": "e", "type": "t", "payload": "\\ud800"}', 422, "invalid_request"),
+        ('{"eventId": "e", "type": "t", "payload": {"\\udc00": 1}}', 422, "invalid_request"),
+        ('{"eventId": "\\ud800", "type": "t", "payload": 1}', 422, "validation_error"),
         (json.dumps({"eventId": "e", "type": "t", "payload": "x" * 66_000}), 413, "event_too_large"),
         ('{"eventId": "e", "type": "t", "payload": "' + "x" * 66_000, 413, "event_too_large"),
     ],

@@ -51,7 +51,8 @@ class HistoryPage:
 
 def fingerprint_of(*parts: Any) -> str:
     """What an idempotency key promises: the same key carries the same event."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    # ensure_ascii: any string (even an unpaired surrogate) has one canonical form.
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -111,7 +112,11 @@ class Channel:
             published_at=clock.iso_ms(clock.now_ms()),
             idempotency_key=idempotency_key,
         )
-        size = len(draft.to_json().encode())
+        try:
+            size = len(draft.to_json().encode())
+        except (UnicodeEncodeError, ValueError) as exc:
+            # e.g. "\ud800" in the JSON: valid JSON text, but not Unicode that can be stored or sent.
+            raise InvalidInput(f"data is not valid Unicode JSON: {exc}", field="payload") from exc
         limit = self._realtime.settings.max_event_bytes
         if size > limit:
             raise EventTooLarge(f"event is {size} bytes of JSON; the limit is {limit}", field="payload")

@@ -8,7 +8,10 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 
 from realtime_transport import errors
 from realtime_transport.models.http import ErrorDetail, ErrorResponse
@@ -76,6 +79,16 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
         message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
         return error_response(status, "validation_error", message, details)
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
+        content_type = app.current_event.headers.get("content-type", "")
+        return error_response(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            f"content-type {content_type!r} is not accepted; send application/json",
+            [ErrorDetail(field="content-type", location="header", problem="must be application/json")],
+        )
 
     @app.exception_handler(errors.RealtimeError)
     def domain_error(exc: errors.RealtimeError) -> Response:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from realtime_devstack import process
+from realtime_devstack.process import StackProcess
 
 REPO = Path(__file__).resolve().parents[1]  # realtime_transport and realtime_devstack: the editable install
 
@@ -80,58 +78,16 @@ def reader_token(channels: list[str]) -> str:
     return tokens.issue(STACK_SECRET.encode(), sub="bench", channels=channels)
 
 
-@dataclass
-class Stack:
-    url: str
-    process: subprocess.Popen[str]
+Stack = StackProcess
 
 
-def start_stack(*args: str, timeout: float = 60) -> Stack:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EVENTS_", "CONNECTIONS_"))}
-    env["REALTIME_TOKEN_SECRET"] = STACK_SECRET
-    process = subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "realtime_devstack.cli", "dev", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if line.startswith("ready "):
-            # Keep draining its output so a chatty stack never blocks on a full pipe.
-            _drain(process)
-            return Stack(url=line.split()[1], process=process)
-    process.kill()
-    raise RuntimeError("local stack did not start:\n" + "".join(output))
-
-
-def _drain(process: subprocess.Popen[str]) -> None:
-    import threading
-
-    def run() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if not line.startswith("stopping"):
-                sys.stderr.write(f"[stack] {line}")
-
-    threading.Thread(target=run, daemon=True).start()
+def start_stack(*args: str) -> Stack:
+    """The local stack as a child process, signing tokens with STACK_SECRET; its output goes to stderr."""
+    return process.start(*args, env={"REALTIME_TOKEN_SECRET": STACK_SECRET}, echo=True)
 
 
 def stop_stack(stack: Stack) -> int:
-    stack.process.send_signal(signal.SIGINT)
-    try:
-        return stack.process.wait(timeout=20)
-    finally:
-        if stack.process.poll() is None:
-            stack.process.kill()
+    return stack.stop()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -59,14 +58,9 @@ def browser(chromium_path: str) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    running = start_stack()
-    # Keep reading its output (kept for failure messages) so a chatty stack never blocks on the pipe.
-    assert running.process.stdout is not None
-    reader = threading.Thread(target=lambda: running.output.extend(running.process.stdout or ()), daemon=True)
-    reader.start()
+    running = start_stack()  # its output keeps being collected, for failure messages
     yield running
     assert stop_stack(running) == 0, "".join(running.output)
-    reader.join(timeout=5)
 
 
 @pytest.fixture

@@ -3,67 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-STARTUP_SECONDS = 60
+from realtime_devstack import process
+from realtime_devstack.process import StackProcess
 
-
-@dataclass
-class Stack:
-    url: str
-    process: subprocess.Popen[str]
-    output: list[str]
-
-    def printed(self, label: str) -> str:
-        """A URL the stack printed at start-up, e.g. printed("DynamoDB:")."""
-        return next(line.split()[1] for line in self.output if line.strip().startswith(label))
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://") + "/ws"
+Stack = StackProcess
 
 
 def start_stack(*args: str) -> Stack:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EVENTS_", "CONNECTIONS_"))}
-    process = subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "realtime_devstack.cli", "dev", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if line.startswith("ready "):
-            return Stack(url=line.split()[1], process=process, output=output)
-    process.kill()
-    raise RuntimeError("local stack did not start:\n" + "".join(output))
+    return process.start(*args)
 
 
 def stop_stack(stack: Stack) -> int:
-    stack.process.send_signal(signal.SIGINT)
-    try:
-        return stack.process.wait(timeout=20)
-    finally:
-        if stack.process.poll() is None:
-            stack.process.kill()
+    return stack.stop()
 
 
 @pytest.fixture(scope="session")

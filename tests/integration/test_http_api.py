@@ -196,5 +196,4 @@ def test_bad_requests_get_a_4xx_that_names_the_problem_and_store_nothing(
 def test_ctrl_c_stops_the_stack_cleanly() -> None:
     running = start_stack()
     assert stop_stack(running) == 0
-    assert running.process.stdout is not None
-    assert "stopping" in running.process.stdout.read()
+    assert "stopping" in "".join(running.output)

@@ -1,0 +1,86 @@
+"""`realtime-transport dev` as a child process: what the integration tests, browser tests and
+benchmarks start, talk to over real sockets, and stop with Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+STARTUP_SECONDS = 60
+# Not passed on: the child must reach only its own moto server, never an AWS endpoint.
+_WITHHELD_ENV = ("AWS_", "EVENTS_", "CONNECTIONS_")
+
+
+@dataclass
+class StackProcess:
+    url: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def printed(self, label: str) -> str:
+        """A value the stack printed at start-up, e.g. printed("DynamoDB:")."""
+        return next(line.split()[1] for line in list(self.output) if line.strip().startswith(label))
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    def stop(self, timeout: float = 20) -> int:
+        """Ctrl-C, as a developer would; the exit code (0 when it stopped cleanly)."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            if self.reader is not None:
+                self.reader.join(timeout=5)  # its last lines, e.g. "stopping"
+
+
+def start(*args: str, env: Mapping[str, str] | None = None, echo: bool = False) -> StackProcess:
+    """Start the stack on a free loopback port and wait for its `ready URL` line."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_ENV)}
+    child_env.update(env or {})
+    process = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "realtime_devstack.cli", "dev", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env,
+    )
+    stdout = process.stdout
+    if stdout is None:  # pragma: no cover - stdout=PIPE always gives one
+        raise RuntimeError("no pipe to the stack's output")
+    output: list[str] = []
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        line = stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if line.startswith("ready "):
+            running = StackProcess(url=line.split()[1], process=process, output=output)
+            _keep_reading(running, echo)
+            return running
+    process.kill()
+    raise RuntimeError("local stack did not start:\n" + "".join(output))
+
+
+def _keep_reading(running: StackProcess, echo: bool) -> None:
+    """Drain the child's output so a chatty stack never blocks on a full pipe."""
+
+    def run() -> None:
+        for line in running.process.stdout or ():
+            running.output.append(line)
+            if echo and not line.startswith("stopping"):
+                sys.stderr.write(f"[stack] {line}")
+
+    running.reader = threading.Thread(target=run, daemon=True, name="stack-output")
+    running.reader.start()

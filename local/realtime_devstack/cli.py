@@ -17,6 +17,13 @@ def _dev(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)  # moto's server
+    if args.host not in {"127.0.0.1", "localhost", "::1"}:
+        # /dev/token hands out tokens and /dev/connections/drop cuts sockets: fine on loopback only.
+        print(
+            f"realtime-transport: warning: listening on {args.host}, not loopback; anyone who can reach it "
+            "can take a development token and publish",
+            file=sys.stderr,
+        )
     stack = LocalStack(
         StackOptions(
             host=args.host,

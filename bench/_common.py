@@ -7,19 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from realtime_devstack import process
+from realtime_devstack.aws_env import LOCAL_AWS_ENV, use_local_aws
 from realtime_devstack.process import StackProcess
 
 REPO = Path(__file__).resolve().parents[1]  # realtime_transport and realtime_devstack: the editable install
 
-# Fake credentials and quiet Powertools, as tests/conftest.py sets them (nothing may reach AWS).
+# Fake credentials (realtime_devstack.aws_env) and quiet Powertools, as tests/conftest.py sets them.
 FAKE_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    "AWS_EC2_METADATA_DISABLED": "true",
+    **LOCAL_AWS_ENV,
     "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransportBench",
     "POWERTOOLS_SERVICE_NAME": "bench",
     "POWERTOOLS_METRICS_DISABLED": "true",
@@ -31,9 +26,8 @@ FAKE_AWS_ENV = {
 
 def fake_aws_env() -> None:
     """Set the fake environment in this process (before boto3 reads it)."""
+    use_local_aws(os.environ)
     os.environ.update(FAKE_AWS_ENV)
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        os.environ.pop(var, None)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -13,18 +13,14 @@ from typing import Any
 
 import pytest
 
+from realtime_devstack.aws_env import use_local_aws
+
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
 
 # Before anything imports boto3: fake credentials, no real endpoint, no metrics on stdout.
+use_local_aws(os.environ)
 os.environ.update(
-    AWS_ACCESS_KEY_ID="testing",
-    AWS_SECRET_ACCESS_KEY="testing",
-    AWS_SESSION_TOKEN="testing",
-    AWS_DEFAULT_REGION="us-east-1",
-    AWS_REGION="us-east-1",
-    AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
-    AWS_EC2_METADATA_DISABLED="true",
     POWERTOOLS_METRICS_NAMESPACE="RealtimeTransportTests",
     POWERTOOLS_SERVICE_NAME="tests",
     POWERTOOLS_METRICS_DISABLED="true",
@@ -32,8 +28,6 @@ os.environ.update(
     EVENTS_TABLE_NAME="test-events",
     CONNECTIONS_TABLE_NAME="test-connections",
 )
-for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-    os.environ.pop(_var, None)
 
 TABLE_NAMES = {"EventsTable": "test-events", "ConnectionsTable": "test-connections"}
 

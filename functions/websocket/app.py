@@ -19,7 +19,7 @@ from realtime_transport import Realtime
 from realtime_transport.delivery import Pusher
 from realtime_transport.errors import Forbidden, Unauthorized
 from realtime_transport.live import LiveService
-from realtime_transport.models.websocket import ConnectEvent
+from realtime_transport.models.apigw import ConnectEvent
 from realtime_transport.observability import logger, metrics
 
 realtime = Realtime()

@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from . import moto_dynamodb, template
+from .aws_env import use_local_aws
 from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute, StaticFiles
 from .lambda_host import REPO_ROOT, FunctionHost
 from .management_api import ManagementApi
@@ -54,15 +55,6 @@ from .ws_gateway import (
 log = logging.getLogger("realtime_devstack")
 
 # Fake credentials: moto accepts anything, and nothing here may reach AWS.
-_LOCAL_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
-    "AWS_SESSION_TOKEN": "local",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 # Environment the template sets that means nothing locally (the secret comes from
 # REALTIME_TOKEN_SECRET or the development secret instead of Secrets Manager).
 _DROPPED_ENV = {"REALTIME_SECRET_ARN"}
@@ -163,7 +155,7 @@ class LocalStack:
                 resolved = _resolve(value, refs)
                 if resolved is not None and name not in _DROPPED_ENV:
                     env[name] = resolved
-        env.update(_LOCAL_AWS_ENV)
+        use_local_aws(env)
         env["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_url
         env["AWS_ENDPOINT_URL_DYNAMODBSTREAMS"] = self.dynamodb_url
         # The management API is served on this stack's own port (the template's is https://{api}...).

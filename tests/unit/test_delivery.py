@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from realtime_devstack.aws_env import LOCAL_AWS_ENV
 from realtime_transport.delivery import Credentials, DeliveryFailed, Pusher, SigV4Signer
 
 
@@ -160,7 +161,10 @@ def botocore_signature(received: Received, region: str = "us-east-1") -> str:
         method="POST", url=f"http://{headers['Host']}{received.path}", data=received.body, headers=headers
     )
     request.context["timestamp"] = headers["X-Amz-Date"]
-    auth = SigV4Auth(BotocoreCredentials("testing", "testing", "testing"), "execute-api", region)
+    key, secret, token = (
+        LOCAL_AWS_ENV[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    )
+    auth = SigV4Auth(BotocoreCredentials(key, secret, token), "execute-api", region)
     return str(auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request))
 
 
@@ -177,9 +181,10 @@ def test_requests_are_sigv4_signed_for_execute_api(api: FakeManagementApi, make_
     assert received.body == b'{"type":"pong"}'
     authorization = received.headers["Authorization"]
     day = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential=testing/{day}/us-east-1/execute-api/aws4_request, ")
+    key_id = LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"]
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={key_id}/{day}/us-east-1/execute-api/aws4_request, ")
     assert "SignedHeaders=host;x-amz-date;x-amz-security-token, " in authorization
-    assert received.headers["X-Amz-Security-Token"] == "testing"
+    assert received.headers["X-Amz-Security-Token"] == LOCAL_AWS_ENV["AWS_SESSION_TOKEN"]
     # The signature is the one AWS would compute for this exact request.
     assert authorization.endswith(f"Signature={botocore_signature(received)}")
 

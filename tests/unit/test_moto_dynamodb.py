@@ -26,15 +26,9 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from realtime_devstack import moto_dynamodb
+from realtime_devstack.aws_env import LOCAL_AWS_ENV
 
-FAKE_ENV = {
-    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-}
+FAKE_ENV = LOCAL_AWS_ENV
 REGION = "us-east-1"
 
 

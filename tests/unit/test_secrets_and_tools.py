@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from realtime_devstack.aws_env import LOCAL_AWS_ENV
 from realtime_transport import Settings
 from realtime_transport.errors import ConfigurationError
 from realtime_transport.secrets import DEVELOPMENT_SECRET, signing_secret
@@ -28,6 +29,6 @@ def test_publish_signs_for_execute_api_in_the_apis_region() -> None:
     assert _is_aws(url) and not _is_aws("http://127.0.0.1:3000/feeds/42/events")
     headers = _sigv4_headers("POST", url, b"{}", {"content-type": "application/json"})
     authorization = headers["Authorization"]
-    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={LOCAL_AWS_ENV['AWS_ACCESS_KEY_ID']}/")
     assert "/eu-west-1/execute-api/aws4_request" in authorization
-    assert "X-Amz-Date" in headers and headers["X-Amz-Security-Token"] == "testing"
+    assert "X-Amz-Date" in headers and headers["X-Amz-Security-Token"] == LOCAL_AWS_ENV["AWS_SESSION_TOKEN"]

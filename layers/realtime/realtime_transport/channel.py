@@ -47,6 +47,7 @@ class HistoryPage:
     next_cursor: str
     has_more: bool
     truncated: bool
+    position: int  # the log position next_cursor names: everything up to it is resolved
 
 
 def fingerprint_of(*parts: Any) -> str:
@@ -294,16 +295,20 @@ class _LogReader:
                 truncated = True  # events the reader never saw are gone
             consumed = seq
             seq += 1
+        reached = max(consumed, 0)
         return HistoryPage(
             items=items,
-            next_cursor=self._channel.cursor(max(consumed, 0)),
+            next_cursor=self._channel.cursor(reached),
             has_more=consumed < self.head,
             truncated=truncated,
+            position=reached,
         )
 
     def latest(self, window_start: int, limit: int) -> HistoryPage:
         if self.head == 0:
-            return HistoryPage(items=[], next_cursor=self._channel.cursor(0), has_more=False, truncated=False)
+            return HistoryPage(
+                items=[], next_cursor=self._channel.cursor(0), has_more=False, truncated=False, position=0
+            )
         first = max(window_start, self.head - limit + 1)
         while True:
             self._fetch(first, self.head)
@@ -320,9 +325,11 @@ class _LogReader:
             if len(events) >= limit or first == window_start or end < self.head:
                 break
             first = max(window_start, first - (limit - len(events)) - _READ_SLACK)
+        reached = max(end, 0)
         return HistoryPage(
             items=events[-limit:],
-            next_cursor=self._channel.cursor(max(end, 0)),
+            next_cursor=self._channel.cursor(reached),
             has_more=end < self.head,
             truncated=False,
+            position=reached,
         )

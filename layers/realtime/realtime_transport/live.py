@@ -130,28 +130,28 @@ class LiveService:
         # through the fan-out, and everything before it comes from history (duplicates are
         # dropped by seq on the client).
         self.realtime.connections.subscribe(connection_id, channel.key)
-        cursor, truncated = self._catch_up(connection_id, channel, message.cursor)
-        subscribed = Subscribed(
-            channel=channel.name, cursor=cursor, truncated=truncated, position=channel.decode_cursor(cursor)
-        )
-        self.pusher.send(connection_id, _frame(subscribed))
+        self.pusher.send(connection_id, _frame(self._catch_up(connection_id, channel, message.cursor)))
 
-    def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None) -> tuple[str, bool]:
-        """Send the events after `cursor` (up to the history window); returns the cursor reached."""
+    def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None) -> Subscribed:
+        """Send the events after `cursor` (up to the history window); the answer names where it got to."""
         if cursor is None:
-            return channel.history(limit=1).next_cursor, False
+            latest = channel.history(limit=1)
+            return Subscribed(channel=channel.name, cursor=latest.next_cursor, position=latest.position)
         truncated = False
         while True:
             page = channel.history(limit=MAX_PAGE, cursor=cursor)
             truncated = truncated or page.truncated
+            reached = Subscribed(
+                channel=channel.name, cursor=page.next_cursor, truncated=truncated, position=page.position
+            )
             for event in page.items:
                 frame = event_frame(channel.name, event.to_json(), channel.cursor(event.seq))
                 if not self.pusher.send(connection_id, frame):
-                    return page.next_cursor, truncated  # the client left mid catch-up
+                    return reached  # the client left mid catch-up
             progressed = page.next_cursor != cursor
             cursor = page.next_cursor
             if not page.has_more or not progressed:
-                return cursor, truncated  # caught up, or stopped at a write still in flight
+                return reached  # caught up, or stopped at a write still in flight
 
     def _send_error(self, connection_id: str, code: str, message: str, channel: str | None = None) -> None:
         self.pusher.send(connection_id, _frame(ErrorMessage(code=code, message=message, channel=channel)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketConnectEventModel
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .envelope import Event
@@ -76,9 +75,3 @@ def event_frame(channel: str, event_json: str, cursor: str | None = None) -> byt
 
     tail = f',"cursor":{json.dumps(cursor)}' if cursor is not None else ""
     return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + tail + "}").encode()
-
-
-class ConnectEvent(APIGatewayWebSocketConnectEventModel):
-    """API Gateway's $connect event, with the query string Powertools' model leaves out."""
-
-    query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")

@@ -17,7 +17,7 @@ from realtime_transport import (
     Realtime,
     clock,
 )
-from realtime_transport.models.items import Kind
+from realtime_transport.models.items import Allocation, Kind
 from realtime_transport.store import PositionTaken
 
 
@@ -186,7 +186,7 @@ def test_an_abandoned_hole_is_tombstoned_and_skipped(
 ) -> None:
     channel = realtime.channel("feed_dead")
     channel.broadcast(type="t", data=1)
-    dead_seq = realtime.store.allocate(channel.key, clock.now_ms(), token="dies")  # its writer dies
+    dead_seq = realtime.store.allocate(channel.key, clock.now_ms(), token="dies").seq  # its writer dies
     channel.broadcast(type="t", data=3)
     later = clock.now_ms() + int(realtime.settings.writer_timeout_seconds * 1000) + 5_000
     monkeypatch.setattr(clock, "now_ms", lambda: later)
@@ -221,11 +221,11 @@ def test_a_writer_whose_position_was_tombstoned_takes_another(
     store = realtime.store
     original_allocate = store.allocate
 
-    def allocate_then_lose_the_slot(key: str, now: int, token: str) -> int:
-        seq = original_allocate(key, now, token)
-        if seq == 1:  # a reader declares this writer dead before it writes
-            channel._tombstone(seq, now)
-        return seq
+    def allocate_then_lose_the_slot(key: str, now: int, token: str) -> Allocation:
+        allocation = original_allocate(key, now, token)
+        if allocation.seq == 1:  # a reader declares this writer dead before it writes
+            channel._tombstone(allocation.seq, now, now, now)
+        return allocation
 
     monkeypatch.setattr(store, "allocate", allocate_then_lose_the_slot)
     result = channel.broadcast(type="t", data="x", idempotency_key="k")
@@ -389,7 +389,9 @@ def test_a_retried_allocation_returns_the_same_position(realtime: Realtime) -> N
     key = realtime.channel("feed_alloc").key
     first = realtime.store.allocate(key, clock.now_ms(), token="writer-1")
     assert realtime.store.allocate(key, clock.now_ms(), token="writer-1") == first
-    assert realtime.store.allocate(key, clock.now_ms(), token="writer-2") == first + 1
+    second = realtime.store.allocate(key, clock.now_ms(), token="writer-2")
+    assert second.seq == first.seq + 1
+    assert second.prev_allocated_at_ms == first.allocated_at_ms  # the head remembers its predecessor
 
 
 @pytest.mark.parametrize("keyed", [False, True])

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import clock
+from .cursor import CURSOR_PLACEHOLDER
 from .errors import EventTooLarge, IdempotencyConflict, InvalidChannel, InvalidCursor, InvalidInput, StoreUnavailable
 from .ids import new_ulid
 from .models.envelope import Event
-from .models.items import IdempotencyRecord, Kind, Position, channel_key, position_item
-from .store import KeyTaken, PositionTaken
+from .models.items import Allocation, AttributeMap, IdempotencyRecord, Kind, Position, channel_key, position_item
+from .models.websocket import event_frame
+from .observability import logger
+from .store import KeyTaken, PositionTaken, WriteConflict
 
 if TYPE_CHECKING:
     from .realtime import Realtime
@@ -32,7 +37,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # abandoned on a margin thinner than this.
 _CLOCK_SKEW_MS = 1000
 _WRITE_ATTEMPTS = 3
+_CONFLICT_ATTEMPTS = 6
+_CONFLICT_BACKOFF_S = 0.02
 _READ_SLACK = 8
+# How far back a read without a cursor looks at a time for the point below which no writer
+# can still be filling a position (see _LogReader.latest).
+_SETTLE_STEP = 32
 
 
 @dataclass(frozen=True)
@@ -114,33 +124,35 @@ class Channel:
             idempotency_key=idempotency_key,
         )
         try:
-            size = len(draft.to_json().encode())
+            # What a subscriber receives is the whole frame around the envelope: count that.
+            size = len(event_frame(self.name, draft.to_json(), CURSOR_PLACEHOLDER))
         except (UnicodeEncodeError, ValueError) as exc:
             # e.g. "\ud800" in the JSON: valid JSON text, but not Unicode that can be stored or sent.
             raise InvalidInput(f"data is not valid Unicode JSON: {exc}", field="payload") from exc
         limit = self._realtime.settings.max_event_bytes
         if size > limit:
-            raise EventTooLarge(f"event is {size} bytes of JSON; the limit is {limit}", field="payload")
+            raise EventTooLarge(
+                f"event is {size} bytes as delivered (envelope, channel and cursor); the limit is {limit}",
+                field="payload",
+            )
 
         for _ in range(_WRITE_ATTEMPTS):
             now = clock.now_ms()
             event_id = new_ulid(now)
-            seq = store.allocate(self.key, now, token=event_id)
+            allocation = store.allocate(self.key, now, token=event_id)
+            seq = allocation.seq
             event = draft.model_copy(update={"id": event_id, "seq": seq, "published_at": clock.iso_ms(now)})
-            item = position_item(self.key, seq, Kind.EVENT, now, self._history_expiry(now), event.to_json())
+            item = position_item(
+                self.key,
+                seq,
+                Kind.EVENT,
+                allocation.allocated_at_ms,
+                self._history_expiry(now),
+                event.to_json(),
+                prev_allocated_at_ms=allocation.prev_allocated_at_ms,
+            )
             try:
-                if idempotency_key is None:
-                    store.put_position(item)
-                else:
-                    assert fingerprint is not None  # noqa: S101 - set above with the key
-                    store.put_keyed_event(
-                        item,
-                        self.key,
-                        idempotency_key,
-                        fingerprint,
-                        now // 1000 + self._realtime.settings.idempotency_ttl_seconds,
-                        now // 1000,
-                    )
+                self._fill(item, event, idempotency_key, fingerprint, now)
                 return PublishResult(event=event, duplicate=False)
             except PositionTaken as taken:
                 if taken.existing is not None and taken.existing.event_id() == event.id:
@@ -150,14 +162,57 @@ class Channel:
             except KeyTaken as taken:
                 record = taken.record or store.idempotency_record(self.key, idempotency_key or "")
                 if record is None:
+                    self._abandon(allocation, now)
                     raise StoreUnavailable("idempotency record vanished during a key race") from None
                 if record.event().id == event.id:
                     # Our own transaction committed and its response was lost to a retry.
                     return PublishResult(event=event, duplicate=False)
                 # Lost the key race: our position must not stay a hole.
-                self._tombstone(seq, now)
+                self._abandon(allocation, now)
                 return self._replay(record, fingerprint or "", idempotency_key or "")
+            except StoreUnavailable:
+                # Throttled or failed after boto3's retries: our position must not stay a hole
+                # that stalls every reader for the writer timeout. A 5xx can hide a write that
+                # committed, so the tombstone doubles as a probe: it finds our event if it is there.
+                existing = self._abandon(allocation, now)
+                if existing is not None and existing.event_id() == event.id:
+                    return PublishResult(event=event, duplicate=False)
+                raise
         raise StoreUnavailable(f"no position could be filled after {_WRITE_ATTEMPTS} attempts")
+
+    def _fill(
+        self, item: AttributeMap, event: Event, idempotency_key: str | None, fingerprint: str | None, now: int
+    ) -> None:
+        """Write our position; a keyed write rides out transaction conflicts on its key.
+
+        Two transactions on the same idempotency record, or a transaction and a write, cancel
+        each other with TransactionConflict rather than waiting (Amazon DynamoDB Developer Guide,
+        "Transaction conflict handling in DynamoDB"). The other writer holds the same key: re-read
+        it, and replay the record if it committed; otherwise try again after a short backoff.
+        """
+        store = self._realtime.store
+        if idempotency_key is None:
+            store.put_position(item)
+            return
+        assert fingerprint is not None  # noqa: S101 - always set with a key
+        settings = self._realtime.settings
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                store.put_keyed_event(
+                    item,
+                    self.key,
+                    idempotency_key,
+                    fingerprint,
+                    now // 1000 + settings.idempotency_ttl_seconds,
+                    clock.now_ms() // 1000,
+                )
+                return
+            except WriteConflict:
+                record = store.idempotency_record(self.key, idempotency_key)
+                if record is not None and record.expires_at > clock.now_ms() // 1000:
+                    raise KeyTaken(record) from None
+                time.sleep(random.uniform(0, _CONFLICT_BACKOFF_S * 2**attempt))  # noqa: S311 - jitter, not crypto
+        raise StoreUnavailable(f"idempotency key kept conflicting after {_CONFLICT_ATTEMPTS} attempts")
 
     def publish(
         self,
@@ -185,12 +240,46 @@ class Channel:
     def _history_expiry(self, now_ms: int) -> int:
         return now_ms // 1000 + self._realtime.settings.history_ttl_seconds
 
-    def _tombstone(self, seq: int, now_ms: int) -> Position | None:
-        """Fill `seq` with a tombstone; returns what is there if someone filled it first."""
+    def _abandon(self, allocation: Allocation, now_ms: int) -> Position | None:
+        """A writer gives up its own position: a tombstone with the exact allocation times.
+
+        Returns what is there if the position was already filled (our own write whose
+        response was lost, or a reader's tombstone); None once tombstoned, or if even the
+        tombstone could not be written (readers then tombstone it after the writer timeout).
+        """
+        item = position_item(
+            self.key,
+            allocation.seq,
+            Kind.TOMBSTONE,
+            allocation.allocated_at_ms,
+            self._history_expiry(now_ms),
+            prev_allocated_at_ms=allocation.prev_allocated_at_ms,
+        )
         try:
-            self._realtime.store.put_position(
-                position_item(self.key, seq, Kind.TOMBSTONE, now_ms, self._history_expiry(now_ms))
-            )
+            self._realtime.store.put_position(item)
+            return None
+        except PositionTaken as taken:
+            return taken.existing or self._realtime.store.position(self.key, allocation.seq)
+        except (WriteConflict, StoreUnavailable):
+            return None
+
+    def _tombstone(self, seq: int, earliest_ms: int, latest_ms: int, now_ms: int) -> Position | None:
+        """A reader fills an abandoned `seq` with a tombstone; returns what is there if filled first.
+
+        The reader only knows bounds of when `seq` was allocated, and stores them, so later
+        readers can still reason about the positions around it.
+        """
+        item = position_item(
+            self.key,
+            seq,
+            Kind.TOMBSTONE,
+            latest_ms,
+            self._history_expiry(now_ms),
+            prev_allocated_at_ms=latest_ms,
+            allocated_after_ms=earliest_ms,
+        )
+        try:
+            self._realtime.store.put_position(item)
             return None
         except PositionTaken as taken:
             return taken.existing or self._realtime.store.position(self.key, seq)
@@ -224,50 +313,73 @@ class Channel:
 
 
 class _LogReader:
-    """Resolves positions of one channel's log for one read: events, skips and live holes."""
+    """Resolves positions of one channel's log for one read: events, skips, losses and live holes.
+
+    A missing position is one of three things: a write still in flight (wait: a hole), a
+    writer that died (fill it with a tombstone, then skip it), or an item TTL has deleted
+    (DynamoDB deletes expired items days late, but it does: "Expiring items by using DynamoDB
+    Time to Live (TTL)"). Which one follows from when the position was allocated, and
+    positions are allocated in order, so every stored neighbour bounds it: the nearest
+    position above gives the latest it can have been allocated, the nearest one below the
+    earliest (see models/items.py). A reader never waits on, nor writes into, a position TTL
+    may have taken: that is a loss, reported as `truncated` to a reader with a cursor.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._store = channel._realtime.store
         self._settings = channel._realtime.settings
-        head = self._store.head(channel.key)
-        self.head = head.seq
-        self._head_allocated_ms = head.allocated_at_ms
+        self._head = self._store.head(channel.key)
+        self.head = self._head.seq
         self._now_ms = clock.now_ms()
         self._known: dict[int, Position] = {}
         self._fetched: tuple[int, int] | None = None
 
     def _fetch(self, first: int, last: int) -> None:
+        first = max(first, 1)
         lo, hi = self._fetched or (first, first - 1)
         if first >= lo and last <= hi:
             return
         self._known.update(self._store.positions(self._channel.key, first, last))
         self._fetched = (min(first, lo), max(last, hi)) if self._fetched else (first, last)
 
-    def _evidence_ms(self, seq: int) -> int:
-        """A time no earlier than the allocation of `seq`: positions are handed out in order,
-        so any later position was allocated after it."""
-        later = [p for s, p in self._known.items() if s > seq]
-        if later:
-            return min(later, key=lambda p: p.seq).allocated_at_ms
-        if self._fetched and self._fetched[1] >= self.head:
-            return self._head_allocated_ms
-        nxt = self._store.next_position(self._channel.key, seq)
-        if nxt is not None:
-            self._known[nxt.seq] = nxt
-            return nxt.allocated_at_ms
-        return self._head_allocated_ms
+    def _latest_ms(self, seq: int) -> int:
+        """No earlier than the allocation of `seq`: from the nearest known position at or above it."""
+        above = [p for s, p in self._known.items() if s >= seq]
+        if above:
+            return min(above, key=lambda p: p.seq).latest_ms_of(seq)
+        if not (self._fetched and self._fetched[1] >= self.head):
+            nxt = self._store.next_position(self._channel.key, seq - 1)
+            if nxt is not None:
+                self._known[nxt.seq] = nxt
+                return nxt.latest_ms_of(seq)
+        return self._head.latest_ms_of(seq)
+
+    def _earliest_ms(self, seq: int) -> int:
+        """No later than the allocation of `seq`: from the nearest known position below it (0: none)."""
+        below = [p for s, p in self._known.items() if s < seq]
+        return max(below, key=lambda p: p.seq).earliest_ms if below else 0
 
     def resolve(self, seq: int) -> tuple[str, Position | None]:
         """("event" | "skip" | "expired" | "hole", position) for one position inside the fetched range."""
         position = self._known.get(seq)
         if position is None:
-            evidence = self._evidence_ms(seq)
-            if evidence + self._settings.history_ttl_seconds * 1000 < self._now_ms:
-                return "expired", None  # it would have expired by now anyway: nothing to fill
-            if evidence > self._now_ms - self._settings.writer_timeout_seconds * 1000 - _CLOCK_SKEW_MS:
+            settings = self._settings
+            latest = self._latest_ms(seq)
+            ttl_ms = settings.history_ttl_seconds * 1000
+            if latest + ttl_ms < self._now_ms - _CLOCK_SKEW_MS:
+                return "expired", None  # written or not, it would have expired by now
+            if latest > self._now_ms - settings.writer_timeout_seconds * 1000 - _CLOCK_SKEW_MS:
                 return "hole", None  # a writer may still be filling it
-            position = self._channel._tombstone(seq, self._now_ms)
+            earliest = self._earliest_ms(seq)
+            if earliest + ttl_ms < self._now_ms + _CLOCK_SKEW_MS:
+                # Old enough that TTL may have taken an event from here: never write into it.
+                return "expired", None
+            # Allocated too recently to have expired and too long ago to have a live writer.
+            try:
+                position = self._channel._tombstone(seq, earliest, latest, self._now_ms)
+            except WriteConflict:
+                return "hole", None  # a writer's transaction holds it right now
             if position is None:
                 return "skip", None
             self._known[seq] = position
@@ -277,6 +389,16 @@ class _LogReader:
             return "skip", position
         return "event", position
 
+    def _event_of(self, position: Position | None) -> Event | None:
+        """The stored envelope; an item that is not one (written by hand?) is skipped, loudly."""
+        if position is None:
+            return None
+        try:
+            return position.event()
+        except ValueError:  # pydantic's ValidationError, or no envelope at all
+            logger.error("unreadable event item skipped", extra={"channel": self._channel.name, "seq": position.seq})
+            return None
+
     def forward(self, after: int, window_start: int, limit: int) -> HistoryPage:
         start = after + 1
         truncated = start < window_start
@@ -285,14 +407,16 @@ class _LogReader:
         items: list[Event] = []
         seq = start
         while len(items) < limit and seq <= self.head:
-            self._fetch(seq, min(self.head, seq + (limit - len(items)) + _READ_SLACK))
+            # One position below too: it bounds when the first missing one was allocated.
+            self._fetch(seq - 1 if seq == start else seq, min(self.head, seq + (limit - len(items)) + _READ_SLACK))
             verdict, position = self.resolve(seq)
             if verdict == "hole":
                 break
-            if verdict == "event" and position is not None:
-                items.append(position.event())
-            elif verdict == "expired" and not items:
-                truncated = True  # events the reader never saw are gone
+            event = self._event_of(position) if verdict == "event" else None
+            if event is not None:
+                items.append(event)
+            elif verdict == "expired":
+                truncated = True  # an event the reader had not seen may have been here
             consumed = seq
             seq += 1
         reached = max(consumed, 0)
@@ -304,27 +428,43 @@ class _LogReader:
             position=reached,
         )
 
+    def _settled_below(self, first: int) -> bool:
+        """No writer can still be filling a position below `first`: it was allocated too long ago."""
+        if first <= 1:
+            return True
+        horizon = self._now_ms - self._settings.writer_timeout_seconds * 1000 - _CLOCK_SKEW_MS
+        return self._latest_ms(first - 1) <= horizon
+
     def latest(self, window_start: int, limit: int) -> HistoryPage:
+        """The last `limit` events of the resolved run of the log, and where that run ends.
+
+        The page's position must not claim more than was examined: a position below the first
+        one read may still be in flight (a write takes a few ms, and a later one can commit
+        first), so the read reaches back until it meets positions no writer can still hold.
+        """
         if self.head == 0:
             return HistoryPage(
                 items=[], next_cursor=self._channel.cursor(0), has_more=False, truncated=False, position=0
             )
         first = max(window_start, self.head - limit + 1)
         while True:
-            self._fetch(first, self.head)
+            self._fetch(first - 1, self.head)
             events: list[Event] = []
             end = first - 1
             for seq in range(first, self.head + 1):
                 verdict, position = self.resolve(seq)
                 if verdict == "hole":
                     break
-                if verdict == "event" and position is not None:
-                    events.append(position.event())
+                event = self._event_of(position) if verdict == "event" else None
+                if event is not None:
+                    events.append(event)
                 end = seq
+            settled = first == window_start or self._settled_below(first)
             # Tombstones and expired events took slots: reach further back for a full page.
-            if len(events) >= limit or first == window_start or end < self.head:
+            full = len(events) >= limit or end < self.head
+            if first == window_start or (settled and full):
                 break
-            first = max(window_start, first - (limit - len(events)) - _READ_SLACK)
+            first = max(window_start, first - max(limit - len(events), _SETTLE_STEP) - _READ_SLACK)
         reached = max(end, 0)
         return HistoryPage(
             items=events[-limit:],

@@ -20,6 +20,8 @@ _VERSION = 1
 _LAYOUT = struct.Struct(">BQ4s")  # version, seq, channel tag
 _MAC_BYTES = 14  # 13 + 14 = 27 bytes: 36 base64 characters with no spare bits to flip unnoticed
 _ENCODED_LENGTH = len(base64.urlsafe_b64encode(b"\0" * (_LAYOUT.size + _MAC_BYTES)).rstrip(b"="))
+# As long as every cursor: for sizing a frame before its cursor exists.
+CURSOR_PLACEHOLDER = "x" * _ENCODED_LENGTH
 
 
 class CursorCodec:

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .errors import ConfigurationError
+from .limits import MAX_MESSAGE_BYTES
 
 
 class Settings(BaseModel):
@@ -26,7 +27,10 @@ class Settings(BaseModel):
     history_limit: int = Field(500, alias="HISTORY_LIMIT", ge=1, le=10_000)
     history_ttl_hours: float = Field(168.0, alias="HISTORY_TTL_HOURS", gt=0)
     idempotency_ttl_hours: float = Field(168.0, alias="IDEMPOTENCY_TTL_HOURS", gt=0)
-    max_event_bytes: int = Field(64 * 1024, alias="MAX_EVENT_BYTES", ge=1024, le=128 * 1024)
+    # The largest event as a subscriber receives it: the whole WebSocket frame (envelope,
+    # channel, cursor). API Gateway refuses a message over 128 KB ("Quotas for configuring and
+    # running a WebSocket in API Gateway"); 128,000 bytes is the reading that is safe either way.
+    max_event_bytes: int = Field(64 * 1024, alias="MAX_EVENT_BYTES", ge=1024, le=MAX_MESSAGE_BYTES)
     # A position allocated longer ago than this belongs to a writer that died (the
     # ingest function's timeout); readers then tombstone it instead of waiting.
     writer_timeout_seconds: float = Field(10.0, alias="WRITER_TIMEOUT_SECONDS", gt=0)

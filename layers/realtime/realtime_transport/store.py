@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import StoreUnavailable
 from .models.items import (
     HEAD_SK,
+    Allocation,
     AttributeMap,
     Head,
     IdempotencyRecord,
@@ -41,6 +42,16 @@ class KeyTaken(Exception):
         self.record = record
 
 
+class WriteConflict(Exception):
+    """DynamoDB refused the write because a transaction was in progress on one of its items.
+
+    Transient, and nothing was written: "TransactionConflict" in a cancelled transaction's
+    reasons, or TransactionConflictException for a single-item write that met one
+    (Amazon DynamoDB Developer Guide, "Transaction conflict handling in DynamoDB").
+    botocore does not retry either, so the caller re-reads and decides.
+    """
+
+
 def _error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -53,33 +64,40 @@ class EventStore:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def allocate(self, chan_key: str, now_ms: int, token: str) -> int:
+    def allocate(self, chan_key: str, now_ms: int, token: str) -> Allocation:
         """Take the next position with one atomic ADD: no retries, no contention collapse.
 
         `token` makes the request idempotent: if boto3 retries an ADD whose response was
         lost after it committed, the condition fails and the position the first attempt took
         comes back (ALL_OLD) instead of a second position that would become a hole.
+        The head also remembers when the previous position was taken: every right-hand side
+        of an update expression reads the item as it was before the update (Amazon DynamoDB
+        Developer Guide, "Using update expressions in DynamoDB").
         """
         try:
             response = self._call(
                 self._client.update_item,
                 TableName=self._table,
                 Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
-                UpdateExpression="ADD head :one SET allocatedAt = :now, kind = :kind, lastAlloc = :token",
+                UpdateExpression=(
+                    "ADD head :one SET prevAllocatedAt = if_not_exists(allocatedAt, :zero), "
+                    "allocatedAt = :now, kind = :kind, lastAlloc = :token"
+                ),
                 ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
                 ExpressionAttributeValues={
                     ":one": {"N": "1"},
+                    ":zero": {"N": "0"},
                     ":now": {"N": str(now_ms)},
                     ":kind": {"S": Kind.HEAD.value},
                     ":token": {"S": token},
                 },
-                ReturnValues="UPDATED_NEW",
+                ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 _expected=("ConditionalCheckFailedException",),
             )
         except _ExpectedFailure as exc:
-            return int(exc.response["Item"]["head"]["N"])
-        return int(response["Attributes"]["head"]["N"])
+            return _allocation(exc.response["Item"])
+        return _allocation(response["Attributes"])
 
     def put_position(self, item: AttributeMap) -> None:
         """Fill a position (event or tombstone) unless something is already there."""
@@ -90,9 +108,11 @@ class EventStore:
                 Item=item,
                 ConditionExpression=_NOT_EXISTS,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                _expected=("ConditionalCheckFailedException",),
+                _expected=("ConditionalCheckFailedException", "TransactionConflictException"),
             )
         except _ExpectedFailure as exc:
+            if exc.code == "TransactionConflictException":
+                raise WriteConflict("a transaction is writing this position") from exc
             old = exc.response.get("Item")
             raise PositionTaken(Position.from_item(old) if old else None) from exc
 
@@ -138,6 +158,8 @@ class EventStore:
             if reasons[0].get("Code") == "ConditionalCheckFailed":
                 old = reasons[0].get("Item")
                 raise PositionTaken(Position.from_item(old) if old else None) from exc
+            if any(reason.get("Code") == "TransactionConflict" for reason in reasons):
+                raise WriteConflict("another transaction holds the idempotency key or the position") from exc
             raise StoreUnavailable(f"transaction cancelled: {reasons}") from exc
 
     # --- reads ----------------------------------------------------------------------------
@@ -227,5 +249,14 @@ class EventStore:
 
 class _ExpectedFailure(Exception):
     def __init__(self, response: dict[str, Any]) -> None:
-        super().__init__(response.get("Error", {}).get("Code", ""))
+        self.code = str(response.get("Error", {}).get("Code", ""))
+        super().__init__(self.code)
         self.response = response
+
+
+def _allocation(item: AttributeMap) -> Allocation:
+    return Allocation(
+        seq=int(item["head"]["N"]),
+        allocated_at_ms=int(item["allocatedAt"]["N"]),
+        prev_allocated_at_ms=int(item.get("prevAllocatedAt", {"N": "0"})["N"]),
+    )

@@ -11,6 +11,13 @@ passes only `event` INSERTs):
 | `idem`      | `{name}#{channel}#key#{k}`| 0   | the envelope an idempotency key maps to            |
 
 Every item but the head carries the TTL attribute `ttl` (epoch seconds).
+
+Allocation times are what lets a reader tell a position nobody has written yet from one
+that TTL has already deleted (DynamoDB deletes expired items days late, but it does delete
+them): the head keeps `allocatedAt` (of the head position) and `prevAllocatedAt` (of the one
+before it), and every position item keeps both for itself. For events and a writer's own
+tombstones these are exact; a reader's tombstone only knows bounds, so it stores an upper
+bound in `allocatedAt` and a lower one in `allocatedAfter`.
 """
 
 from __future__ import annotations
@@ -47,12 +54,27 @@ class Position(BaseModel):
 
     seq: int
     kind: Kind
-    allocated_at_ms: int
+    allocated_at_ms: int  # exact, or (a reader's tombstone) an upper bound
     expires_at: int | None
     event_json: str | None = None
+    # When seq - 1 was allocated, at the latest (None on items written before this was kept).
+    prev_allocated_at_ms: int | None = None
+    # A reader's tombstone: the earliest its position can have been allocated.
+    allocated_after_ms: int | None = None
 
     def expired(self, now_s: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now_s
+
+    @property
+    def earliest_ms(self) -> int:
+        """No later than this position's allocation (so no later than any position above it)."""
+        return self.allocated_at_ms if self.allocated_after_ms is None else self.allocated_after_ms
+
+    def latest_ms_of(self, seq: int) -> int:
+        """No earlier than the allocation of `seq` (at or below this position)."""
+        if seq < self.seq and self.prev_allocated_at_ms is not None:
+            return self.prev_allocated_at_ms
+        return self.allocated_at_ms
 
     @classmethod
     def from_item(cls, item: AttributeMap) -> Position:
@@ -62,14 +84,23 @@ class Position(BaseModel):
             allocated_at_ms=int(item.get("allocatedAt", {"N": "0"})["N"]),
             expires_at=int(item["ttl"]["N"]) if "ttl" in item else None,
             event_json=item["event"]["S"] if "event" in item else None,
+            prev_allocated_at_ms=int(item["prevAllocatedAt"]["N"]) if "prevAllocatedAt" in item else None,
+            allocated_after_ms=int(item["allocatedAfter"]["N"]) if "allocatedAfter" in item else None,
         )
 
     def event(self) -> Event:
-        assert self.event_json is not None  # noqa: S101 - only called on kind == EVENT
+        """The envelope (ValueError if the item holds none, or not a valid one)."""
+        if self.event_json is None:
+            raise ValueError(f"position {self.seq} holds no envelope")
         return Event.model_validate_json(self.event_json)
 
     def event_id(self) -> str | None:
-        return self.event().id if self.kind is Kind.EVENT and self.event_json else None
+        if self.kind is not Kind.EVENT or not self.event_json:
+            return None
+        try:
+            return self.event().id
+        except ValueError:
+            return None
 
 
 class IdempotencyRecord(BaseModel):
@@ -92,16 +123,44 @@ class IdempotencyRecord(BaseModel):
 class Head(BaseModel):
     seq: int
     allocated_at_ms: int
+    prev_allocated_at_ms: int | None = None  # when seq - 1 was allocated
 
     @classmethod
     def from_item(cls, item: AttributeMap | None) -> Head:
         if not item:
             return cls(seq=0, allocated_at_ms=0)
-        return cls(seq=int(item["head"]["N"]), allocated_at_ms=int(item["allocatedAt"]["N"]))
+        prev = item.get("prevAllocatedAt")
+        return cls(
+            seq=int(item["head"]["N"]),
+            allocated_at_ms=int(item["allocatedAt"]["N"]),
+            prev_allocated_at_ms=int(prev["N"]) if prev else None,
+        )
+
+    def latest_ms_of(self, seq: int) -> int:
+        """No earlier than the allocation of `seq` (at or below the head)."""
+        if seq < self.seq and self.prev_allocated_at_ms is not None:
+            return self.prev_allocated_at_ms
+        return self.allocated_at_ms
+
+
+class Allocation(BaseModel):
+    """A position just taken, and when the one before it was taken."""
+
+    seq: int
+    allocated_at_ms: int
+    prev_allocated_at_ms: int
 
 
 def position_item(
-    chan_key: str, seq: int, kind: Kind, allocated_at_ms: int, expires_at: int, event_json: str | None = None
+    chan_key: str,
+    seq: int,
+    kind: Kind,
+    allocated_at_ms: int,
+    expires_at: int,
+    event_json: str | None = None,
+    *,
+    prev_allocated_at_ms: int | None = None,
+    allocated_after_ms: int | None = None,
 ) -> AttributeMap:
     item: AttributeMap = {
         "pk": {"S": chan_key},
@@ -110,6 +169,10 @@ def position_item(
         "allocatedAt": {"N": str(allocated_at_ms)},
         "ttl": {"N": str(expires_at)},
     }
+    if prev_allocated_at_ms is not None:
+        item["prevAllocatedAt"] = {"N": str(prev_allocated_at_ms)}
+    if allocated_after_ms is not None:
+        item["allocatedAfter"] = {"N": str(allocated_after_ms)}
     if event_json is not None:
         item["event"] = {"S": event_json}
     return item

@@ -31,7 +31,7 @@ def _status(code: int, message: str = "") -> dict[str, Any]:
     return {"statusCode": code, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
 
 
-def on_connect(event: dict[str, Any]) -> dict[str, Any]:
+def on_connect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse(event=event, model=ConnectEvent)
     try:
         claims = live.connect(
@@ -48,16 +48,17 @@ def on_connect(event: dict[str, Any]) -> dict[str, Any]:
     return _status(200)
 
 
-def on_disconnect(event: dict[str, Any]) -> dict[str, Any]:
+def on_disconnect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse(event=event, model=APIGatewayWebSocketDisconnectEventModel)
     live.disconnect(request.request_context.connection_id)
     return _status(200)
 
 
-def on_message(event: dict[str, Any]) -> dict[str, Any]:
+def on_message(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse(event=event, model=APIGatewayWebSocketMessageEventModel)
     body = request.body if isinstance(request.body, str) else None
-    live.handle(request.request_context.connection_id, body)
+    # A catch-up must answer before the function's timeout ends the invocation mid-stream.
+    live.handle(request.request_context.connection_id, body, remaining_ms=context.get_remaining_time_in_millis)
     return _status(200)
 
 
@@ -68,4 +69,4 @@ ROUTES = {"$connect": on_connect, "$disconnect": on_disconnect}
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     route = event.get("requestContext", {}).get("routeKey", "$default")
-    return ROUTES.get(route, on_message)(event)
+    return ROUTES.get(route, on_message)(event, context)

@@ -180,6 +180,20 @@ def test_only_inserts_of_event_items_are_delivered(fanout: Any, store: Connectio
     assert seqs(api, "a") == [5]
 
 
+def test_an_item_whose_envelope_is_not_valid_json_is_never_spliced_into_a_frame(
+    fanout: Any, store: ConnectionStore, api: Any
+) -> None:
+    connect(store, "a", FEED_42)
+    corrupt = record("feed_42", 1)
+    corrupt["dynamodb"]["NewImage"]["event"] = {"S": '{"id": "x", "seq": 1, '}  # cut short
+    not_an_envelope = record("feed_42", 2)
+    not_an_envelope["dynamodb"]["NewImage"]["event"] = {"S": "[1, 2]"}
+    assert invoke(fanout, {"Records": [corrupt, not_an_envelope, record("feed_42", 3)]}) == []
+    assert seqs(api, "a") == [3], "the well-formed event still goes out, the others never"
+    for frame in api.delivered("a"):
+        json.loads(frame)
+
+
 # --- connections that cannot be reached ------------------------------------------------------------------
 
 

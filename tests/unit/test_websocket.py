@@ -41,8 +41,19 @@ def token(channels: list[str], ttl: int = 600) -> str:
     return tokens.issue(SECRET, sub="tester", channels=channels, ttl_seconds=ttl)
 
 
-def send(service: LiveService, connection_id: str, message: Any) -> None:
-    service.handle(connection_id, message if isinstance(message, str) else json.dumps(message))
+def send(service: LiveService, connection_id: str, message: Any, **kwargs: Any) -> None:
+    service.handle(connection_id, message if isinstance(message, str) else json.dumps(message), **kwargs)
+
+
+def events_in(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The envelopes of `event` and `events` frames, in the order they came."""
+    found: list[dict[str, Any]] = []
+    for frame in frames:
+        if frame["type"] == "event":
+            found.append(frame["event"])
+        elif frame["type"] == "events":
+            found.extend(frame["events"])
+    return found
 
 
 @pytest.mark.parametrize(
@@ -79,7 +90,7 @@ def test_subscribe_ping_unsubscribe(live: Any) -> None:
     assert subscribed["type"] == "subscribed" and subscribed["channel"] == "feed_1" and not subscribed["truncated"]
     assert service.realtime.connections.subscriptions("c1") == ["transport#feed_1"]
     send(service, "c1", {"action": "ping"})
-    assert pusher.take("c1") == [{"type": "pong"}]
+    assert pusher.take("c1") == [{"type": "pong", "heads": {"feed_1": 0}}]
     send(service, "c1", {"action": "unsubscribe", "channel": "feed_1"})
     assert pusher.take("c1") == [{"type": "unsubscribed", "channel": "feed_1"}]
     assert service.realtime.connections.subscriptions("c1") == []
@@ -97,9 +108,12 @@ def test_subscribe_with_a_cursor_sends_the_missed_events_first(live: Any) -> Non
         channel.broadcast(type="t", data=n)
     send(service, "c1", {"action": "subscribe", "channel": "feed_7", "cursor": cursor})
     frames = pusher.take("c1")
-    assert [f["event"]["seq"] for f in frames[:-1]] == list(range(4, 14))
-    assert all(f["type"] == "event" and f["channel"] == "feed_7" for f in frames[:-1])
+    assert [e["seq"] for e in events_in(frames[:-1])] == list(range(4, 14))
+    assert len(frames) == 2, "ten small events travel in one message"
+    assert frames[0]["type"] == "events" and frames[0]["channel"] == "feed_7"
+    assert channel.decode_cursor(frames[0]["cursor"]) == 13  # the cursor of the last event in it
     assert frames[-1]["type"] == "subscribed" and channel.decode_cursor(frames[-1]["cursor"]) == 13
+    assert frames[-1]["hasMore"] is False
 
 
 def test_catch_up_beyond_the_window_is_truncated(aws: Any, settings_factory: Any) -> None:
@@ -114,7 +128,7 @@ def test_catch_up_beyond_the_window_is_truncated(aws: Any, settings_factory: Any
     service.connect("c1", token(["feed_*"]))
     send(service, "c1", {"action": "subscribe", "channel": "feed_w", "cursor": channel.cursor(1)})
     frames = pusher.take("c1")
-    assert [f["event"]["seq"] for f in frames[:-1]] == [8, 9, 10, 11, 12]
+    assert [e["seq"] for e in events_in(frames[:-1])] == [8, 9, 10, 11, 12]
     assert frames[-1]["truncated"] is True
 
 
@@ -142,7 +156,7 @@ def test_bad_messages_get_an_error_and_the_connection_stays(live: Any, message: 
     assert reply["type"] == "error" and reply["code"] == code and reply["message"]
     assert service.realtime.connections.subscriptions("c1") == []
     send(service, "c1", {"action": "ping"})
-    assert pusher.take("c1") == [{"type": "pong"}]
+    assert pusher.take("c1") == [{"type": "pong", "heads": {}}]
 
 
 def test_a_forbidden_subscribe_leaks_nothing(live: Any) -> None:
@@ -258,3 +272,100 @@ def test_an_undeliverable_reply_does_not_fail_the_invocation(live: Any) -> None:
     pusher.send = unreachable
     send(service, "c1", {"action": "subscribe", "channel": "feed_1"})  # must not raise
     assert service.realtime.connections.subscriptions("c1") == ["transport#feed_1"]
+
+
+# --- catch-up inside the function's time, in few messages; heads on pong --------------------------
+
+
+class SlowPusher(RecordingPusher):
+    """A management API at AWS's pace: each message takes its time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def send(self, connection_id: str, data: bytes) -> bool:
+        time.sleep(self.seconds)
+        self.sizes.append(len(data))
+        return super().send(connection_id, data)
+
+
+def test_a_long_catch_up_is_packed_into_32_kb_messages(aws: Any, settings_factory: Any) -> None:
+    realtime = Realtime(settings=settings_factory(CONNECTIONS_TABLE_NAME="test-connections"), secret=SECRET)
+    pusher = SlowPusher(0)
+    service = LiveService(realtime, pusher)
+    channel = realtime.channel("feed_long")
+    for n in range(500):
+        channel.broadcast(type="t", data={"n": n, "pad": "x" * 200})
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", {"action": "subscribe", "channel": "feed_long", "cursor": channel.cursor(0)})
+    frames = pusher.take("c1")
+    assert [e["seq"] for e in events_in(frames)] == list(range(1, 501))
+    assert len(frames) <= 500 // 50, f"{len(frames)} messages for 500 events"
+    assert max(pusher.sizes) <= 32_000
+    for frame in frames[:-1]:
+        assert channel.decode_cursor(frame["cursor"]) == events_in([frame])[-1]["seq"]
+
+
+def test_an_event_too_big_to_share_a_frame_travels_alone(live: Any) -> None:
+    service, pusher = live
+    channel = service.realtime.channel("feed_big")
+    channel.broadcast(type="t", data="small")
+    channel.broadcast(type="t", data="x" * 40_000)
+    channel.broadcast(type="t", data="small")
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", {"action": "subscribe", "channel": "feed_big", "cursor": channel.cursor(0)})
+    frames = pusher.take("c1")
+    assert [f["type"] for f in frames] == ["event", "event", "event", "subscribed"]
+    assert [e["seq"] for e in events_in(frames)] == [1, 2, 3]
+
+
+def test_a_catch_up_short_of_time_says_where_to_continue(aws: Any, settings_factory: Any) -> None:
+    """With API Gateway's 10-20 ms per message, a catch-up must stop before the function's timeout."""
+    realtime = Realtime(settings=settings_factory(CONNECTIONS_TABLE_NAME="test-connections"), secret=SECRET)
+    pusher = SlowPusher(0.02)
+    service = LiveService(realtime, pusher)
+    channel = realtime.channel("feed_slow")
+    for _ in range(300):
+        channel.broadcast(type="t", data="x" * 3_000)  # ten per message: 30 messages
+    service.connect("c1", token(["feed_*"]))
+    started = time.monotonic()
+    timeout_at = started + 2.0  # the invocation has 2 s left
+
+    def remaining_ms() -> int:
+        return int((timeout_at - time.monotonic()) * 1000)
+
+    cursor: str = channel.cursor(0)
+    received: list[int] = []
+    rounds = 0
+    while True:
+        rounds += 1
+        send(
+            service, "c1", {"action": "subscribe", "channel": "feed_slow", "cursor": cursor}, remaining_ms=remaining_ms
+        )
+        frames = pusher.take("c1")
+        assert time.monotonic() < timeout_at, "the answer came after the function's timeout"
+        subscribed = frames[-1]
+        received.extend(e["seq"] for e in events_in(frames))
+        assert channel.decode_cursor(subscribed["cursor"]) == subscribed["position"] == received[-1]
+        cursor = subscribed["cursor"]
+        if not subscribed["hasMore"]:
+            break
+        timeout_at = time.monotonic() + 2.0  # the client's next subscribe is a new invocation
+    assert received == list(range(1, 301)), "every event once, in order, across the continuations"
+    assert rounds > 1
+
+
+def test_pong_carries_the_head_of_every_subscribed_channel(live: Any) -> None:
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+    for name in ("feed_a", "feed_b"):
+        send(service, "c1", {"action": "subscribe", "channel": name})
+    pusher.take("c1")
+    for _ in range(3):
+        service.realtime.channel("feed_a").broadcast(type="t", data=1)
+    service.realtime.channel("feed_b").broadcast(type="t", data=1)
+    service.realtime.channel("feed_c").broadcast(type="t", data=1)  # not subscribed: not reported
+    send(service, "c1", {"action": "ping"})
+    assert pusher.take("c1") == [{"type": "pong", "heads": {"feed_a": 3, "feed_b": 1}}]

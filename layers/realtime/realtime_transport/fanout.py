@@ -235,11 +235,21 @@ class Fanout:
 
 
 def _by_channel(records: Iterable[StreamRecord]) -> dict[str, ChannelBatch]:
-    """Deliverable records grouped by channel key, each channel's in seq order, repeats dropped."""
+    """Deliverable records grouped by channel key, each channel's in seq order, repeats dropped.
+
+    The envelope is spliced into frames as stored, so an item that does not hold a valid one
+    (written to the table by hand?) is never sent: clients would fail on it. The parse is the
+    one the latency metric needs anyway.
+    """
     by_key: dict[str, dict[int, StreamRecord]] = {}
     for record in records:
-        if record.deliverable and record.channel_key is not None and record.seq is not None:
-            by_key.setdefault(record.channel_key, {}).setdefault(record.seq, record)
+        if not (record.deliverable and record.channel_key is not None and record.seq is not None):
+            continue
+        if not record.valid_envelope:
+            logger.error("undeliverable event item skipped", extra={"channel": record.channel_key, "seq": record.seq})
+            metrics.add_metric(name="UndeliverableRecords", unit=MetricUnit.Count, value=1)
+            continue
+        by_key.setdefault(record.channel_key, {}).setdefault(record.seq, record)
     return {
         key: ChannelBatch(key=key, name=next(iter(seqs.values())).channel, records=[seqs[s] for s in sorted(seqs)])
         for key, seqs in by_key.items()

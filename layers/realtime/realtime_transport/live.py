@@ -2,11 +2,20 @@
 
 Every reply goes out through the management API (`Pusher`), like the fan-out's
 events, so a client sees one ordered stream of frames per connection.
+
+Catch-up must finish inside the function's timeout: one management-API call costs 10 to
+20 ms on AWS, so missed events travel packed, as many as fit a 32 KB frame, and a catch-up
+that runs short of time answers `subscribed` with `hasMore` and where it got to; the client
+subscribes again from there. A `pong` carries the head of every channel the connection is
+subscribed to, so a client on a quiet channel learns of an event the live path never brought
+(the fan-out reads subscribers from an index that lags: a subscription can miss the first
+events after it, and a lost delivery of a channel's last event shows no gap until the next).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -16,7 +25,8 @@ from .channel import MAX_PAGE, Channel
 from .clock import now_ms
 from .connections import Connection
 from .delivery import DeliveryFailed
-from .errors import Forbidden, RealtimeError, Unauthorized
+from .errors import Forbidden, RealtimeError, StoreUnavailable, Unauthorized
+from .limits import FRAME_BYTES
 from .models.websocket import (
     ErrorMessage,
     Ping,
@@ -26,7 +36,7 @@ from .models.websocket import (
     Unsubscribe,
     Unsubscribed,
     client_message,
-    event_frame,
+    packed_frames,
 )
 from .observability import logger
 from .realtime import Realtime
@@ -60,6 +70,27 @@ def _error_for(exc: ValidationError) -> tuple[str, str]:
     return "invalid_message", f"{field}: {first['msg']}"
 
 
+# Of the invocation's remaining time, what a catch-up leaves for its `subscribed` and the return.
+_RESERVE_MS = 1500
+_RESERVE_SHARE = 0.2
+# A pong reports at most this many channels' heads (one consistent GetItem each).
+MAX_HEADS = 100
+
+
+class Deadline:
+    """When a handler must stop sending: the function's remaining time less a reserve."""
+
+    def __init__(self, remaining_ms: Callable[[], int] | None) -> None:
+        if remaining_ms is None:
+            self._at = None
+            return
+        left = remaining_ms()
+        self._at = time.monotonic() + max(0.0, left - max(_RESERVE_MS, left * _RESERVE_SHARE)) / 1000
+
+    def passed(self) -> bool:
+        return self._at is not None and time.monotonic() >= self._at
+
+
 class LiveService:
     def __init__(self, realtime: Realtime, pusher: Pusher) -> None:
         self.realtime = realtime
@@ -88,7 +119,10 @@ class LiveService:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def handle(self, connection_id: str, body: str | None) -> None:
+    def handle(self, connection_id: str, body: str | None, remaining_ms: Callable[[], int] | None = None) -> None:
+        """One client message. `remaining_ms` is the invocation's clock (Lambda's
+        `context.get_remaining_time_in_millis`): a catch-up stops in time to answer."""
+        deadline = Deadline(remaining_ms)
         try:
             message = client_message.validate_json(body or "")
         except ValidationError as exc:
@@ -97,13 +131,13 @@ class LiveService:
             return
         try:
             if isinstance(message, Subscribe):
-                self._subscribe(connection_id, message)
+                self._subscribe(connection_id, message, deadline)
             elif isinstance(message, Unsubscribe):
                 channel = self._channel(message.channel)
                 self.realtime.connections.unsubscribe(connection_id, channel.key)
                 self.pusher.send(connection_id, _frame(Unsubscribed(channel=channel.name)))
             elif isinstance(message, Ping):
-                self.pusher.send(connection_id, _frame(Pong()))
+                self.pusher.send(connection_id, _frame(Pong(heads=self._heads(connection_id))))
         except DeliveryFailed as exc:
             # The client cannot be reached right now; it resubscribes with its cursor when it can.
             logger.warning("reply not delivered", extra={"connection_id": connection_id, "reason": str(exc)})
@@ -114,7 +148,18 @@ class LiveService:
     def _channel(self, name: str) -> Channel:
         return self.realtime.channel(name)
 
-    def _subscribe(self, connection_id: str, message: Subscribe) -> None:
+    def _heads(self, connection_id: str) -> dict[str, int] | None:
+        """The head of every channel this connection is subscribed to (None if unreadable:
+        a pong must still answer, it is also the client's liveness check)."""
+        prefix = f"{self.realtime.name}#"
+        try:
+            keys = [key for key in self.realtime.connections.subscriptions(connection_id) if key.startswith(prefix)]
+            return {key.removeprefix(prefix): self.realtime.store.head(key).seq for key in keys[:MAX_HEADS]}
+        except StoreUnavailable as exc:
+            logger.warning("heads unreadable for a pong", extra={"connection_id": connection_id, "error": str(exc)})
+            return None
+
+    def _subscribe(self, connection_id: str, message: Subscribe, deadline: Deadline) -> None:
         connection = self.realtime.connections.connection(connection_id)
         if connection is None:
             raise Unauthorized("connection is not registered; reconnect")
@@ -130,28 +175,44 @@ class LiveService:
         # through the fan-out, and everything before it comes from history (duplicates are
         # dropped by seq on the client).
         self.realtime.connections.subscribe(connection_id, channel.key)
-        self.pusher.send(connection_id, _frame(self._catch_up(connection_id, channel, message.cursor)))
+        self.pusher.send(connection_id, _frame(self._catch_up(connection_id, channel, message.cursor, deadline)))
 
-    def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None) -> Subscribed:
-        """Send the events after `cursor` (up to the history window); the answer names where it got to."""
+    def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None, deadline: Deadline) -> Subscribed:
+        """Send the events after `cursor` (up to the history window), packed into as few messages
+        as fit; the answer names where it got to, and says `hasMore` if time ran short first."""
         if cursor is None:
             latest = channel.history(limit=1)
             return Subscribed(channel=channel.name, cursor=latest.next_cursor, position=latest.position)
         truncated = False
+        position = channel.decode_cursor(cursor)
         while True:
             page = channel.history(limit=MAX_PAGE, cursor=cursor)
             truncated = truncated or page.truncated
-            reached = Subscribed(
-                channel=channel.name, cursor=page.next_cursor, truncated=truncated, position=page.position
-            )
-            for event in page.items:
-                frame = event_frame(channel.name, event.to_json(), channel.cursor(event.seq))
+            events = [(event.seq, event.to_json()) for event in page.items]
+            for frame, last_seq in packed_frames(channel.name, events, channel.cursor, FRAME_BYTES):
+                if deadline.passed():
+                    return self._stopped_at(channel, position, truncated)
                 if not self.pusher.send(connection_id, frame):
-                    return reached  # the client left mid catch-up
+                    return self._stopped_at(channel, position, truncated)  # the client left mid catch-up
+                position = last_seq
             progressed = page.next_cursor != cursor
             cursor = page.next_cursor
+            position = page.position
             if not page.has_more or not progressed:
-                return reached  # caught up, or stopped at a write still in flight
+                # Caught up, or stopped at a write still in flight (the live path brings it).
+                return Subscribed(channel=channel.name, cursor=cursor, truncated=truncated, position=position)
+            if deadline.passed():
+                return self._stopped_at(channel, position, truncated)
+
+    @staticmethod
+    def _stopped_at(channel: Channel, position: int, truncated: bool) -> Subscribed:
+        return Subscribed(
+            channel=channel.name,
+            cursor=channel.cursor(position),
+            truncated=truncated,
+            position=position,
+            has_more=True,
+        )
 
     def _send_error(self, connection_id: str, code: str, message: str, channel: str | None = None) -> None:
         self.pusher.send(connection_id, _frame(ErrorMessage(code=code, message=message, channel=channel)))

@@ -73,6 +73,13 @@ class StreamRecord(BaseModel):
         assert self.event_json is not None  # noqa: S101 - only asked of deliverable records
         return Event.model_validate_json(self.event_json)
 
+    @property
+    def valid_envelope(self) -> bool:
+        try:
+            return self.event is not None
+        except ValueError:  # pydantic's ValidationError is a ValueError too
+            return False
+
     def published_at_ms(self) -> int | None:
         """The envelope's publishedAt in epoch ms, or None if it cannot be read."""
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
 
 from .envelope import Event
 
@@ -35,6 +38,8 @@ client_message: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(Client
 
 
 class Subscribed(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
     type: Literal["subscribed"] = "subscribed"
     channel: str
     cursor: str
@@ -42,6 +47,8 @@ class Subscribed(BaseModel):
     # Every position up to here is resolved (an event sent, or a tombstone that never will be):
     # a client waiting for a missing seq at or below it can stop waiting.
     position: int = 0
+    # The catch-up stopped to fit the function's time: subscribe again with `cursor` for the rest.
+    has_more: bool = False
 
 
 class Unsubscribed(BaseModel):
@@ -51,6 +58,9 @@ class Unsubscribed(BaseModel):
 
 class Pong(BaseModel):
     type: Literal["pong"] = "pong"
+    # The last allocated seq of each channel the connection is subscribed to: a client behind it
+    # may have missed an event the live path never brought (a quiet channel's last one).
+    heads: dict[str, int] | None = None
 
 
 class ErrorMessage(BaseModel):
@@ -69,9 +79,56 @@ class EventMessage(BaseModel):
     cursor: str | None = None
 
 
+class EventsMessage(BaseModel):
+    """Several events of one channel in one message, in seq order; `cursor` names the last one."""
+
+    type: Literal["events"] = "events"
+    channel: str
+    events: list[Event]
+    cursor: str
+
+
 def event_frame(channel: str, event_json: str, cursor: str | None = None) -> bytes:
     """An `EventMessage` frame built around the stored envelope JSON without re-serialising it."""
-    import json
-
     tail = f',"cursor":{json.dumps(cursor)}' if cursor is not None else ""
     return ('{"type":"event","channel":' + json.dumps(channel) + ',"event":' + event_json + tail + "}").encode()
+
+
+def events_frame(channel: str, event_jsons: Sequence[str], cursor: str) -> bytes:
+    """An `EventsMessage` frame around stored envelope JSON."""
+    head = '{"type":"events","channel":' + json.dumps(channel) + ',"events":['
+    return (head + ",".join(event_jsons) + '],"cursor":' + json.dumps(cursor) + "}").encode()
+
+
+def packed_frames(
+    channel: str, events: Sequence[tuple[int, str]], cursor_of: Callable[[int], str], frame_bytes: int
+) -> Iterator[tuple[bytes, int]]:
+    """(frame, last seq) for `events` ((seq, envelope JSON) in seq order), as few frames as fit.
+
+    Consecutive events share an `events` frame of at most `frame_bytes`; one that does not fit
+    in a frame of its own size travels alone in an `event` frame (API Gateway takes messages up
+    to 128 KB, split into 32 KB frames and billed per 32 KB).
+    """
+    overhead = len(events_frame(channel, [], cursor_of(0)))
+    batch: list[tuple[int, str]] = []
+    size = overhead
+
+    def flush() -> tuple[bytes, int]:
+        last = batch[-1][0]
+        if len(batch) == 1:
+            frame = event_frame(channel, batch[0][1], cursor_of(last))
+        else:
+            frame = events_frame(channel, [text for _, text in batch], cursor_of(last))
+        batch.clear()
+        return frame, last
+
+    for seq, text in events:
+        cost = len(text.encode()) + (1 if batch else 0)
+        if batch and size + cost > frame_bytes:
+            yield flush()
+            size = overhead
+            cost = len(text.encode())
+        batch.append((seq, text))
+        size += cost
+    if batch:
+        yield flush()

@@ -1,4 +1,4 @@
-"""The library's invariants (DESIGN section 4: 1, 2, 3) on in-process moto, under concurrency."""
+"""The library's invariants (docs/design.md section 4: 1, 2, 3) on in-process moto, under concurrency."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ PY313_DIR ?= $(shell for p in $$HOME/.pyenv/versions/3.13*/bin/python3.13 /root/
 	/usr/local/bin/python3.13 /usr/bin/python3.13; do test -x $$p && dirname $$p && break; done)
 ARGS ?=
 
-.PHONY: install dev test test-unit test-integration lint format build validate bench clean layer-requirements
+.PHONY: install dev test test-unit test-integration lint format build validate bench chaos screenshot clean layer-requirements
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ build: $(SAM) ## sam build (python3.13 must be installed)
 
 deploy: build ## sam deploy --guided (needs AWS credentials)
 	SAM_CLI_TELEMETRY=0 $(SAM) deploy --guided
+
+chaos: install ## the checker for longer than make test runs it (ARGS="--seed 7 --seconds 300")
+	$(BIN)/python -m realtime_devstack.chaos --seconds 120 $(ARGS)
+
+screenshot: install ## retake docs/dashboard.png (needs Chromium)
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/python -m pytest tests/browser -k screenshot $(ARGS)
 
 bench: install ## benchmarks: print figures and ratios measured side by side
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

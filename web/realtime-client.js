@@ -319,7 +319,10 @@ export class ChannelSequencer {
     // Either way every seq at or below `resolved` that never arrived is a tombstone.
     if (resolved > (this.lastSeq ?? -Infinity)) deliver.push(...this.deliverUpTo(resolved));
     // No position to go by: the lowest event that arrived is where this subscription starts.
-    if (this.lastSeq === null && this.hasGap) deliver.push(...this.startAt(/** @type {number} */ (this.minBuffered)));
+    if (this.lastSeq === null && this.hasGap) {
+      this.lastSeq = /** @type {number} */ (this.minBuffered) - 1;
+      deliver.push(...this.drain()); // counted below, with the rest
+    }
     // Adopt the new cursor only when it covers nothing undelivered, so that resuming from
     // it can always re-send what a gap is waiting for.
     const settled = position !== null || !this.hasGap;

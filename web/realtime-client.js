@@ -15,6 +15,15 @@
 // a tombstone and the client moves past it. A gap that no catch-up can fill
 // within `gapTimeoutMs`, and a catch-up the server marks `truncated`, are
 // reported to the page through `onGap`, never hidden.
+//
+// Catch-ups may arrive packed (`events` frames: several events of one channel, the
+// cursor naming the last) and may stop early (`subscribed` with `hasMore`): the
+// client subscribes again from where the server got to until it is caught up. A
+// `pong` carries each subscribed channel's head (its last allocated seq): a channel
+// still behind its head after the reorder window is caught up once, which finds
+// an event the live path never brought (a quiet channel's last event, or one
+// published while the fan-out's subscriber index had not seen the subscription
+// yet). A ping goes out `headCheckMs` after every subscribe for that reason.
 
 /**
  * The stored event envelope, as every client sees it.
@@ -63,6 +72,8 @@
  * @property {number} [history]         first load this many recent events over HTTP (needs historyUrl and a feed_ channel)
  * @property {(gap: GapInfo) => void} [onGap]
  * @property {(info: {channel: string, cursor: string, truncated: boolean}) => void} [onSubscribed]
+ *   once a subscribe is answered in full: a catch-up answered in parts (`hasMore`) calls it after
+ *   the last part only, `truncated` if any part was
  * @property {(error: RealtimeError) => void} [onError]
  */
 
@@ -73,6 +84,7 @@
  * @property {number} gapsFilled      gaps that outlived the reorder window and were filled by a catch-up
  * @property {number} gapsLost        gaps reported with lost: true (truncated or unfilled)
  * @property {number} truncated       subscribed answers marked truncated
+ * @property {number} headCatchUps    catch-ups sent because a pong's head was still ahead after the reorder window
  * @property {number} buffered        events waiting in the reorder buffer now
  * @property {number | null} lastSeq
  * @property {string | null} cursor   the resume cursor
@@ -94,7 +106,10 @@
  * @property {typeof fetch} [fetch]     defaults to globalThis.fetch
  * @property {number} [reorderMs]       how long an out-of-order event waits for the seqs before it
  * @property {{initialMs?: number, maxMs?: number}} [backoff]  exponential backoff with full jitter
- * @property {number} [pingIntervalMs]  keep-alive ping period (API Gateway drops connections idle for 10 minutes)
+ * @property {number} [pingIntervalMs]  ping period: keep-alive (API Gateway drops connections idle for 10 minutes),
+ *   and the longest a missed last event on a quiet channel goes unnoticed (the pong's heads reveal it)
+ * @property {number} [headCheckMs]     a ping this long after a subscribe is answered, to find events the
+ *   fan-out missed while its subscriber index lagged (0: none)
  * @property {number} [pongTimeoutMs]   no frame this long after a ping: the socket is dead
  * @property {number} [maxConnectionAgeMs]  reconnect before API Gateway's 2-hour limit (0: never)
  * @property {number} [stableAfterMs]   a connection open this long resets the backoff
@@ -112,7 +127,8 @@
 export const DEFAULTS = Object.freeze({
   reorderMs: 300,
   backoff: Object.freeze({ initialMs: 500, maxMs: 30_000 }),
-  pingIntervalMs: 5 * 60_000,
+  pingIntervalMs: 60_000,
+  headCheckMs: 3_000,
   pongTimeoutMs: 20_000,
   maxConnectionAgeMs: 115 * 60_000,
   stableAfterMs: 30_000,
@@ -197,8 +213,10 @@ export function backoffDelay(attempt, backoff, random) {
  * `resumed` says the subscribe carried a cursor (so the server catches up);
  * `evidence` is the highest buffered seq the server sent again inside the
  * window; `minSeq` the lowest seq seen inside it.
- * `active` says events arrived since the subscribe's watchdog last looked.
- * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number, active?: boolean}} CatchUpWindow
+ * `active` says events arrived since the subscribe's watchdog last looked;
+ * `cursor` is the cursor the subscribe carried, `continuation` that it continued a
+ * catch-up the server answered in parts (`hasMore`).
+ * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number, active?: boolean, cursor?: string | null, continuation?: boolean}} CatchUpWindow
  */
 
 export class ChannelSequencer {
@@ -219,7 +237,7 @@ export class ChannelSequencer {
     this.buffer = new Map();
     /** @type {CatchUpWindow[]} */
     this.windows = [];
-    this.stats = { delivered: 0, duplicates: 0, gapsFilled: 0, gapsLost: 0, truncated: 0 };
+    this.stats = { delivered: 0, duplicates: 0, gapsFilled: 0, gapsLost: 0, truncated: 0, headCatchUps: 0 };
     /** Cursors that came with live events, by seq: adopted once that seq is delivered in order. */
     /** @type {Map<number, string>} */
     this.eventCursors = new Map();
@@ -248,9 +266,11 @@ export class ChannelSequencer {
   /**
    * @param {number} sentAt
    * @param {boolean} resumed  the subscribe carried a cursor
+   * @param {string | null} [cursor]  that cursor
+   * @param {boolean} [continuation]  it continues a catch-up answered with `hasMore`
    */
-  openWindow(sentAt, resumed) {
-    this.windows.push({ sentAt, resumed, evidence: -Infinity, minSeq: Infinity });
+  openWindow(sentAt, resumed, cursor = null, continuation = false) {
+    this.windows.push({ sentAt, resumed, evidence: -Infinity, minSeq: Infinity, cursor, continuation });
   }
 
   /**
@@ -295,7 +315,9 @@ export class ChannelSequencer {
    * Close the oldest catch-up window with the server's `subscribed` answer.
    * `position`, when the server sends it, is the seq its cursor names: every position
    * up to it is resolved (sent in this catch-up, or a tombstone that never will be).
-   * @param {{cursor: string, truncated?: boolean, position?: number}} message
+   * A `hasMore` answer is handled the same way: it is a catch-up that stopped early, and
+   * its position and cursor say how far it got.
+   * @param {{cursor: string, truncated?: boolean, position?: number, hasMore?: boolean}} message
    * @returns {{deliver: Envelope[], gap: Omit<GapInfo, 'channel'> | null}}
    */
   subscribed(message) {
@@ -425,6 +447,7 @@ export class ChannelSequencer {
  * @property {SubscribeOptions} handlers
  * @property {boolean} ready            false while the initial history loads
  * @property {number} unanswered       subscribes in a row that got no `subscribed`
+ * @property {boolean} truncatedInParts  a part of the catch-up answered in parts so far was truncated
  * @property {{since: number, attempts: number, from: number | null, to: number | null, timer: any} | null} gap
  */
 
@@ -455,7 +478,10 @@ export class RealtimeClient {
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
     this.stopped = false;
-    this.timers = { reconnect: null, ping: null, pong: null, age: null };
+    this.timers = { reconnect: null, ping: null, pong: null, age: null, headPing: null, heads: null };
+    /** Channels a pong said were behind their head, by name: the highest head seen. */
+    /** @type {Map<string, number>} */
+    this.pendingHeads = new Map();
     /** Timers waiting for `subscribed` answers. */
     this.watchdogs = new Set();
     this.connectNow('connecting');
@@ -486,7 +512,14 @@ export class RealtimeClient {
       return () => this.unsubscribeIfCurrent(channel, options);
     }
     /** @type {Subscription} */
-    const sub = { seq: new ChannelSequencer(channel, options.cursor ?? null), handlers: options, ready: true, gap: null, unanswered: 0 };
+    const sub = {
+      seq: new ChannelSequencer(channel, options.cursor ?? null),
+      handlers: options,
+      ready: true,
+      gap: null,
+      unanswered: 0,
+      truncatedInParts: false,
+    };
     this.channels.set(channel, sub);
     if (options.history && this.options.historyUrl) {
       sub.ready = false;
@@ -503,6 +536,7 @@ export class RealtimeClient {
     if (!sub) return;
     this.channels.delete(channel);
     this.clearGap(sub);
+    this.pendingHeads.delete(channel);
     this.send({ action: 'unsubscribe', channel });
   }
 
@@ -723,21 +757,43 @@ export class RealtimeClient {
 
   schedulePing() {
     this.timers.ping = this.clock.setTimeout(() => {
-      if (!this.send({ action: 'ping' })) return;
-      this.clock.clearTimeout(this.timers.pong);
-      this.timers.pong = this.clock.setTimeout(
-        () => this.kill(`no pong within ${this.options.pongTimeoutMs} ms: the socket is dead`),
-        this.options.pongTimeoutMs,
-      );
+      if (!this.sendPing()) return;
       this.schedulePing();
     }, this.options.pingIntervalMs);
   }
 
+  /** Send a ping and expect a frame back within pongTimeoutMs. */
+  sendPing() {
+    if (!this.send({ action: 'ping' })) return false;
+    this.clock.clearTimeout(this.timers.pong);
+    this.timers.pong = this.clock.setTimeout(
+      () => this.kill(`no pong within ${this.options.pongTimeoutMs} ms: the socket is dead`),
+      this.options.pongTimeoutMs,
+    );
+    return true;
+  }
+
+  /**
+   * A subscribe was answered: ping `headCheckMs` later, so that the pong's heads show an
+   * event the fan-out did not bring while its subscriber index lagged behind the subscribe.
+   * Answers in quick succession (many channels at open) share one ping, after the last.
+   */
+  scheduleHeadPing() {
+    const delay = this.options.headCheckMs;
+    if (!(delay > 0)) return;
+    this.clock.clearTimeout(this.timers.headPing);
+    this.timers.headPing = this.clock.setTimeout(() => {
+      this.timers.headPing = null;
+      this.sendPing();
+    }, delay);
+  }
+
   clearConnectionTimers() {
-    for (const name of /** @type {const} */ (['ping', 'pong', 'age'])) {
+    for (const name of /** @type {const} */ (['ping', 'pong', 'age', 'headPing', 'heads'])) {
       this.clock.clearTimeout(this.timers[name]);
       this.timers[name] = null;
     }
+    this.pendingHeads.clear();
   }
 
   /**
@@ -802,6 +858,10 @@ export class RealtimeClient {
     switch (message.type) {
       case 'event':
         return this.onEventFrame(message);
+      case 'events':
+        return this.onEventsFrame(message);
+      case 'pong':
+        return this.onPong(message);
       case 'subscribed':
         return this.onSubscribedFrame(message);
       case 'error':
@@ -811,7 +871,7 @@ export class RealtimeClient {
         if (typeof message.message === 'string') this.reportError(new RealtimeError('gateway_error', message.message));
         return;
       default:
-        return; // pong, unsubscribed, and types this client does not know yet
+        return; // unsubscribed, and types this client does not know yet
     }
   }
 
@@ -820,28 +880,105 @@ export class RealtimeClient {
     const event = message.event;
     const sub = this.channels.get(message.channel ?? event?.channel ?? '');
     if (!sub || !event) return;
-    if (!Number.isInteger(event.seq)) {
-      this.reportError(new RealtimeError('bad_frame', 'an event frame without an integer seq', { channel: sub.seq.name }), sub);
-      return;
+    this.takeEvents(sub, [event], message.cursor, 'an event frame without an integer seq');
+  }
+
+  /**
+   * Several events of one channel, in seq order: exactly as if each had come in its own
+   * `event` frame, except that only the last carries a cursor.
+   * @param {{channel?: string, events?: Envelope[], cursor?: string}} message
+   */
+  onEventsFrame(message) {
+    const events = Array.isArray(message.events) ? message.events : null;
+    const sub = this.channels.get(message.channel ?? events?.[0]?.channel ?? '');
+    if (!sub || !events || events.length === 0) return;
+    this.takeEvents(sub, events, message.cursor, 'an events frame with an event without an integer seq');
+  }
+
+  /**
+   * @param {Subscription} sub
+   * @param {Envelope[]} events  in seq order; `cursor` names the last one
+   * @param {string | undefined} cursor
+   * @param {string} malformed  what to report for an event without an integer seq
+   */
+  takeEvents(sub, events, cursor, malformed) {
+    const valid = events.filter((event) => event && typeof event === 'object' && Number.isInteger(event.seq));
+    if (valid.length < events.length) {
+      this.reportError(new RealtimeError('bad_frame', malformed, { channel: sub.seq.name }), sub);
     }
+    if (valid.length === 0) return;
     // A catch-up still streaming in is an answer in progress: its subscribe is not lost.
     for (const window of sub.seq.windows) window.active = true;
-    if (typeof message.cursor === 'string') sub.seq.noteCursor(event.seq, message.cursor);
-    this.deliver(sub, sub.seq.accept(event));
+    const last = events[events.length - 1];
+    if (typeof cursor === 'string' && valid.includes(last)) sub.seq.noteCursor(last.seq, cursor);
+    const deliver = [];
+    for (const event of valid) deliver.push(...sub.seq.accept(event));
+    this.deliver(sub, deliver);
     this.updateGap(sub);
   }
 
-  /** @param {{channel: string, cursor: string, truncated?: boolean}} message */
+  /** @param {{channel: string, cursor: string, truncated?: boolean, position?: number, hasMore?: boolean}} message */
   onSubscribedFrame(message) {
     const sub = this.channels.get(message.channel);
     if (!sub) return;
     sub.unanswered = 0;
+    const answered = sub.seq.windows[0];
     const { deliver, gap } = sub.seq.subscribed(message);
     if (gap) this.reportGap(sub, gap);
     if (gap?.lost) this.clearGap(sub); // reported as lost: not also as filled
     this.deliver(sub, deliver);
-    sub.handlers.onSubscribed?.({ channel: message.channel, cursor: message.cursor, truncated: !!message.truncated });
+    sub.truncatedInParts ||= !!message.truncated;
+    // The catch-up stopped early (the server function's time limit): go on from where it got
+    // to. An answer that got nowhere (the cursor it was sent with) is not continued: that
+    // would loop; the next pong's heads show whether anything is still missing.
+    const more = message.hasMore === true && typeof message.cursor === 'string';
+    if (more && answered?.cursor !== message.cursor) {
+      // Another subscribe still in flight answers too and continues from there.
+      if (sub.seq.windows.length === 0) this.sendSubscribe(sub, { cursor: message.cursor, continuation: true });
+      this.updateGap(sub);
+      return;
+    }
+    const truncated = sub.truncatedInParts;
+    sub.truncatedInParts = false;
+    sub.handlers.onSubscribed?.({ channel: message.channel, cursor: message.cursor, truncated });
     this.updateGap(sub);
+    this.scheduleHeadPing();
+  }
+
+  /**
+   * A pong's `heads`: the last allocated seq of each channel this connection is subscribed
+   * to. A channel behind its head may have missed an event the live path never brought; it
+   * gets one reorder window for that event to arrive live, then one catch-up.
+   * @param {{heads?: Record<string, number> | null}} message
+   */
+  onPong(message) {
+    const heads = message.heads;
+    if (!heads || typeof heads !== 'object') return;
+    for (const [name, head] of Object.entries(heads)) {
+      const sub = this.channels.get(name);
+      if (!sub || !Number.isInteger(head) || !behindHead(sub, head)) continue;
+      this.pendingHeads.set(name, Math.max(this.pendingHeads.get(name) ?? -Infinity, head));
+    }
+    if (this.pendingHeads.size === 0 || this.timers.heads !== null) return;
+    this.timers.heads = this.clock.setTimeout(() => {
+      this.timers.heads = null;
+      this.checkHeads();
+    }, this.options.reorderMs);
+  }
+
+  /** The reorder window after a pong is over: catch up each channel still behind its head, once. */
+  checkHeads() {
+    const pending = [...this.pendingHeads];
+    this.pendingHeads.clear();
+    if (this._state !== 'open') return; // the resubscribe on open catches up
+    for (const [name, head] of pending) {
+      const sub = this.channels.get(name);
+      if (!sub || !behindHead(sub, head)) continue; // it arrived live meanwhile
+      // A catch-up in flight, or a gap whose own catch-ups are under way, reaches the head too.
+      if (sub.seq.windows.length > 0 || sub.gap || !sub.seq.cursor) continue;
+      sub.seq.stats.headCatchUps += 1;
+      this.sendSubscribe(sub);
+    }
   }
 
   /** @param {{code?: string, message?: string, channel?: string, details?: any}} message */
@@ -915,13 +1052,17 @@ export class RealtimeClient {
 
   // -- subscriptions and gaps -------------------------------------------------
 
-  /** @param {Subscription} sub */
-  sendSubscribe(sub) {
+  /**
+   * @param {Subscription} sub
+   * @param {{cursor?: string | null, continuation?: boolean}} [how]  default: from the resume cursor
+   */
+  sendSubscribe(sub, how = {}) {
+    const cursor = how.cursor === undefined ? sub.seq.cursor : how.cursor;
     /** @type {{action: string, channel: string, cursor?: string}} */
     const message = { action: 'subscribe', channel: sub.seq.name };
-    if (sub.seq.cursor) message.cursor = sub.seq.cursor;
+    if (cursor) message.cursor = cursor;
     if (!this.send(message)) return;
-    sub.seq.openWindow(this.clock.now(), message.cursor !== undefined);
+    sub.seq.openWindow(this.clock.now(), message.cursor !== undefined, message.cursor ?? null, !!how.continuation);
     const window = sub.seq.windows[sub.seq.windows.length - 1];
     const timer = this.clock.setTimeout(() => {
       this.watchdogs.delete(timer);
@@ -956,7 +1097,8 @@ export class RealtimeClient {
       this.reportError(new RealtimeError('subscribe_unanswered', text, { channel: sub.seq.name }), sub);
       return;
     }
-    this.sendSubscribe(sub);
+    // A continuation is sent again as it was: the resume cursor may not have reached its cursor.
+    this.sendSubscribe(sub, window.continuation ? { cursor: window.cursor, continuation: true } : {});
   }
 
   /**
@@ -1067,6 +1209,16 @@ export class RealtimeClient {
   unsubscribeIfCurrent(channel, handlers) {
     if (this.channels.get(channel)?.handlers === handlers) this.unsubscribe(channel);
   }
+}
+
+/**
+ * The channel has a position and it is below `head`: an event up to the head may be missing.
+ * @param {Subscription} sub
+ * @param {number} head
+ */
+function behindHead(sub, head) {
+  const last = sub.seq.lastSeq;
+  return sub.ready && last !== null && last < head;
 }
 
 /**

@@ -872,3 +872,415 @@ describe('ChannelSequencer (pure)', () => {
     }
   });
 });
+
+// ---------------------------------------------------------------------------
+// Packed catch-ups, catch-ups in parts, and heads on pongs.
+
+const eventsFrame = (channel, seqs, cursor = `c${seqs[seqs.length - 1]}`) => ({
+  type: 'events',
+  channel,
+  events: seqs.map((seq) => envelope(channel, seq)),
+  cursor,
+});
+const partFrame = (channel, position, hasMore, extra = {}) => ({
+  type: 'subscribed',
+  channel,
+  cursor: `c${position}`,
+  truncated: false,
+  position,
+  hasMore,
+  ...extra,
+});
+const pong = (heads) => ({ type: 'pong', heads });
+
+describe('events frames (several events of one channel)', () => {
+  test('are delivered in order, deduplicated against overlapping event frames, and resume from the batch cursor', () => {
+    const { socket, rec, client, channel, clock, ws } = positioned(2);
+    socket.push({ ...eventFrame(channel, 3), cursor: 'c3' });
+    socket.push(eventsFrame(channel, [3, 4, 5, 6]));
+    socket.push({ ...eventFrame(channel, 5), cursor: 'c5' }); // the same event, live
+    assert.deepEqual(rec.events, [1, 2, 3, 4, 5, 6]);
+    const stats = client.stats(channel);
+    assert.equal(stats.delivered, 6);
+    assert.equal(stats.duplicates, 2);
+    assert.equal(stats.cursor, 'c6', 'the batch cursor names its last event');
+    socket.drop(1006);
+    clock.advance(DEFAULTS.backoff.maxMs);
+    ws.last().accept();
+    assert.deepEqual(ws.last().frames('subscribe'), [{ action: 'subscribe', channel, cursor: 'c6' }]);
+  });
+
+  test('a batch ahead of its turn waits in the reorder buffer; its cursor is adopted once it is delivered', () => {
+    const { socket, rec, client, channel } = positioned(2);
+    socket.push(eventsFrame(channel, [5, 6]));
+    assert.deepEqual(rec.events, [1, 2]);
+    assert.equal(client.stats(channel).cursor, 'c2', 'c6 would skip 3 and 4');
+    socket.push({ ...eventFrame(channel, 3), cursor: 'c3' });
+    assert.equal(client.stats(channel).cursor, 'c3');
+    socket.push({ ...eventFrame(channel, 4), cursor: 'c4' });
+    assert.deepEqual(rec.events, [1, 2, 3, 4, 5, 6]);
+    assert.equal(client.stats(channel).cursor, 'c6');
+  });
+
+  test('a catch-up in events frames before its subscribed delivers everything once', () => {
+    const { ws, client } = harness();
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(eventsFrame('feed_1', [1, 2, 3]));
+    socket.push({ ...eventFrame('feed_1', 2), cursor: 'c2' }); // live, meanwhile
+    socket.push(eventsFrame('feed_1', [4, 5]));
+    socket.push({ ...eventFrame('feed_1', 6), cursor: 'c6' }); // too large to pack: alone
+    socket.push(partFrame('feed_1', 6, false));
+    assert.deepEqual(rec.events, [1, 2, 3, 4, 5, 6]);
+    assert.equal(client.stats('feed_1').duplicates, 1);
+    assert.equal(client.stats('feed_1').cursor, 'c6');
+    assert.deepEqual(rec.subscribed, [{ channel: 'feed_1', cursor: 'c6', truncated: false }]);
+  });
+
+  test('an event without an integer seq is reported; the rest of the batch is delivered', () => {
+    const { socket, rec, channel, errors } = positioned(1);
+    const frame = eventsFrame(channel, [2, 3, 4]);
+    frame.events[1] = { ...frame.events[1], seq: 'three' };
+    socket.push(frame);
+    assert.equal(errors.at(-1).code, 'bad_frame');
+    assert.equal(rec.errors.length, 1);
+    assert.deepEqual(rec.events, [1, 2], '4 waits for 3');
+  });
+
+  test('events frames count as a catch-up streaming in: the watchdog does not resend the subscribe', () => {
+    const { ws, client, clock } = harness({ subscribeTimeoutMs: 1000 });
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    for (let seq = 1; seq <= 10; seq += 2) {
+      socket.push(eventsFrame('feed_1', [seq, seq + 1]));
+      clock.advance(900);
+    }
+    assert.equal(socket.frames('subscribe').length, 1);
+    socket.push(partFrame('feed_1', 10, false));
+    assert.deepEqual(rec.events, range(1, 10));
+  });
+});
+
+describe('catch-ups answered in parts (subscribed with hasMore)', () => {
+  test('the client subscribes again from the cursor given until hasMore is false; every event is delivered once', () => {
+    const { ws, client, clock } = harness();
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(eventsFrame('feed_1', [1, 2, 3]));
+    socket.push(partFrame('feed_1', 3, true));
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel: 'feed_1', cursor: 'c3' });
+    assert.deepEqual(rec.subscribed, [], 'onSubscribed waits for the last part');
+    socket.push({ ...eventFrame('feed_1', 4), cursor: 'c4' }); // live, while the catch-up goes on
+    socket.push(eventsFrame('feed_1', [4, 5, 6]));
+    socket.push(partFrame('feed_1', 6, true));
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel: 'feed_1', cursor: 'c6' });
+    socket.push(eventsFrame('feed_1', [7, 8]));
+    socket.push(partFrame('feed_1', 8, false));
+    assert.deepEqual(rec.events, range(1, 8));
+    assert.deepEqual(
+      socket.frames('subscribe').map((f) => f.cursor),
+      ['c0', 'c3', 'c6'],
+    );
+    assert.deepEqual(rec.subscribed, [{ channel: 'feed_1', cursor: 'c8', truncated: false }]);
+    assert.deepEqual(rec.gaps, []);
+    assert.equal(client.stats('feed_1').cursor, 'c8');
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 3, 'no more subscribes');
+  });
+
+  test("a part's position settles tombstones up to it", () => {
+    const { ws, client } = harness();
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(eventsFrame('feed_1', [1, 2]));
+    socket.push(partFrame('feed_1', 4, true)); // 3 and 4 are tombstones
+    socket.push(eventsFrame('feed_1', [5, 6]));
+    socket.push(partFrame('feed_1', 6, false));
+    assert.deepEqual(rec.events, [1, 2, 5, 6]);
+    assert.deepEqual(rec.gaps, []);
+  });
+
+  test('a truncated first part is reported once and onSubscribed says truncated at the end', () => {
+    const { socket, rec, clock, ws, channel } = positioned(10);
+    socket.drop(1006);
+    clock.advance(DEFAULTS.backoff.maxMs);
+    const next = ws.last();
+    next.accept();
+    next.push(eventsFrame(channel, [50, 51]));
+    next.push(partFrame(channel, 51, true, { truncated: true }));
+    next.push(eventsFrame(channel, [52, 53]));
+    next.push(partFrame(channel, 53, false));
+    assert.deepEqual(rec.gaps, [{ channel, reason: 'truncated', from: 11, to: 49, lost: true }]);
+    assert.deepEqual(rec.events, [...range(1, 10), 50, 51, 52, 53]);
+    assert.deepEqual(rec.subscribed.at(-1), { channel, cursor: 'c53', truncated: true });
+    assert.equal(rec.subscribed.length, 2, 'the first subscribe, then the whole resumed one');
+  });
+
+  test('a part that got nowhere (the cursor it was sent with) is not continued: no loop', () => {
+    const { socket, rec, channel, clock } = positioned(3);
+    socket.push(eventFrame(channel, 5));
+    clock.advance(DEFAULTS.reorderMs); // a gap: catch up from c3
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel, cursor: 'c3' });
+    const before = socket.frames('subscribe').length;
+    socket.push(partFrame(channel, 3, true));
+    assert.equal(socket.frames('subscribe').length, before);
+    assert.equal(rec.subscribed.at(-1).cursor, 'c3');
+  });
+
+  test('the watchdog does not resend a subscribe while the parts keep coming', () => {
+    const { ws, client, clock, errors } = harness({ subscribeTimeoutMs: 1000 });
+    ws.last().accept();
+    const rec = record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    for (let part = 0; part < 8; part += 1) {
+      clock.advance(900);
+      // Some parts stream events, some only settle tombstones.
+      if (part % 2 === 0) socket.push(eventsFrame('feed_1', [3 * part + 1, 3 * part + 2, 3 * part + 3]));
+      socket.push(partFrame('feed_1', 3 * part + 3, part < 7));
+    }
+    clock.advance(10_000);
+    const cursors = socket.frames('subscribe').map((f) => f.cursor);
+    assert.deepEqual(cursors, ['c0', 'c3', 'c6', 'c9', 'c12', 'c15', 'c18', 'c21'], 'one subscribe per part, none resent');
+    assert.deepEqual(errors, []);
+    assert.equal(rec.subscribed.length, 1);
+    assert.equal(client.stats('feed_1').lastSeq, 24);
+  });
+
+  test('a part still streaming past the watchdog is not resent either', () => {
+    const { ws, client, clock } = harness({ subscribeTimeoutMs: 1000 });
+    ws.last().accept();
+    record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(partFrame('feed_1', 0, true, { cursor: 'c0-more' }));
+    for (let seq = 1; seq <= 4; seq += 1) {
+      clock.advance(900);
+      socket.push(eventsFrame('feed_1', [seq]));
+    }
+    socket.push(partFrame('feed_1', 4, false));
+    assert.deepEqual(
+      socket.frames('subscribe').map((f) => f.cursor),
+      ['c0', 'c0-more'],
+    );
+  });
+
+  test('a continuation nobody answers is sent again with its own cursor', () => {
+    const { ws, client, clock } = harness({ subscribeTimeoutMs: 1000 });
+    ws.last().accept();
+    record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(eventsFrame('feed_1', [1, 2]));
+    socket.push(partFrame('feed_1', 2, true));
+    clock.advance(1000);
+    assert.deepEqual(
+      socket.frames('subscribe').map((f) => f.cursor),
+      ['c0', 'c2', 'c2'],
+    );
+  });
+
+  test('the ping after subscribed waits for the last part', () => {
+    const { ws, client, clock } = harness({ pingIntervalMs: 1e9 });
+    ws.last().accept();
+    record(client, 'feed_1', { cursor: 'c0' });
+    const socket = ws.last();
+    socket.push(partFrame('feed_1', 5, true));
+    clock.advance(DEFAULTS.headCheckMs);
+    assert.equal(socket.frames('ping').length, 0);
+    socket.push(partFrame('feed_1', 9, false));
+    clock.advance(DEFAULTS.headCheckMs);
+    assert.equal(socket.frames('ping').length, 1);
+  });
+});
+
+describe('heads on pongs', () => {
+  const quiet = { pingIntervalMs: 1e9, headCheckMs: 0 };
+
+  test('a head ahead of the channel triggers exactly one catch-up after the reorder window', () => {
+    const { socket, rec, client, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 4 })); // the live path never brought 4
+    clock.advance(DEFAULTS.reorderMs - 1);
+    assert.equal(socket.frames('subscribe').length, 1, 'it may still arrive live');
+    clock.advance(1);
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel, cursor: 'c3' });
+    assert.equal(socket.frames('subscribe').length, 2);
+    socket.push({ ...eventFrame(channel, 4), cursor: 'c4' });
+    socket.push(partFrame(channel, 4, false));
+    assert.deepEqual(rec.events, [1, 2, 3, 4]);
+    assert.equal(client.stats(channel).headCatchUps, 1);
+    assert.deepEqual(rec.gaps, []);
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 2, 'one attempt per pong');
+  });
+
+  test('no catch-up when the event arrives live within the window', () => {
+    const { socket, rec, client, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 4 }));
+    clock.advance(DEFAULTS.reorderMs / 2);
+    socket.push({ ...eventFrame(channel, 4), cursor: 'c4' });
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 1);
+    assert.deepEqual(rec.events, [1, 2, 3, 4]);
+    assert.equal(client.stats(channel).headCatchUps, 0);
+  });
+
+  test('no catch-up when the heads are not ahead, or name other channels', () => {
+    const { socket, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 3, feed_other: 99 }));
+    socket.push(pong({ [channel]: 2 }));
+    socket.push(pong({}));
+    socket.push({ type: 'pong' });
+    socket.push(pong(null));
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 1);
+  });
+
+  test('a catch-up that stops short of the head (a write in flight) is not repeated until the next pong', () => {
+    const { socket, rec, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 5 }));
+    clock.advance(DEFAULTS.reorderMs);
+    socket.push({ ...eventFrame(channel, 4), cursor: 'c4' });
+    socket.push(partFrame(channel, 4, false)); // 5 is still being written
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 2);
+    socket.push(pong({ [channel]: 5 }));
+    clock.advance(DEFAULTS.reorderMs);
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel, cursor: 'c4' });
+    socket.push(partFrame(channel, 5, false)); // 5 was a tombstone
+    assert.deepEqual(rec.events, [1, 2, 3, 4]);
+    socket.push(pong({ [channel]: 5 }));
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 3, 'settled: the tombstone counts as reached');
+    socket.push({ ...eventFrame(channel, 6), cursor: 'c6' });
+    assert.deepEqual(rec.events, [1, 2, 3, 4, 6]);
+  });
+
+  test('two pongs inside one window make one catch-up', () => {
+    const { socket, client, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 4 }));
+    clock.advance(10);
+    socket.push(pong({ [channel]: 5 }));
+    clock.advance(DEFAULTS.reorderMs);
+    assert.equal(socket.frames('subscribe').length, 2);
+    socket.push(partFrame(channel, 5, false));
+    clock.advance(60_000);
+    assert.equal(socket.frames('subscribe').length, 2);
+    assert.equal(client.stats(channel).headCatchUps, 1);
+  });
+
+  test('no extra catch-up while one is in flight: its answer reaches the head', () => {
+    const { socket, client, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(eventFrame(channel, 5));
+    clock.advance(DEFAULTS.reorderMs); // the gap's catch-up
+    assert.equal(socket.frames('subscribe').length, 2);
+    socket.push(pong({ [channel]: 6 }));
+    clock.advance(DEFAULTS.reorderMs);
+    assert.equal(socket.frames('subscribe').length, 2);
+    assert.equal(client.stats(channel).headCatchUps, 0);
+    socket.push({ ...eventFrame(channel, 4), cursor: 'c4' });
+    socket.push(eventFrame(channel, 5));
+    socket.push(partFrame(channel, 6, false)); // 6 was a tombstone
+    assert.equal(client.stats(channel).lastSeq, 6);
+  });
+
+  test('no head catch-up while a gap is open: the gap fill catches up on its own schedule', () => {
+    const { socket, client, channel, clock } = positioned(3, 'feed_1', quiet);
+    socket.push(eventFrame(channel, 5));
+    clock.advance(DEFAULTS.reorderMs); // the gap's first catch-up
+    socket.push(partFrame(channel, 3, false)); // 4 is still being written
+    socket.push(pong({ [channel]: 6 }));
+    clock.advance(DEFAULTS.reorderMs);
+    assert.equal(socket.frames('subscribe').length, 2);
+    assert.equal(client.stats(channel).headCatchUps, 0);
+    clock.advance(DEFAULTS.reorderMs); // the gap's second catch-up, 2 x reorderMs after its first
+    assert.equal(socket.frames('subscribe').length, 3);
+  });
+
+  test('a channel without a position yet is not caught up on a head', () => {
+    const { ws, client, clock } = harness(quiet);
+    ws.last().accept();
+    record(client, 'feed_1');
+    ws.last().push(pong({ feed_1: 9 })); // before its subscribed
+    clock.advance(DEFAULTS.reorderMs * 10);
+    assert.equal(ws.last().frames('subscribe').length, 1);
+    assert.equal(client.stats('feed_1').headCatchUps, 0);
+  });
+
+  test('a catch-up waiting for its window is dropped with the connection', () => {
+    const { socket, channel, clock, ws } = positioned(3, 'feed_1', quiet);
+    socket.push(pong({ [channel]: 4 }));
+    socket.drop(1006);
+    clock.advance(DEFAULTS.backoff.maxMs);
+    const next = ws.last();
+    next.accept();
+    clock.advance(DEFAULTS.reorderMs);
+    assert.deepEqual(next.frames('subscribe'), [{ action: 'subscribe', channel, cursor: 'c3' }], 'only the resubscribe on open');
+  });
+});
+
+describe('the ping after subscribed', () => {
+  test('the defaults: a ping a minute, and one 3 s after each subscribed', () => {
+    assert.equal(DEFAULTS.pingIntervalMs, 60_000);
+    assert.equal(DEFAULTS.headCheckMs, 3_000);
+  });
+
+  test('goes out headCheckMs after subscribed and finds an event the fan-out missed while its index lagged', () => {
+    const { ws, client, clock } = harness();
+    ws.last().accept();
+    const rec = record(client, 'feed_1');
+    const socket = ws.last();
+    socket.push({ ...subscribedFrame('feed_1', 'c0'), position: 0 });
+    // seq 1 is published now, but the fan-out does not see the subscription yet.
+    clock.advance(DEFAULTS.headCheckMs - 1);
+    assert.equal(socket.frames('ping').length, 0);
+    clock.advance(1);
+    assert.deepEqual(socket.frames('ping'), [{ action: 'ping' }]);
+    socket.push(pong({ feed_1: 1 }));
+    clock.advance(DEFAULTS.reorderMs);
+    assert.deepEqual(socket.frames('subscribe').at(-1), { action: 'subscribe', channel: 'feed_1', cursor: 'c0' });
+    socket.push({ ...eventFrame('feed_1', 1), cursor: 'c1' });
+    socket.push(partFrame('feed_1', 1, false));
+    assert.deepEqual(rec.events, [1]);
+  });
+
+  test('answers in quick succession share one ping, after the last', () => {
+    const { ws, client, clock } = harness();
+    ws.last().accept();
+    const socket = ws.last();
+    for (const name of ['feed_a', 'feed_b', 'feed_c']) record(client, name);
+    for (const name of ['feed_a', 'feed_b', 'feed_c']) {
+      socket.push({ ...subscribedFrame(name, `${name}-0`), position: 0 });
+      clock.advance(1000);
+    }
+    clock.advance(DEFAULTS.headCheckMs - 1001);
+    assert.equal(socket.frames('ping').length, 0);
+    clock.advance(1);
+    assert.equal(socket.frames('ping').length, 1);
+    clock.advance(DEFAULTS.pingIntervalMs - 6000);
+    assert.equal(socket.frames('ping').length, 1);
+  });
+
+  test('a missing pong to it marks the socket dead', () => {
+    const { ws, client, clock } = harness({ pongTimeoutMs: 200 });
+    ws.last().accept();
+    record(client, 'feed_1');
+    const socket = ws.last();
+    socket.push({ ...subscribedFrame('feed_1', 'c0'), position: 0 });
+    clock.advance(DEFAULTS.headCheckMs + 200);
+    assert.equal(socket.closedWith?.code, 4000);
+    assert.equal(client.state, 'reconnecting');
+  });
+
+  test('headCheckMs: 0 disables it', () => {
+    const { ws, client, clock } = harness({ headCheckMs: 0 });
+    ws.last().accept();
+    record(client, 'feed_1');
+    ws.last().push({ ...subscribedFrame('feed_1', 'c0'), position: 0 });
+    clock.advance(DEFAULTS.pingIntervalMs - 1);
+    assert.equal(ws.last().frames('ping').length, 0);
+    clock.advance(1);
+    assert.equal(ws.last().frames('ping').length, 1);
+  });
+});

@@ -30,6 +30,19 @@ def feed() -> str:
     return f"ws-{uuid.uuid4().hex[:10]}"
 
 
+def envelopes(frames: list[dict[str, Any]], channel: str | None = None) -> list[dict[str, Any]]:
+    """The events of `event` and `events` frames (of `channel`), in the order they came."""
+    found: list[dict[str, Any]] = []
+    for frame in frames:
+        if channel is not None and frame.get("channel") != channel:
+            continue
+        if frame["type"] == "event":
+            found.append(frame["event"])
+        elif frame["type"] == "events":
+            found.extend(frame["events"])
+    return found
+
+
 class Client:
     """A WebSocket subscriber that records every frame."""
 
@@ -59,11 +72,10 @@ class Client:
         return await self.until(lambda f: f["type"] in {"subscribed", "error"} and f.get("channel") == channel)
 
     async def events(self, channel: str, count: int, timeout: float = 15) -> list[dict[str, Any]]:
-        got = [f["event"] for f in self.frames if f["type"] == "event" and f["channel"] == channel]
+        got = envelopes(self.frames, channel)
         while len(got) < count:
-            frame = await self.until(lambda f: f["type"] == "event", timeout)
-            if frame["channel"] == channel:
-                got.append(frame["event"])
+            frame = await self.until(lambda f: f["type"] in {"event", "events"}, timeout)
+            got.extend(envelopes([frame], channel))
         return got
 
     async def quiet(self, seconds: float) -> list[dict[str, Any]]:
@@ -127,8 +139,9 @@ def test_resubscribing_with_a_cursor_gets_exactly_the_missed_events(stack: Stack
         back = await Client.open(stack, ["feed_*"])
         subscribed = await back.subscribe(channel, cursor)
         assert subscribed["type"] == "subscribed" and subscribed["truncated"] is False
-        missed = [f["event"]["seq"] for f in back.frames if f["type"] == "event"]
+        missed = [e["seq"] for e in envelopes(back.frames)]
         assert missed == list(range(6, 16))
+        assert len([f for f in back.frames if f["type"] in {"event", "events"}]) == 1, "one message for ten events"
         await asyncio.to_thread(publish, http, feed_id, 1, 15)  # and live again afterwards
         assert [e["seq"] for e in await back.events(channel, 11)] == [*range(6, 16), 16]
         await back.ws.close()
@@ -234,7 +247,7 @@ def test_a_subscribe_outside_the_token_leaks_nothing(stack: Stack, http: Http) -
         events = await client.events(f"feed_{allowed}", 1)
         assert [e["channel"] for e in events] == [f"feed_{allowed}"]
         assert await client.quiet(0.5) == []
-        assert not any(f.get("channel") == f"feed_{secret}" and f["type"] == "event" for f in client.frames)
+        assert not envelopes(client.frames, f"feed_{secret}")
         await client.ws.close()
 
     asyncio.run(scenario())
@@ -250,6 +263,24 @@ def test_unsubscribe_stops_delivery(stack: Stack, http: Http) -> None:
         assert (await client.until(lambda f: f["type"] == "unsubscribed"))["channel"] == f"feed_{feed_id}"
         await asyncio.to_thread(publish, http, feed_id, 2)
         assert await client.quiet(1.0) == []
+        await client.ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_ping_reports_the_head_of_each_subscribed_channel(stack: Stack, http: Http) -> None:
+    """How a client on a quiet channel learns of an event the live path never brought it."""
+    quiet, busy = feed(), feed()
+
+    async def scenario() -> None:
+        client = await Client.open(stack, ["feed_*"])
+        await client.subscribe(f"feed_{quiet}")
+        await client.subscribe(f"feed_{busy}")
+        await asyncio.to_thread(publish, http, busy, 3)
+        await client.events(f"feed_{busy}", 3)
+        await client.send({"action": "ping"})
+        pong = await client.until(lambda f: f["type"] == "pong")
+        assert pong["heads"] == {f"feed_{quiet}": 0, f"feed_{busy}": 3}
         await client.ws.close()
 
     asyncio.run(scenario())

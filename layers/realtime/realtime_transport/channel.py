@@ -192,7 +192,10 @@ class Channel:
         """
         store = self._realtime.store
         if idempotency_key is None:
-            store.put_position(item)
+            try:
+                store.put_position(item)
+            except WriteConflict as exc:  # only a transaction could hold our own position: none should
+                raise StoreUnavailable(f"position {item['sk']['N']} is held by a transaction") from exc
             return
         assert fingerprint is not None  # noqa: S101 - always set with a key
         settings = self._realtime.settings
@@ -336,12 +339,18 @@ class _LogReader:
         self._fetched: tuple[int, int] | None = None
 
     def _fetch(self, first: int, last: int) -> None:
+        """Make sure [first, last] is read: only the part not read yet is queried."""
         first = max(first, 1)
-        lo, hi = self._fetched or (first, first - 1)
-        if first >= lo and last <= hi:
+        if self._fetched is None:
+            self._known.update(self._store.positions(self._channel.key, first, last))
+            self._fetched = (first, last)
             return
-        self._known.update(self._store.positions(self._channel.key, first, last))
-        self._fetched = (min(first, lo), max(last, hi)) if self._fetched else (first, last)
+        lo, hi = self._fetched
+        if first < lo:
+            self._known.update(self._store.positions(self._channel.key, first, lo - 1))
+        if last > hi:
+            self._known.update(self._store.positions(self._channel.key, hi + 1, last))
+        self._fetched = (min(first, lo), max(last, hi))
 
     def _latest_ms(self, seq: int) -> int:
         """No earlier than the allocation of `seq`: from the nearest known position at or above it."""
@@ -447,6 +456,7 @@ class _LogReader:
                 items=[], next_cursor=self._channel.cursor(0), has_more=False, truncated=False, position=0
             )
         first = max(window_start, self.head - limit + 1)
+        step = _SETTLE_STEP
         while True:
             self._fetch(first - 1, self.head)
             events: list[Event] = []
@@ -464,7 +474,8 @@ class _LogReader:
             full = len(events) >= limit or end < self.head
             if first == window_start or (settled and full):
                 break
-            first = max(window_start, first - max(limit - len(events), _SETTLE_STEP) - _READ_SLACK)
+            first = max(window_start, first - max(limit - len(events), step) - _READ_SLACK)
+            step *= 2  # a busy channel: a few reads reach back past its writers in flight
         reached = max(end, 0)
         return HistoryPage(
             items=events[-limit:],

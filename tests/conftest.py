@@ -54,6 +54,23 @@ def aws() -> Iterator[Any]:
 
 
 @pytest.fixture
+def faithful(aws: Any) -> Iterator[Callable[..., Any]]:
+    """``faithful(**kwargs)`` turns on AWS's documented behaviours (``realtime_devstack.faithful.Faults``)
+    over the ``aws`` fixture's moto; everything is back to the kind defaults at teardown."""
+    from realtime_devstack import faithful as substrate
+
+    def configure(**kwargs: Any) -> Any:
+        faults = substrate.Faults(**kwargs)
+        substrate.configure(faults)
+        return faults
+
+    try:
+        yield configure
+    finally:
+        substrate.reset()
+
+
+@pytest.fixture
 def settings_factory() -> Callable[..., Any]:
     from realtime_transport import Settings
 

@@ -15,20 +15,27 @@ moto 5.2.5 has three problems for us, fixed here by patching its classes in plac
   the writes with moto's own put/update/delete (so stream records are moto's).
 * ``UpdateItem`` creating an item emits two INSERT stream records (a keys-only stub put, then the
   update). Now it emits one INSERT (or one MODIFY for an existing item).
+
+``install()`` also installs the hooks of ``faithful`` (transaction conflicts and idempotency, GSI
+lag, injected errors and lost responses, request jitter). With ``faithful`` at its all-zero
+default they do nothing: no item is ever held, no version is kept, no request is delayed.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import inspect
 import json
 import threading
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from moto.core.responses import BaseResponse
+from moto.core.exceptions import JsonRESTError
+from moto.core.responses import ActionResult, BaseResponse
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
@@ -39,19 +46,30 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.dynamo_type import Item
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import StreamShard, Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+from moto.utilities.aws_headers import gen_amz_crc32
+
+from . import faithful
 
 __all__ = ["install"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _LOCK = threading.RLock()  # the one lock: every DynamoDB and DynamoDB Streams operation
+_WINDOW = threading.Condition(_LOCK)  # waited on (never notified) to release _LOCK for a while
 _INSTALL_LOCK = threading.Lock()
 _MARK = "_realtime_devstack_installed"  # set on moto's class: survives a re-import of this module
 _OPS = {"ConditionCheck", "Put", "Delete", "Update"}
+_SCRATCH = "_realtime_scratch"  # marks the one-item tables of a transaction's dry run
+_VERSIONS = "_realtime_versions"  # on a Table: recent previous images, for GSI lag
+
+# Items held by a TransactWriteItems between its checks and its writes: (table, key) -> owner.
+# Read and written under _LOCK only.
+_HELD: dict[tuple[str, str], object] = {}
+_CONFLICT = ("TransactionConflict", "Transaction is ongoing for the item", None)
 
 
 def install() -> None:
@@ -61,14 +79,24 @@ def install() -> None:
             return
         setattr(DynamoDBBackend, "transact_write_items", _transact_write_items)  # noqa: B010
         setattr(DynamoDBBackend, "update_item", _one_stream_record(DynamoDBBackend.update_item))  # noqa: B010
+        for name in ("put_item", "update_item", "delete_item"):
+            setattr(DynamoDBBackend, name, _keep_previous_image(getattr(DynamoDBBackend, name)))
+        for name in ("query", "scan"):
+            setattr(DynamoDBBackend, name, _lagged_index_read(getattr(DynamoDBBackend, name)))
         for backend in (DynamoDBBackend, DynamoDBStreamsBackend):
             for name, attr in list(vars(backend).items()):
                 if not name.startswith("_") and inspect.isfunction(attr):
                     setattr(backend, name, _locked(attr))
+        for name in ("put_item", "update_item", "delete_item"):
+            setattr(DynamoHandler, name, _refuse_held_item(getattr(DynamoHandler, name)))
+        setattr(DynamoHandler, "batch_write_item", _hold_back_held_items(DynamoHandler.batch_write_item))  # noqa: B010
+        setattr(DynamoHandler, "transact_get_items", _cancel_held_gets(DynamoHandler.transact_get_items))  # noqa: B010
+        setattr(DynamoHandler, "transact_write_items", _idempotent(DynamoHandler.transact_write_items))  # noqa: B010
         # call_action parses, runs the backend call and serializes the response: lock all of it.
+        # Injected faults and jitter go around it, outside the lock.
         for handler in (DynamoHandler, DynamoDBStreamsHandler):
             handler_call: Callable[..., Any] = getattr(handler, "call_action", BaseResponse.call_action)
-            setattr(handler, "call_action", _locked(handler_call))  # noqa: B010
+            setattr(handler, "call_action", _with_faults(_locked(handler_call)))  # noqa: B010
         _stop_tracking_instances()
         setattr(DynamoHandler, "serialized", _fast_serialized(DynamoHandler.serialized))  # noqa: B010
         setattr(DynamoDBBackend, _MARK, True)
@@ -119,15 +147,20 @@ def _locked(fn: _F) -> _F:
 
 
 def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
-    """moto's ``transact_write_items`` without the table deep copies: check all, then write all."""
+    """moto's ``transact_write_items`` without the table deep copies: check all, then write all.
+
+    With ``faithful``'s transaction window, the items are held from the checks to the writes and
+    the backend lock is released in between, so other requests run (and may conflict) meanwhile.
+    """
     if len(transact_items) > 100:
         raise TooManyTransactionsException()
     # Phase 1: moto's loop verbatim, except that each write is dry-run on a scratch table instead
     # of applied, so every error (and its order) is moto's; nothing is written, nothing to undo.
     target_items: set[tuple[str, str]] = set()
+    conflicts: set[int] = set()
     writes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
-    for item in transact_items:
+    for index, item in enumerate(transact_items):
         original_item: dict[str, Any] | None = None
         if len(item) > 1:
             raise TransactWriteSingleOpException
@@ -136,18 +169,17 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
             if op_type not in _OPS:
                 raise ValueError("Unsupported transaction operation")
             table_name = op["TableName"]
-            if op_type == "Put":
-                attrs = op["Item"]
-                table = self.get_table(table_name)
-                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
-                if table.range_key_attr is not None:
-                    key[table.range_key_attr] = attrs[table.range_key_attr]
-            else:
-                key = op["Key"]
-            unique = (str(table_name), str(dict(sorted(key.items()))))
+            key = _key_attributes(self, table_name, op["Item"]) if op_type == "Put" else op["Key"]
+            unique = _item_id(table_name, key)
             if unique in target_items:
                 raise MultipleTransactionsException()
             target_items.add(unique)
+            # "Transaction conflict handling in DynamoDB" (developer guide, transaction-apis): an item
+            # of a TransactWriteItems that is part of another ongoing one cancels this request.
+            if unique in _HELD:
+                conflicts.add(index)
+                errors.append((None, None, None))
+                continue
 
             current = self.get_item(table_name, key)
             condition = op.get("ConditionExpression")
@@ -167,11 +199,36 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
             errors.append(("ConditionalCheckFailed", str(e.message), original_item))
         except Exception as e:
             errors.append((type(e).__name__, str(e), original_item))
+    if conflicts:
+        # CancellationReasons are in request order, "None" for the items that did not fail
+        # (TransactionCanceledException, DynamoDB API reference).
+        faithful.record("TransactionConflict")
+        reasons = [_CONFLICT if index in conflicts else (None, None, None) for index in range(len(errors))]
+        raise TransactionCanceledException(reasons)
     if any(code is not None for code, _, _ in errors):
         raise TransactionCanceledException(errors)
 
-    # Phase 2: apply with moto's own methods (same items, same stream records). They were all
-    # dry-run above, so this should not fail; if it does, undo the items touched so far.
+    window = faithful.transaction_window_seconds()
+    if window <= 0:
+        _apply(self, writes)
+        return
+    # DynamoDB prepares every item, then commits it (two underlying writes per item, "Capacity
+    # management for transactions"): between the two the items are held, and the rest of the
+    # table stays available. Condition.wait releases the (re-entrant) backend lock entirely.
+    owner = object()
+    _HELD.update(dict.fromkeys(target_items, owner))
+    try:
+        _WINDOW.wait(window)
+        _apply(self, writes)
+    finally:
+        for unique in target_items:
+            if _HELD.get(unique) is owner:
+                del _HELD[unique]
+
+
+def _apply(self: DynamoDBBackend, writes: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Phase 2: apply with moto's own methods (same items, same stream records). They were all
+    dry-run above, so this should not fail; if it does, undo the items touched so far."""
     undo: list[tuple[Table, Any, Any, Item | None, int | None]] = []
     try:
         for op_type, op, key in writes:
@@ -193,6 +250,20 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
             if table.stream_shard is not None and shard_len is not None:
                 del table.stream_shard.items[shard_len:]
         raise
+
+
+def _item_id(table_name: str, key: dict[str, Any]) -> tuple[str, str]:
+    """How a transaction names an item (moto's own, which finds an item named twice in one)."""
+    return (str(table_name), str(dict(sorted(key.items()))))
+
+
+def _key_attributes(backend: DynamoDBBackend, table_name: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """The primary key attributes of a whole item."""
+    table = backend.get_table(table_name)
+    key = {table.hash_key_attr: attributes[table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = attributes[table.range_key_attr]
+    return key
 
 
 def _write(backend: DynamoDBBackend, op_type: str, op: dict[str, Any], key: dict[str, Any]) -> None:
@@ -225,7 +296,7 @@ def _scratch_backend(backend: DynamoDBBackend, table_name: str, current: Item | 
         else:
             items[twin.hash_key][twin.range_key] = twin
     scratch = object.__new__(type(table))
-    scratch.__dict__.update(vars(table), items=items, stream_shard=None)
+    scratch.__dict__.update(vars(table), items=items, stream_shard=None, **{_SCRATCH: True, _VERSIONS: None})
     shadow = object.__new__(type(backend))
     shadow.__dict__.update(vars(backend), tables={table.name: scratch})
     return shadow
@@ -263,5 +334,283 @@ def _one_stream_record(update_item: Callable[..., Item]) -> Callable[..., Item]:
             raise
         finally:
             table.stream_shard = shard
+
+    return wrapper
+
+
+# --- faithful: conflicts with held items ------------------------------------------------------
+
+
+class TransactionConflictException(JsonRESTError):
+    """A single-item write of an item an ongoing TransactWriteItems holds (HTTP 400)."""
+
+    def __init__(self) -> None:
+        _, error_type, message = faithful.ERRORS["TransactionConflictException"]
+        super().__init__(error_type, message)
+
+
+class IdempotentParameterMismatchException(JsonRESTError):
+    def __init__(self) -> None:
+        super().__init__(
+            "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException",
+            "The request uses the same client token as a previous, but non-identical request.",
+        )
+
+
+def _requested_item(handler: DynamoHandler, table_name: str, request: dict[str, Any]) -> tuple[str, str] | None:
+    """The item a PutItem/UpdateItem/DeleteItem-shaped request names (None: let moto refuse it)."""
+    try:
+        if "Key" in request:
+            return _item_id(table_name, request["Key"])
+        return _item_id(table_name, _key_attributes(handler.dynamodb_backend, table_name, request["Item"]))
+    except (KeyError, TypeError, JsonRESTError):
+        return None
+
+
+def _refuse_held_item(method: Callable[[DynamoHandler], Any]) -> Callable[[DynamoHandler], Any]:
+    @functools.wraps(method)
+    def wrapper(self: DynamoHandler) -> Any:
+        # "Transaction conflict handling in DynamoDB" (developer guide, transaction-apis): a PutItem,
+        # UpdateItem or DeleteItem of an item in an ongoing TransactWriteItems fails with a
+        # TransactionConflictException.
+        if _HELD and _requested_item(self, self.body.get("TableName", ""), self.body) in _HELD:
+            faithful.record("TransactionConflict")
+            raise TransactionConflictException()
+        return method(self)
+
+    return wrapper
+
+
+def _hold_back_held_items(method: Callable[[DynamoHandler], Any]) -> Callable[[DynamoHandler], Any]:
+    @functools.wraps(method)
+    def wrapper(self: DynamoHandler) -> Any:
+        if not _HELD:
+            return method(self)
+        kept: dict[str, list[Any]] = {}
+        unprocessed: dict[str, list[Any]] = {}
+        for table_name, requests in (self.body.get("RequestItems") or {}).items():
+            for request in requests:
+                inner: dict[str, Any] = next(iter(request.values()), {}) if isinstance(request, dict) else {}
+                held = _requested_item(self, table_name, inner) in _HELD
+                (unprocessed if held else kept).setdefault(table_name, []).append(request)
+        if not unprocessed:
+            return method(self)
+        # "Error handling with DynamoDB", batch operations: BatchWriteItem runs a PutItem or
+        # DeleteItem per request and hands the ones that failed back in UnprocessedItems.
+        faithful.record("TransactionConflict")
+        self.body["RequestItems"] = kept
+        if not kept:
+            return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}, "UnprocessedItems": unprocessed})
+        result = method(self)
+        cast(dict[str, Any], result.result)["UnprocessedItems"] = unprocessed
+        return result
+
+    return wrapper
+
+
+def _cancel_held_gets(method: Callable[[DynamoHandler], Any]) -> Callable[[DynamoHandler], Any]:
+    @functools.wraps(method)
+    def wrapper(self: DynamoHandler) -> Any:
+        if _HELD:
+            gets = [item.get("Get") or {} for item in self.body.get("TransactItems") or []]
+            named = [_item_id(get.get("TableName", ""), get.get("Key") or {}) for get in gets]
+            # "Transaction conflict handling in DynamoDB": an item of a TransactGetItems that is
+            # part of an ongoing TransactWriteItems cancels it (TransactionCanceledException).
+            if any(item in _HELD for item in named):
+                faithful.record("TransactionConflict")
+                reasons = [_CONFLICT if item in _HELD else (None, None, None) for item in named]
+                raise TransactionCanceledException(reasons)
+        return method(self)
+
+    return wrapper
+
+
+# ClientRequestToken -> (fingerprint of the request, monotonic expiry, the first answer)
+_TOKENS: OrderedDict[str, tuple[str, float, Any]] = OrderedDict()
+_TOKEN_SECONDS = 600.0
+_MAX_TOKENS = 100_000
+
+
+def _idempotent(method: Callable[[DynamoHandler], Any]) -> Callable[[DynamoHandler], Any]:
+    @functools.wraps(method)
+    def wrapper(self: DynamoHandler) -> Any:
+        token = self.body.get("ClientRequestToken")
+        if not token or not faithful.enabled():
+            return method(self)
+        # "Amazon DynamoDB Transactions: How it works", idempotency: a call repeating a successful
+        # one's client token within 10 minutes succeeds without making any changes; with other
+        # parameters it is an IdempotentParameterMismatch. botocore fills the token in and keeps
+        # it across its retries, so a lost response retried is not applied twice.
+        fingerprint = hashlib.sha256(json.dumps(self.body.get("TransactItems"), sort_keys=True).encode()).hexdigest()
+        now = time.monotonic()
+        while _TOKENS and next(iter(_TOKENS.values()))[1] < now:
+            _TOKENS.popitem(last=False)
+        seen = _TOKENS.get(token)
+        if seen is not None:
+            if seen[0] != fingerprint:
+                raise IdempotentParameterMismatchException()
+            faithful.record("idempotent_replay")
+            return seen[2]
+        result = method(self)
+        _TOKENS[token] = (fingerprint, now + _TOKEN_SECONDS, result)
+        while len(_TOKENS) > _MAX_TOKENS:
+            _TOKENS.popitem(last=False)
+        return result
+
+    return wrapper
+
+
+# --- faithful: GSI propagation lag ------------------------------------------------------------
+
+
+class _Versions:
+    """A table's writes of the last lag interval: for each, the item's image before it."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[DynamoType, DynamoType | None], deque[tuple[float, Item | None]]] = {}
+        self.order: deque[tuple[float, tuple[DynamoType, DynamoType | None]]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def add(self, key: tuple[DynamoType, DynamoType | None], at: float, previous: Item | None, cutoff: float) -> None:
+        self.by_key.setdefault(key, deque()).append((at, previous))
+        self.order.append((at, key))
+        self.prune(cutoff)
+
+    def prune(self, cutoff: float) -> None:
+        """Forget the writes at or before ``cutoff``: an index read after it sees them."""
+        while self.order and self.order[0][0] <= cutoff:
+            at, key = self.order.popleft()
+            entries = self.by_key.get(key)
+            while entries and entries[0][0] <= at:
+                entries.popleft()
+            if not entries:
+                self.by_key.pop(key, None)
+
+    def as_of(self, cutoff: float) -> dict[tuple[DynamoType, DynamoType | None], Item | None]:
+        """Key -> the image an index read sees for every item written after ``cutoff``:
+        the image before its first such write (None: it did not exist yet)."""
+        self.prune(cutoff)
+        return {key: entries[0][1] for key, entries in self.by_key.items()}
+
+
+def _keep_previous_image(write: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(write)
+
+    @functools.wraps(write)
+    def wrapper(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        lag = faithful.gsi_lag_seconds()
+        if lag <= 0:
+            return write(self, table_name, *args, **kwargs)
+        table = self.get_table(table_name)
+        if not table.global_indexes or getattr(table, _SCRATCH, False):
+            return write(self, table_name, *args, **kwargs)
+        try:
+            arguments = signature.bind(self, table_name, *args, **kwargs).arguments
+            key = arguments["key"] if "key" in arguments else _key_attributes(self, table_name, arguments["item_attrs"])
+            item_key = self.get_keys_value(table, key)
+            previous = copy.deepcopy(table.get_item(*item_key))
+        except (KeyError, TypeError, JsonRESTError):
+            return write(self, table_name, *args, **kwargs)  # moto's own validation answers
+        result = write(self, table_name, *args, **kwargs)
+        versions = table.__dict__.get(_VERSIONS)
+        if versions is None:
+            versions = table.__dict__[_VERSIONS] = _Versions()
+        now = time.monotonic()
+        versions.add(item_key, now, previous, now - lag)
+        return result
+
+    return wrapper
+
+
+def _lagged_index_read(read: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(read)
+
+    @functools.wraps(read)
+    def wrapper(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        lag = faithful.gsi_lag_seconds()
+        if lag <= 0:
+            return read(self, table_name, *args, **kwargs)
+        table = self.get_table(table_name)
+        versions: _Versions | None = table.__dict__.get(_VERSIONS)
+        if not versions:
+            return read(self, table_name, *args, **kwargs)
+        index_name = signature.bind(self, table_name, *args, **kwargs).arguments.get("index_name")
+        if not index_name or index_name not in {index.name for index in table.global_indexes or []}:
+            return read(self, table_name, *args, **kwargs)  # base table and LSIs: read-your-writes
+        # "DynamoDB read consistency": all reads from GSIs are eventually consistent; writes
+        # "propagate to a GSI within 1 second" (re:Post knowledge center, dynamodb-missing-table-items-gsi).
+        # A delete propagates the same way ("As items are deleted, they are removed from any ...
+        # global secondary index ... in the same eventually consistent way", UpdateTimeToLive).
+        seen = versions.as_of(time.monotonic() - lag)
+        if not seen:
+            return read(self, table_name, *args, **kwargs)
+        faithful.record("gsi_hidden")
+        items = table.items
+        table.items = _as_seen(table, items, seen)
+        try:
+            return read(self, table_name, *args, **kwargs)
+        finally:
+            table.items = items
+
+    return wrapper
+
+
+def _as_seen(table: Table, items: Any, seen: dict[tuple[DynamoType, DynamoType | None], Item | None]) -> Any:
+    """A shallow view of ``table.items`` with the lagging items as the index still has them."""
+    if table.range_key_attr is None:
+        flat = dict(items)
+        for (hash_key, _), image in seen.items():
+            if image is None:
+                flat.pop(hash_key, None)
+            else:
+                flat[hash_key] = image
+        return flat
+    view: defaultdict[Any, dict[Any, Any]] = defaultdict(dict, items)
+    copied: set[Any] = set()
+    for (hash_key, range_key), image in seen.items():
+        if hash_key not in copied:
+            view[hash_key] = dict(view.get(hash_key) or {})
+            copied.add(hash_key)
+        if image is None:
+            view[hash_key].pop(range_key, None)
+        else:
+            view[hash_key][range_key] = image
+    return view
+
+
+# --- faithful: injected errors, lost responses, jitter ---------------------------------------
+
+
+def _error_response(code: str) -> tuple[int, dict[str, str], str]:
+    """DynamoDB's answer for ``code``: its status, JSON body and headers ("Error handling with
+    DynamoDB": ``{"__type": "...#Code", "message": "..."}``, x-amz-json-1.0)."""
+    status, error_type, message = faithful.ERRORS[code]
+    body = json.dumps({"__type": error_type, "message": message})
+    headers = {"Content-Type": "application/x-amz-json-1.0", "status": str(status)}
+    headers, body = BaseResponse._enrich_response(headers, body)
+    gen_amz_crc32(body, headers)
+    return status, headers, body
+
+
+def _with_faults(call_action: Callable[[BaseResponse], Any]) -> Callable[[BaseResponse], Any]:
+    @functools.wraps(call_action)
+    def wrapper(self: BaseResponse) -> Any:
+        if not faithful.enabled():
+            return call_action(self)
+        operation = self._get_action()
+        delay = faithful.jitter_seconds()
+        if delay:
+            time.sleep(delay)  # before the lock: the order requests take it varies run to run
+        code = faithful.injected_error(operation)
+        if code is not None:
+            return _error_response(code)  # refused before it was applied
+        response = call_action(self)
+        # "Error handling with DynamoDB": a 5xx is a problem on AWS's side, the request may or may
+        # not have been processed. Here it was: the caller cannot tell which.
+        if int(response[0]) < 300 and faithful.response_lost(operation):
+            return _error_response("InternalServerError")
+        return response
 
     return wrapper

@@ -9,14 +9,20 @@ the past are left alone, and an attribute that is not a Number never expires any
 DynamoDB deletes expired items up to a few days late, so readers filter on the TTL attribute
 themselves; the sweeper only keeps local storage bounded and lets the stream see the REMOVEs.
 (On AWS those REMOVE records carry ``userIdentity`` = the DynamoDB service; moto's do not.)
+With ``faithful``'s ``ttl_max_delay_s`` the sweeper is late too: an item goes only once its TTL
+plus its own delay in ``[0, ttl_max_delay_s]`` (fixed by the seed, the table and the key) has
+passed. An item held by an ongoing transaction is left for the next sweep.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+from . import faithful
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("realtime_devstack.ttl")
 
 DEFAULT_INTERVAL_SECONDS = 30.0
+_SKIPPED = ("ConditionalCheckFailedException", "TransactionConflictException")
 _FIVE_YEARS_SECONDS = 5 * 365 * 24 * 3600
 
 
@@ -32,6 +39,7 @@ class TtlSweeper:
         self.client = client
         self.interval = interval
         self.deleted = 0
+        self._postponed: set[tuple[str, str, str]] = set()  # expired, left for later (counted once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,26 +76,39 @@ class TtlSweeper:
             "ConsistentRead": True,
         }
         deleted = 0
+        postponed: set[tuple[str, str, str]] = set()
         while True:
             page = self.client.scan(**kwargs)
             for item in page.get("Items", []):
                 if not _expired(item.get(attribute), now):
                     continue
+                key = {name: item[name] for name in key_names}
+                # "DynamoDB typically deletes expired items within two days of expiration"
+                # (UpdateTimeToLive, DynamoDB API reference): each item is deleted this much late.
+                delay = faithful.ttl_delay_seconds(table, key)
+                if delay and float(item[attribute]["N"]) + delay >= now:
+                    seen = (table, json.dumps(key, sort_keys=True, default=str), item[attribute]["N"])
+                    postponed.add(seen)
+                    if seen not in self._postponed:
+                        faithful.record("ttl_delayed")
+                    continue
                 try:
                     self.client.delete_item(
                         TableName=table,
-                        Key={name: item[name] for name in key_names},
+                        Key=key,
                         ConditionExpression="#ttl = :seen",
                         ExpressionAttributeNames={"#ttl": attribute},
                         ExpressionAttributeValues={":seen": item[attribute]},
                     )
                     deleted += 1
                 except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    # Refreshed meanwhile (the condition), or held by an ongoing transaction: not now.
+                    if exc.response.get("Error", {}).get("Code") not in _SKIPPED:
                         raise
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        self._postponed = {seen for seen in self._postponed if seen[0] != table} | postponed
         if deleted:
             log.info("TTL: deleted %d expired item(s) from %s", deleted, table)
         return deleted

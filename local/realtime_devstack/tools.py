@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
@@ -70,60 +73,212 @@ def publish(
         return 2
 
 
+# `tail` follows the browser client (web/realtime-client.js) on the protocol's timing.
+PING_INTERVAL = 60.0  # a ping this often: its pong's heads reveal a quiet channel's missed last event
+HEAD_CHECK = 3.0  # and one this long after a subscribe is answered (the fan-out's index lags it)
+REORDER = 0.3  # how long an event the heads say exists may take to arrive live
+SUBSCRIBE_TIMEOUT = 10.0  # a catch-up silent this long is taken as lost
+
+
 @dataclass
 class _ChannelState:
     cursor: str | None = None
+    # The seq `cursor` names, when known: a frame's cursor is adopted only beyond it.
+    cursor_seq: int = 0
     last_seq: int = 0
+    # The last subscribe is answered in full: no catch-up is in flight.
     subscribed: bool = False
+    sent_cursor: str | None = None
+    # When the catch-up in flight was sent or last brought an event.
+    busy_since: float = 0.0
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Cursors live and catch-up frames carried, by the seq they name: adopted once delivered.
+    cursors: dict[int, str] = field(default_factory=dict)
 
 
 class Tail:
-    """Prints each channel's events once and in order, resuming from its cursor after a drop."""
+    """Prints each channel's events once and in order, resuming from its cursor after a drop.
 
-    def __init__(self, url: str, token: str, channels: list[str], cursor: str | None, out: TextIO) -> None:
+    Frames: `event` and `events` (several events of one channel; the cursor names the last)
+    are taken alike. A `subscribed` with `hasMore` (a catch-up that stopped to fit the
+    server's time limit) is continued from its cursor until one without. A ping goes out
+    every `ping_interval` seconds and `head_check` seconds after a subscribe is answered;
+    a channel its pong's `heads` show behind gets `reorder` seconds for the event to arrive
+    live, then one catch-up (a subscribe with its cursor).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        channels: list[str],
+        cursor: str | None,
+        out: TextIO,
+        *,
+        ping_interval: float = PING_INTERVAL,
+        head_check: float = HEAD_CHECK,
+        reorder: float = REORDER,
+    ) -> None:
         self.url = url
         self.token = token
         self.out = out
         self.channels = {name: _ChannelState(cursor=cursor) for name in channels}
         self.max_backoff = 30.0
+        self.ping_interval = ping_interval
+        self.head_check = head_check
+        self.reorder = reorder
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._head_ping: asyncio.Task[None] | None = None
+        self._head_ping_at = 0.0
+        self._heads_check: asyncio.Task[None] | None = None
+        # Channels a pong showed behind their head, with the highest head seen.
+        self._behind: dict[str, int] = {}
+
+    # --- timers: tasks that end with the connection -------------------------------------------
+
+    def _later(self, delay: float, action: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            with contextlib.suppress(ConnectionError, OSError, _closed_error()):
+                await action()
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _stop_timers(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+        self._head_ping = self._heads_check = None
+        self._behind.clear()
+
+    async def _ping_every(self, ws: Any) -> None:
+        await ws.send(json.dumps({"action": "ping"}))
+        self._later(self.ping_interval, lambda: self._ping_every(ws))
+
+    def _ping_soon(self, ws: Any) -> None:
+        """A ping `head_check` after the last of answers in quick succession."""
+        if self.head_check <= 0:
+            return
+        self._head_ping_at = time.monotonic() + self.head_check
+        if self._head_ping is None or self._head_ping.done():
+            self._head_ping = self._later(0, lambda: self._head_ping_when_due(ws))
+
+    async def _head_ping_when_due(self, ws: Any) -> None:
+        while (wait := self._head_ping_at - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        await ws.send(json.dumps({"action": "ping"}))
+
+    # --- channels ---------------------------------------------------------------------------------
 
     def _emit(self, state: _ChannelState) -> None:
         while state.last_seq + 1 in state.pending:
             state.last_seq += 1
             self.out.write(json.dumps(state.pending.pop(state.last_seq)) + "\n")
         self.out.flush()
+        self._adopt_cursors(state)
 
-    async def _subscribe(self, ws: Any, name: str) -> None:
+    @staticmethod
+    def _adopt_cursors(state: _ChannelState) -> None:
+        """A frame's cursor covers its seq: the resume point once everything up to it is printed."""
+        for seq in sorted(s for s in state.cursors if s <= state.last_seq):
+            cursor = state.cursors.pop(seq)
+            if seq > state.cursor_seq:
+                state.cursor, state.cursor_seq = cursor, seq
+
+    @staticmethod
+    def _catching_up(state: _ChannelState) -> bool:
+        """A subscribe is in flight and not given up on (answers and events keep it alive)."""
+        return not state.subscribed and time.monotonic() - state.busy_since < SUBSCRIBE_TIMEOUT
+
+    async def _subscribe(self, ws: Any, name: str, cursor: str | None = None) -> None:
+        state = self.channels[name]
+        cursor = cursor or state.cursor
         message: dict[str, Any] = {"action": "subscribe", "channel": name}
-        if self.channels[name].cursor:
-            message["cursor"] = self.channels[name].cursor
+        if cursor:
+            message["cursor"] = cursor
+        state.subscribed, state.sent_cursor, state.busy_since = False, cursor, time.monotonic()
         await ws.send(json.dumps(message))
+
+    async def _take(self, ws: Any, name: str, state: _ChannelState, events: list[Any], cursor: Any) -> None:
+        """Events of one channel in seq order (an `event` frame's one, an `events` frame's list)."""
+        taken: list[tuple[int, Any]] = []
+        for event in events:
+            seq = event.get("seq") if isinstance(event, dict) else None
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                sys.stderr.write(f"tail: {name}: an event without an integer seq was skipped\n")
+                continue
+            taken.append((seq, event))
+            if seq > state.last_seq:
+                state.pending[seq] = event
+        if not taken:
+            return
+        last_seq, last_event = taken[-1]
+        if isinstance(cursor, str) and last_event is events[-1] and last_seq > state.last_seq:
+            state.cursors[last_seq] = cursor  # it names the last event only
+        if not state.subscribed:
+            state.busy_since = time.monotonic()  # a catch-up streaming in is not lost
+        self._emit(state)
+        # A gap that outlives a live batch: ask for it (the catch-up answers in order).
+        if not self._catching_up(state) and state.pending and min(state.pending) > state.last_seq + 1:
+            await self._subscribe(ws, name)
+
+    async def _on_subscribed(self, ws: Any, name: str, state: _ChannelState, message: dict[str, Any]) -> None:
+        if message.get("truncated"):
+            sys.stderr.write(f"tail: {name}: history window passed; some events were lost\n")
+        # Every position up to here is resolved: a seq missing below it is a tombstone.
+        position = message.get("position")
+        resolved = position if isinstance(position, int) and not isinstance(position, bool) else None
+        while state.last_seq < (resolved or 0):
+            state.last_seq += 1
+            event = state.pending.pop(state.last_seq, None)
+            if event is not None:
+                self.out.write(json.dumps(event) + "\n")
+        self._emit(state)
+        cursor = message.get("cursor")
+        if isinstance(cursor, str) and (resolved is None or resolved >= state.cursor_seq):
+            state.cursor, state.cursor_seq = cursor, state.last_seq if resolved is None else resolved
+        if message.get("hasMore") is True and isinstance(cursor, str) and cursor != state.sent_cursor:
+            # The catch-up stopped to fit the server's time limit: go on from where it got to.
+            await self._subscribe(ws, name, cursor)
+            return
+        state.subscribed = True
+        self._ping_soon(ws)
+
+    def _on_pong(self, ws: Any, message: dict[str, Any]) -> None:
+        heads = message.get("heads")
+        if not isinstance(heads, dict):
+            return
+        for name, head in heads.items():
+            state = self.channels.get(name)
+            if state is not None and isinstance(head, int) and head > state.last_seq:
+                self._behind[name] = max(head, self._behind.get(name, head))
+        if self._behind and (self._heads_check is None or self._heads_check.done()):
+            self._heads_check = self._later(self.reorder, lambda: self._check_heads(ws))
+
+    async def _check_heads(self, ws: Any) -> None:
+        """The reorder window after a pong is over: one catch-up for each channel still behind."""
+        behind, self._behind = self._behind, {}
+        for name, head in behind.items():
+            state = self.channels[name]
+            if state.last_seq >= head or self._catching_up(state) or state.pending or not state.cursor:
+                continue  # arrived live, or a catch-up in flight or a gap's reaches it
+            await self._subscribe(ws, name)
 
     async def _on_message(self, ws: Any, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        state = self.channels.get(str(message.get("channel")))
+        name = str(message.get("channel"))
+        state = self.channels.get(name)
         if kind == "event" and state is not None:
-            seq = int(message["event"]["seq"])
-            if seq > state.last_seq:
-                state.pending[seq] = message["event"]
-                self._emit(state)
-            # A gap that outlives a live batch: ask for it (the catch-up answers in order).
-            if state.subscribed and state.pending and min(state.pending) > state.last_seq + 1:
-                state.subscribed = False
-                await self._subscribe(ws, str(message["channel"]))
+            await self._take(ws, name, state, [message.get("event")], message.get("cursor"))
+        elif kind == "events" and state is not None and isinstance(message.get("events"), list):
+            await self._take(ws, name, state, message["events"], message.get("cursor"))
         elif kind == "subscribed" and state is not None:
-            state.cursor, state.subscribed = message["cursor"], True
-            if message.get("truncated"):
-                sys.stderr.write(f"tail: {message['channel']}: history window passed; some events were lost\n")
-            # Every position up to here is resolved: a seq missing below it is a tombstone.
-            position = int(message.get("position", 0))
-            while state.last_seq < position:
-                state.last_seq += 1
-                event = state.pending.pop(state.last_seq, None)
-                if event is not None:
-                    self.out.write(json.dumps(event) + "\n")
-            self._emit(state)
+            await self._on_subscribed(ws, name, state, message)
+        elif kind == "pong":
+            self._on_pong(ws, message)
         elif kind == "error":
             sys.stderr.write(f"tail: error {message.get('code')}: {message.get('message')}\n")
 
@@ -136,12 +291,15 @@ class Tail:
             try:
                 async with websockets.connect(f"{self.url}?token={quote(self.token)}") as ws:
                     backoff = 0.5
-                    for state in self.channels.values():
-                        state.subscribed = False
-                    for name in self.channels:
-                        await self._subscribe(ws, name)
-                    async for raw in ws:
-                        await self._on_message(ws, json.loads(raw))
+                    try:
+                        for name in self.channels:
+                            await self._subscribe(ws, name)
+                        if self.ping_interval > 0:
+                            self._later(self.ping_interval, lambda: self._ping_every(ws))
+                        async for raw in ws:
+                            await self._on_message(ws, json.loads(raw))
+                    finally:
+                        self._stop_timers()
             except InvalidStatus as exc:
                 sys.stderr.write(f"tail: connection refused with HTTP {exc.response.status_code}\n")
                 return 2
@@ -152,3 +310,10 @@ class Tail:
                 return 1
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, self.max_backoff)
+
+
+def _closed_error() -> type[Exception]:
+    """websockets' ConnectionClosed (imported late, like the rest of websockets here)."""
+    from websockets.exceptions import ConnectionClosed
+
+    return ConnectionClosed

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -11,6 +14,8 @@ import uuid
 from typing import Any
 
 import pytest
+
+from realtime_devstack.tools import Tail
 
 from .conftest import Http, Stack
 
@@ -32,19 +37,35 @@ def start_tail(stack: Stack, *args: str) -> subprocess.Popen[str]:
     )
 
 
+# What was read from a child's stdout past its last complete line, by pid.
+_unread: dict[int, bytes] = {}
+
+
 def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """Up to `count` JSON lines, never blocking past the deadline."""
+    """Up to `count` JSON lines, never blocking past the deadline.
+
+    Reads the pipe itself: a buffered readline() would keep lines that arrived together
+    (a packed catch-up prints several at once) where select() never reports them.
+    """
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+    data = _unread.pop(process.pid, b"")
     lines: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while len(lines) < count and time.monotonic() < deadline:
-            if selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = process.stdout.readline()
-                if not line:
-                    break  # the process exited
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            while b"\n" in data and len(lines) < count:
+                line, data = data.split(b"\n", 1)
                 lines.append(json.loads(line))
+            if len(lines) >= count or time.monotonic() >= deadline:
+                break
+            if selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break  # the process exited
+                data += chunk
+    _unread[process.pid] = data
     return lines
 
 
@@ -89,3 +110,176 @@ def test_tail_prints_events_in_order_and_resumes_after_a_dropped_connection(stac
     finally:
         tail.terminate()
         tail.wait(timeout=10)
+
+
+def test_tail_prints_a_catch_up_once_and_in_order_however_it_is_packed(stack: Stack, http: Http) -> None:
+    """Published before tail subscribes: the catch-up brings them (packed into `events` frames
+    by a server that packs, one `event` frame each by one that does not)."""
+    feed_id = uuid.uuid4().hex[:8]
+    channel = f"feed_{feed_id}"
+    cursor = http.get(f"/feeds/{feed_id}/events")[1]["nextCursor"]
+    for n in range(20):
+        http.post(f"/feeds/{feed_id}/events", {"eventId": f"b{n}", "type": "t", "payload": n})
+    tail = start_tail(stack, channel, "--cursor", cursor)
+    try:
+        lines = read_lines(tail, 20)
+        assert [e["seq"] for e in lines] == list(range(1, 21))
+        http.post(f"/feeds/{feed_id}/events", {"eventId": "b20", "type": "t", "payload": 20})
+        assert [e["seq"] for e in read_lines(tail, 1)] == [21]
+        assert read_lines(tail, 1, timeout=1) == [], "nothing twice"
+    finally:
+        tail.terminate()
+        tail.wait(timeout=10)
+
+
+# --- tail's protocol handling against a scripted socket (no stack needed) -------------------------
+
+
+class ScriptedSocket:
+    """What tail sends; the test plays the server by calling tail's frame handler."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, data: str) -> None:
+        self.sent.append(json.loads(data))
+
+    def subscribes(self) -> list[str | None]:
+        return [m.get("cursor") for m in self.sent if m["action"] == "subscribe"]
+
+    def pings(self) -> int:
+        return sum(1 for m in self.sent if m["action"] == "ping")
+
+
+CHANNEL = "feed_t"
+
+
+def envelope(seq: int) -> dict[str, Any]:
+    return {"id": f"id{seq}", "channel": CHANNEL, "seq": seq, "type": "t", "data": {}, "metadata": {}}
+
+
+def events(*seqs: int) -> dict[str, Any]:
+    return {"type": "events", "channel": CHANNEL, "events": [envelope(s) for s in seqs], "cursor": f"c{seqs[-1]}"}
+
+
+def event(seq: int) -> dict[str, Any]:
+    return {"type": "event", "channel": CHANNEL, "event": envelope(seq), "cursor": f"c{seq}"}
+
+
+def subscribed(position: int, has_more: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"type": "subscribed", "channel": CHANNEL, "cursor": f"c{position}", "position": position, **extra} | (
+        {"hasMore": True} if has_more else {}
+    )
+
+
+def scripted(cursor: str | None = "c0", **options: Any) -> tuple[Tail, ScriptedSocket, io.StringIO]:
+    out = io.StringIO()
+    options = {"ping_interval": 0, "head_check": 0, "reorder": 0.05, **options}
+    return Tail("ws://unused", "token", [CHANNEL], cursor, out, **options), ScriptedSocket(), out
+
+
+def printed(out: io.StringIO) -> list[int]:
+    return [json.loads(line)["seq"] for line in out.getvalue().splitlines()]
+
+
+def test_tail_takes_events_frames_as_their_events_one_by_one() -> None:
+    async def scenario() -> None:
+        tail, ws, out = scripted()
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, events(1, 2, 3))
+        await tail._on_message(ws, event(2))  # the same event, live
+        await tail._on_message(ws, events(3, 4, 5))
+        await tail._on_message(ws, subscribed(5))
+        await tail._on_message(ws, event(6))
+        assert printed(out) == [1, 2, 3, 4, 5, 6]
+        assert tail.channels[CHANNEL].cursor == "c6", "resumes after the last event printed"
+        await tail._on_message(ws, events(9, 10))  # ahead of its turn: waits, and asks for 7 and 8
+        assert ws.subscribes() == ["c0", "c6"]
+        assert tail.channels[CHANNEL].cursor == "c6", "c10 would skip 7 and 8"
+        await tail._on_message(ws, events(7, 8))
+        await tail._on_message(ws, subscribed(8))
+        assert printed(out) == list(range(1, 11))
+        assert tail.channels[CHANNEL].cursor == "c10"
+
+    asyncio.run(scenario())
+
+
+def test_tail_continues_a_catch_up_answered_with_has_more() -> None:
+    async def scenario() -> None:
+        tail, ws, out = scripted()
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, events(1, 2, 3))
+        await tail._on_message(ws, subscribed(3, has_more=True))
+        assert ws.subscribes() == ["c0", "c3"]
+        await tail._on_message(ws, events(4, 5))
+        await tail._on_message(ws, subscribed(7, has_more=True))  # 6 and 7 are tombstones
+        await tail._on_message(ws, events(8))
+        await tail._on_message(ws, subscribed(8))
+        assert ws.subscribes() == ["c0", "c3", "c7"]
+        assert printed(out) == [1, 2, 3, 4, 5, 8]
+        assert tail.channels[CHANNEL].subscribed
+
+    asyncio.run(scenario())
+
+
+def test_tail_does_not_continue_a_part_that_got_nowhere() -> None:
+    async def scenario() -> None:
+        tail, ws, _ = scripted(cursor="c0")
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, subscribed(0, has_more=True))
+        assert ws.subscribes() == ["c0"]
+
+    asyncio.run(scenario())
+
+
+def test_tail_catches_up_once_when_a_pong_shows_the_channel_behind_its_head() -> None:
+    async def scenario() -> None:
+        tail, ws, out = scripted()
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, events(1, 2, 3))
+        await tail._on_message(ws, subscribed(3))
+        await tail._on_message(ws, {"type": "pong", "heads": {CHANNEL: 3, "feed_other": 9}})
+        await tail._on_message(ws, {"type": "pong"})  # a server without heads
+        await asyncio.sleep(0.1)
+        assert ws.subscribes() == ["c0"], "not behind"
+
+        await tail._on_message(ws, {"type": "pong", "heads": {CHANNEL: 4}})
+        await asyncio.sleep(0.02)
+        await tail._on_message(ws, event(4))  # it came live inside the reorder window
+        await asyncio.sleep(0.1)
+        assert ws.subscribes() == ["c0"]
+
+        await tail._on_message(ws, {"type": "pong", "heads": {CHANNEL: 5}})  # 5 never came
+        await tail._on_message(ws, {"type": "pong", "heads": {CHANNEL: 5}})
+        assert ws.subscribes() == ["c0"], "it may still arrive live"
+        await asyncio.sleep(0.1)
+        assert ws.subscribes() == ["c0", "c4"], "one catch-up, from the last cursor"
+        await tail._on_message(ws, event(5))
+        await tail._on_message(ws, subscribed(5))
+        await asyncio.sleep(0.1)
+        assert ws.subscribes() == ["c0", "c4"]
+        assert printed(out) == [1, 2, 3, 4, 5]
+
+    asyncio.run(scenario())
+
+
+def test_tail_pings_after_a_subscribe_is_answered_and_periodically() -> None:
+    async def scenario() -> None:
+        tail, ws, _ = scripted(head_check=0.05)
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, subscribed(0, has_more=False))
+        await asyncio.sleep(0.02)
+        await tail._on_message(ws, subscribed(0))  # answers in quick succession share one ping
+        await asyncio.sleep(0.02)
+        assert ws.pings() == 0
+        await asyncio.sleep(0.1)
+        assert ws.pings() == 1
+        tail._stop_timers()
+
+        tail, ws, _ = scripted(ping_interval=0.05)
+        tail._later(tail.ping_interval, lambda: tail._ping_every(ws))
+        await asyncio.sleep(0.18)
+        tail._stop_timers()
+        assert 2 <= ws.pings() <= 4
+
+    asyncio.run(scenario())

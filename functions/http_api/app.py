@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import http_bodies
 import http_errors
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
@@ -27,6 +28,7 @@ FeedId = Annotated[str, Path(pattern=FEED_ID_PATTERN, description="Feed id; the 
 
 feeds = Feeds(Realtime())
 app = APIGatewayHttpResolver(enable_validation=True)
+http_bodies.install(app)
 http_errors.register(app, max_body_bytes=feeds.realtime.settings.max_event_bytes)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any
 
+import http_bodies
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
@@ -27,6 +27,8 @@ _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
     errors.StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     errors.ConfigurationError: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
+# Validation errors that mean the body is not a JSON object at all: a 400, not a 422.
+_MALFORMED = {"json_invalid", "json_not_object"}
 
 
 def error_response(status: HTTPStatus, code: str, message: str, details: list[ErrorDetail] | None = None) -> Response:
@@ -59,36 +61,59 @@ def _validation_details(exc: RequestValidationError) -> list[ErrorDetail]:
     return details
 
 
+def _too_large(size: int, limit: int) -> Response:
+    metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
+    return error_response(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        "event_too_large",
+        f"request body is {size} bytes; the limit is {limit}",
+        [ErrorDetail(field="body", location="body", problem=f"is larger than {limit} bytes")],
+    )
+
+
+def _unsupported_media_type(content_type: str) -> Response:
+    metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
+    return error_response(
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        f"content-type {content_type!r} is not accepted; send application/json",
+        [ErrorDetail(field="content-type", location="header", problem="must be application/json")],
+    )
+
+
 def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     @app.exception_handler(RequestValidationError)
     def invalid_request(exc: RequestValidationError) -> Response:
-        body = app.current_event.decoded_body or ""
-        size = len(body.encode("utf-8", "surrogatepass"))  # a malformed body still has a size
         # Size first: a body over the cap is refused as such, whatever else is wrong with it.
+        size = int(app.context.get(http_bodies.BODY_SIZE, 0))
         if size > max_body_bytes:
-            metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
-            return error_response(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                "event_too_large",
-                f"request body is {size} bytes; the limit is {max_body_bytes}",
-            )
+            return _too_large(size, max_body_bytes)
         details = _validation_details(exc)
-        status = HTTPStatus.UNPROCESSABLE_ENTITY
-        if any(error.get("type") == "json_invalid" for error in exc.errors()) or _body_not_an_object(body, details):
-            status = HTTPStatus.BAD_REQUEST
+        malformed = any(error.get("type") in _MALFORMED for error in exc.errors())
+        status = HTTPStatus.BAD_REQUEST if malformed else HTTPStatus.UNPROCESSABLE_ENTITY
         message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
         return error_response(status, "validation_error", message, details)
 
-    @app.exception_handler(RequestUnsupportedContentType)
-    def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
-        content_type = app.current_event.headers.get("content-type", "")
+    @app.exception_handler(http_bodies.UnreadableBody)
+    def unreadable_body(exc: http_bodies.UnreadableBody) -> Response:
+        if exc.size is not None and exc.size > max_body_bytes:
+            return _too_large(exc.size, max_body_bytes)
+        metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
         return error_response(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            f"content-type {content_type!r} is not accepted; send application/json",
-            [ErrorDetail(field="content-type", location="header", problem="must be application/json")],
+            HTTPStatus.BAD_REQUEST,
+            "validation_error",
+            f"body: {exc.problem}",
+            [ErrorDetail(field="body", location="body", problem=exc.problem)],
         )
+
+    @app.exception_handler(http_bodies.UnsupportedMediaType)
+    def unsupported_media_type(exc: http_bodies.UnsupportedMediaType) -> Response:
+        return _unsupported_media_type(exc.content_type)
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def unsupported_content_type(_exc: RequestUnsupportedContentType) -> Response:
+        return _unsupported_media_type(app.current_event.headers.get("content-type", ""))
 
     @app.exception_handler(errors.RealtimeError)
     def domain_error(exc: errors.RealtimeError) -> Response:
@@ -104,13 +129,3 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     def not_found(_exc: NotFoundError) -> Response:
         event = app.current_event
         return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {event.http_method} {event.path}")
-
-
-def _body_not_an_object(body: str, details: list[ErrorDetail]) -> bool:
-    """A JSON body that is not an object (e.g. `[]` or `"x"`) is malformed, not merely invalid."""
-    if not any(d.field == "body" for d in details):
-        return False
-    try:
-        return not isinstance(json.loads(body), dict)
-    except ValueError:
-        return True

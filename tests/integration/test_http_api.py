@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+from typing import Any
 
 import pytest
 
-from .conftest import Http, start_stack, stop_stack
+from .conftest import Http, Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +180,8 @@ BAD_REQUESTS: list[tuple[str, str, bytes | None, int, str]] = [
     ("GET", "/feeds/{f}/events?cursor=" + "A" * 36, None, 400, "cursor"),
     ("DELETE", "/feeds/{f}/events", None, 404, ""),
     ("GET", "/nowhere", None, 404, ""),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":NaN}', 400, "body"),
+    ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":"\xff"}', 400, "body"),
 ]
 
 
@@ -191,6 +196,72 @@ def test_bad_requests_get_a_4xx_that_names_the_problem_and_store_nothing(
     if field:
         assert field in {d["field"] for d in body["details"]}, body
     assert http.get(f"/feeds/{feed_id}/events")[1]["items"] == []
+
+
+def send(stack: Stack, method: str, path: str, raw: bytes | None, headers: dict[str, str]) -> tuple[int, Any, Any]:
+    """One request with exactly these headers (urllib would add a content type of its own)."""
+    url = urllib.parse.urlsplit(stack.url)
+    connection = HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.request(method, path, body=raw, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        return response.status, json.loads(payload) if payload else None, response.headers
+    finally:
+        connection.close()
+
+
+NOT_JSON_BODIES: list[tuple[str, dict[str, str], bytes, int, str]] = [
+    # What `curl -d '...'` sends without -H: API Gateway base64-encodes a form body.
+    ("form", {"content-type": "application/x-www-form-urlencoded"}, b"eventId=e&type=t&payload=1", 415, "content-type"),
+    ("json as form", {"content-type": "application/x-www-form-urlencoded"}, b'{"eventId":"e"}', 415, "content-type"),
+    ("multipart, no boundary", {"content-type": "multipart/form-data"}, b'{"eventId":"e"}', 415, "content-type"),
+    (
+        "multipart",
+        {"content-type": "multipart/form-data; boundary=b"},
+        b'--b\r\nContent-Disposition: form-data; name="eventId"\r\n\r\ne\r\n--b--\r\n',
+        415,
+        "content-type",
+    ),
+    (
+        "text",
+        {"content-type": "text/plain;charset=UTF-8"},
+        b'{"eventId":"e","type":"t","payload":1}',
+        415,
+        "content-type",
+    ),
+    ("octets", {"content-type": "application/octet-stream"}, b"\x00\xff\x00", 415, "content-type"),
+    (
+        "latin-1 json",
+        {"content-type": "application/json"},
+        b'{"eventId":"e","type":"t","payload":"caf\xe9"}',
+        400,
+        "body",
+    ),
+    ("binary, no type", {}, b"\x89PNG\r\n\x1a\n\x00", 400, "body"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "headers", "raw", "status", "field"), NOT_JSON_BODIES, ids=[b[0] for b in NOT_JSON_BODIES]
+)
+def test_a_body_that_is_not_json_text_is_refused_in_the_error_shape(
+    stack: Stack, http: Http, name: str, headers: dict[str, str], raw: bytes, status: int, field: str
+) -> None:
+    feed_id = feed()
+    got, body, _ = send(stack, "POST", f"/feeds/{feed_id}/events", raw, headers)
+    assert got == status, body
+    assert set(body) == {"error", "message", "details"} and field in {d["field"] for d in body["details"]}, body
+    assert http.get(f"/feeds/{feed_id}/events")[1]["items"] == []
+
+
+def test_a_json_body_without_a_content_type_is_published(stack: Stack) -> None:
+    # API Gateway base64-encodes a body without a content type; the function reads it as JSON.
+    feed_id = feed()
+    status, body, _ = send(
+        stack, "POST", f"/feeds/{feed_id}/events", b'{"eventId":"e","type":"t","payload":"\xc3\xa9"}', {}
+    )
+    assert status == 201 and body["event"]["data"]["payload"] == "\u00e9"
 
 
 def test_ctrl_c_stops_the_stack_cleanly() -> None:

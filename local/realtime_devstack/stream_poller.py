@@ -12,8 +12,10 @@ hands the records to an :class:`EventSourceMapping`, which does what the mapping
 * **Partial batch responses** (``FunctionResponseTypes: [ReportBatchItemFailures]``). Records
   before the first failed ``itemIdentifier`` are checkpointed; the next batch starts *at* that
   record. An empty or unknown ``itemIdentifier`` fails the whole batch.
-* **Function errors** (the handler raised). The whole batch is retried; with
-  ``BisectBatchOnFunctionError`` it is split in two first (a split does not count as a retry).
+* **Function errors** (the handler raised, or ran out of its ``Timeout``: Lambda counts "errors
+  returned by the function's runtime, such as timeouts" as function errors). The whole batch is
+  retried; with ``BisectBatchOnFunctionError`` it is split in two first (a split does not count
+  as a retry).
 * **Record age.** Records older than ``MaximumRecordAgeInSeconds`` are given up unprocessed.
 * **Retries.** ``MaximumRetryAttempts`` retries of the record at the head of the failing batch
   (-1: forever), then the batch from that record is given up: a line names the on-failure
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .lambda_host import FunctionTimedOut
 from .template import EventSourceMapping as MappingSettings
 from .template import referenced_logical_id
 
@@ -215,6 +218,7 @@ class EventSourceMapping:
     stopping: threading.Event = field(default_factory=threading.Event)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     invocations: int = 0
+    timeouts: int = 0  # invocations that ran out of the function's Timeout (retried as function errors)
 
     def __post_init__(self) -> None:
         self.patterns = parse_filter_criteria(self.settings["filter_criteria"])
@@ -280,6 +284,13 @@ class EventSourceMapping:
         self.invocations += 1
         try:
             response = self.invoke({"Records": batch})
+        except FunctionTimedOut as exc:
+            # "How Lambda handles errors and retries with asynchronous invocation": function errors
+            # include "errors returned by the function's runtime, such as timeouts"; a stream
+            # mapping retries the entire batch ("Understanding retry behavior in Lambda").
+            self.timeouts += 1
+            log.warning("%s timed out on a batch of %d stream records: %s", self.name, len(batch), exc)
+            return 0, True
         except Exception:
             log.exception("%s failed on a batch of %d stream records", self.settings["function"], len(batch))
             return 0, True

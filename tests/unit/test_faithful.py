@@ -6,9 +6,13 @@ On in-process moto with the real tables from template.yaml (the ``aws`` fixture)
 
 from __future__ import annotations
 
+import asyncio
+import json
+import textwrap
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,12 +21,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from realtime_devstack import faithful as substrate
+from realtime_devstack import template
+from realtime_devstack.lambda_host import FunctionHost, FunctionTimedOut
+from realtime_devstack.stream_poller import EventSourceMapping
 from realtime_devstack.ttl_sweeper import TtlSweeper
 from tests.conftest import TABLE_NAMES
 
 EVENTS = TABLE_NAMES["EventsTable"]
 CONNECTIONS = TABLE_NAMES["ConnectionsTable"]
-WINDOW_MS = 200.0
+WINDOW_MS = 400.0
 
 
 def event_item(pk: str, sk: int, **attrs: Any) -> dict[str, Any]:
@@ -44,12 +51,12 @@ def error_of(call: Callable[[], Any]) -> dict[str, Any]:
     }
 
 
-def in_background(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Start ``call`` on a thread now; the returned function waits for its result (or error)."""
+def in_background(call: Callable[[], Any]) -> Future[Any]:
+    """Start ``call`` on a thread now."""
     pool = ThreadPoolExecutor(1)
     future = pool.submit(call)
     pool.shutdown(wait=False)
-    return lambda: future.result(timeout=10)
+    return future
 
 
 def no_retries() -> Any:
@@ -95,21 +102,20 @@ def test_overlapping_transactions_on_one_item_one_is_cancelled(aws: Any, faithfu
     first = in_background(
         lambda: aws.transact_write_items(TransactItems=[put(event_item("a", 1)), put(event_item("b", 1))])
     )
-    time.sleep(WINDOW_MS / 4000)  # the first one holds its items now
-    started = time.monotonic()
+    time.sleep(WINDOW_MS / 8000)  # the first one holds its items now
     # The same item "b" at index 1, a free one at index 0.
     second = error_of(
         lambda: aws.transact_write_items(
             TransactItems=[put(event_item("c", 1)), put(event_item("b", 1, v={"S": "second"}))]
         )
     )
-    assert time.monotonic() - started < WINDOW_MS / 2000  # refused at once, not after the window
+    assert not first.done()  # refused while the first one is under way, not after it
     assert second["Code"] == "TransactionCanceledException" and second["Status"] == 400
     assert second["CancellationReasons"] == [
         {"Code": "None"},
         {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"},
     ]
-    first()  # the first one commits
+    first.result(timeout=10)  # the first one commits
     items = aws.scan(TableName=EVENTS, ConsistentRead=True)["Items"]
     assert sorted(item["pk"]["S"] for item in items) == ["a", "b"]
     assert "v" not in next(item for item in items if item["pk"]["S"] == "b")
@@ -130,7 +136,7 @@ def test_single_item_writes_of_a_held_item_conflict_and_reads_see_the_committed_
         }
     }
     done = in_background(lambda: aws.transact_write_items(TransactItems=[update]))
-    time.sleep(WINDOW_MS / 4000)
+    time.sleep(WINDOW_MS / 8000)
     client = no_retries()
     for call in (
         lambda: client.put_item(TableName=EVENTS, Item=event_item("a", 1)),
@@ -169,7 +175,8 @@ def test_single_item_writes_of_a_held_item_conflict_and_reads_see_the_committed_
         }
     )
     assert batch["UnprocessedItems"] == {EVENTS: [{"PutRequest": {"Item": event_item("a", 1)}}]}
-    done()
+    assert not done.done()  # all of it while the transaction was under way
+    done.result(timeout=10)
     after = aws.get_item(TableName=EVENTS, Key=event_item("a", 1), ConsistentRead=True)["Item"]
     assert after["v"] == {"S": "new"}  # the transaction's write, not the refused ones
     assert aws.get_item(TableName=EVENTS, Key=event_item("b", 2))["Item"]  # the batch's other item
@@ -183,10 +190,10 @@ def test_transactions_on_different_items_both_commit_concurrently(aws: Any, fait
     started = time.monotonic()
     first = in_background(lambda: aws.transact_write_items(TransactItems=[put(event_item("a", 1))]))
     second = in_background(lambda: aws.transact_write_items(TransactItems=[put(event_item("b", 1))]))
-    first()
-    second()
+    first.result(timeout=10)
+    second.result(timeout=10)
     # Both windows ran at once: the backend lock is not held through a window.
-    assert time.monotonic() - started < 2 * WINDOW_MS / 1000
+    assert time.monotonic() - started < 1.75 * WINDOW_MS / 1000
     assert aws.scan(TableName=EVENTS)["Count"] == 2
     assert "TransactionConflict" not in substrate.injected()
 
@@ -382,14 +389,25 @@ def test_a_lost_transaction_response_is_retried_with_its_token(aws: Any, faithfu
     assert substrate.injected()["lost:TransactWriteItems"] == substrate.injected()["idempotent_replay"] > 0
 
 
-def test_jitter_is_spent_outside_the_lock(aws: Any, faithful: Callable[..., Any]) -> None:
+def test_jitter_is_random_seeded_and_spent_outside_the_lock(
+    aws: Any, faithful: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_devstack import moto_dynamodb
+
     faithful(request_jitter_ms=200, seed=1)
-    started = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: aws.put_item(TableName=EVENTS, Item=event_item("j", n)), range(8)))
-    # Eight uniform waits of up to 200 ms each: about 0.8 s in a row, about 0.2 s side by side.
-    assert time.monotonic() - started < 0.45
-    assert aws.scan(TableName=EVENTS)["Count"] == 8
+    draws = [substrate.jitter_seconds() for _ in range(50)]
+    assert all(0 <= draw <= 0.2 for draw in draws) and len(set(draws)) == 50
+    faithful(request_jitter_ms=200, seed=1)
+    assert [substrate.jitter_seconds() for _ in range(50)] == draws
+    monkeypatch.setattr(substrate, "jitter_seconds", lambda: 0.5)
+    writing = in_background(lambda: aws.put_item(TableName=EVENTS, Item=event_item("j", 1)))
+    time.sleep(0.1)
+    # The request is waiting out its jitter: the backend lock is free meanwhile.
+    assert moto_dynamodb._LOCK.acquire(timeout=0.2)
+    moto_dynamodb._LOCK.release()
+    assert not writing.done()
+    writing.result(timeout=10)
+    assert aws.scan(TableName=EVENTS)["Count"] == 1
 
 
 # --- the same over moto's threaded server (what the local stack runs) ------------------------
@@ -422,14 +440,220 @@ def test_conflicts_and_lost_responses_over_the_threaded_server(moto_server: str)
     )
     substrate.configure(substrate.Faults(transaction_window_ms=WINDOW_MS))
     first = in_background(lambda: client.transact_write_items(TransactItems=[put(event_item("a", 1))]))
-    time.sleep(WINDOW_MS / 4000)
+    time.sleep(WINDOW_MS / 8000)
     second = error_of(lambda: client.transact_write_items(TransactItems=[put(event_item("a", 1))]))
     assert second["CancellationReasons"] == [
         {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}
     ]
     assert error_of(lambda: client.put_item(TableName=EVENTS, Item=event_item("a", 1)))["Status"] == 400
-    first()
+    first.result(timeout=10)
     substrate.configure(substrate.Faults(lost_response_rates={"PutItem": 1.0}))
     lost = error_of(lambda: client.put_item(TableName=EVENTS, Item=event_item("b", 1)))
     assert (lost["Code"], lost["Status"]) == ("InternalServerError", 500)
     assert client.get_item(TableName=EVENTS, Key=event_item("b", 1))["Item"]
+
+
+# --- Lambda: timeouts ------------------------------------------------------------------------
+
+# Notes what it sees in a log next to it; sleeps as asked; then writes through boto3 (directly, or
+# from a thread pool), noting whether the write went through, was swallowed or was refused.
+SLOW_STUB = """
+import json, pathlib, time, uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import boto3
+
+HERE = pathlib.Path(__file__).parent
+INSTANCE = uuid.uuid4().hex  # a new one per import: per sandbox
+
+
+def note(**fields):
+    with (HERE / "log.jsonl").open("a") as log:
+        log.write(json.dumps({"instance": INSTANCE, **fields}) + "\\n")
+
+
+def lambda_handler(event, context):
+    note(remaining=context.get_remaining_time_in_millis())
+    time.sleep(event.get("sleep", 0))
+    note(remaining=context.get_remaining_time_in_millis())
+    if event.get("write"):
+        def write():
+            boto3.client("dynamodb").put_item(TableName=event["write"], Item={"pk": {"S": "late"}, "sk": {"N": "1"}})
+        try:
+            if event.get("pool"):
+                with ThreadPoolExecutor(1) as pool:
+                    pool.submit(write).result()
+            else:
+                write()
+            note(write="written")
+        except Exception as exc:
+            note(write="swallowed " + type(exc).__name__)
+        except BaseException as exc:
+            note(write="refused " + type(exc).__name__)
+            raise
+    return {"instance": INSTANCE}
+"""
+
+
+def write_function(directory: Path, source: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text(textwrap.dedent(source))
+    return directory
+
+
+def notes(directory: Path) -> list[dict[str, Any]]:
+    path = directory / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for the condition")
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> Any:
+    host = FunctionHost("SlowFunction", write_function(tmp_path / "slow", SLOW_STUB), timeout=0.5)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def test_remaining_time_counts_down_from_the_timeout(aws: Any, slow: FunctionHost) -> None:
+    first = slow.invoke_sync({"sleep": 0.15})  # a cold start: the import is not counted
+    second = slow.invoke_sync({})
+    assert first == second  # the same sandbox, warm
+    before, after = (note["remaining"] for note in notes(slow.code_dir)[:2])
+    assert 420 < before <= 500
+    assert 250 < after <= before - 140
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["direct", "from-a-thread-pool"])
+def test_a_handler_past_its_timeout_fails_and_can_write_nothing_more(
+    aws: Any, faithful: Callable[..., Any], slow: FunctionHost, pool: bool
+) -> None:
+    faithful()  # the kind substrate: timeouts are Lambda's own, always on (and counted)
+    warm = slow.invoke_sync({})["instance"]
+    started = time.monotonic()
+    with pytest.raises(FunctionTimedOut) as timed_out:
+        slow.invoke_sync({"sleep": 1.5, "write": EVENTS, "pool": pool})
+    assert 0.45 < time.monotonic() - started < 1.2  # at its Timeout, not when the handler ends
+    assert "Task timed out after 0.50 seconds" in str(timed_out.value)
+    assert timed_out.value.error_type == "Sandbox.Timedout"
+    assert slow.timeouts == 1 and substrate.injected() == {"timeout:SlowFunction": 1}
+    # The handler runs on in the background, but its write is refused, and not swallowed by its
+    # `except Exception`.
+    outcome = wait_for(lambda: [note["write"] for note in notes(slow.code_dir) if "write" in note])
+    assert outcome == ["refused SandboxTimedOut"]
+    assert aws.scan(TableName=EVENTS)["Count"] == 0
+    # The timed-out sandbox is discarded: the next invocation is a fresh import.
+    assert slow.invoke_sync({})["instance"] != warm
+
+
+def test_the_same_from_asyncio_and_api_gateways_own_timeout(aws: Any, slow: FunctionHost) -> None:
+    async def scenario() -> None:
+        with pytest.raises(FunctionTimedOut):
+            await slow.invoke({"sleep": 0.8})
+        # API Gateway gives up first (its integration timeout), and answers for the function.
+        slow.integration_timeout = 0.2
+        slow.integration_timeout_response = {"statusCode": 503, "body": '{"message":"Service Unavailable"}'}
+        started = time.monotonic()
+        assert (await slow.invoke({"sleep": 0.45}))["statusCode"] == 503
+        assert time.monotonic() - started < 0.42  # before the function itself ended
+        await asyncio.sleep(0.35)  # the function finished in time: no timeout, sandbox kept
+        assert slow.timeouts == 1
+        assert (await slow.invoke({"sleep": 0.8}))["statusCode"] == 503
+        await asyncio.sleep(0.45)  # ... and this one ran out of its own Timeout
+        assert slow.timeouts == 2
+
+    asyncio.run(scenario())
+
+
+# Times out on the first batch it gets (a file counts the batches), and whenever record "3" is in
+# a batch when asked to; records every batch.
+STREAM_STUB = """
+import json, pathlib, time
+
+HERE = pathlib.Path(__file__).parent
+
+
+def lambda_handler(event, context):
+    batches = HERE / "batches.jsonl"
+    seen = len(batches.read_text().splitlines()) if batches.exists() else 0
+    sequence_numbers = [record["dynamodb"]["SequenceNumber"] for record in event["Records"]]
+    with batches.open("a") as log:
+        log.write(json.dumps(sequence_numbers) + "\\n")
+    poison = (HERE / "poison").read_text() if (HERE / "poison").exists() else None
+    if seen == 0 or poison in sequence_numbers:
+        time.sleep(context.get_remaining_time_in_millis() / 1000 + 0.2)
+    return {"batchItemFailures": []}
+"""
+
+
+def stream_records(count: int) -> list[dict[str, Any]]:
+    return [
+        {"eventName": "INSERT", "dynamodb": {"SequenceNumber": str(n), "NewImage": {"n": {"N": str(n)}}}}
+        for n in range(1, count + 1)
+    ]
+
+
+def mapping_settings(**overrides: Any) -> template.EventSourceMapping:
+    settings: template.EventSourceMapping = {
+        "function": "FanoutFunction",
+        "event": "Stream",
+        "table": "EventsTable",
+        "batch_size": 100,
+        "maximum_batching_window_seconds": 0,
+        "starting_position": "LATEST",
+        "filter_criteria": None,
+        "filter_patterns": [],
+        "maximum_retry_attempts": 2,
+        "bisect_batch_on_function_error": False,
+        "function_response_types": ["ReportBatchItemFailures"],
+        "on_failure_destination": None,
+        "on_failure_target": None,
+        "maximum_record_age_seconds": -1,
+        "parallelization_factor": 1,
+        "enabled": True,
+    }
+    settings.update(overrides)  # type: ignore[typeddict-item]
+    return settings
+
+
+def batches(directory: Path) -> list[list[str]]:
+    path = directory / "batches.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_stream_batch_that_times_out_is_retried(tmp_path: Path) -> None:
+    code = write_function(tmp_path / "fanout", STREAM_STUB)
+    host = FunctionHost("FanoutFunction", code, timeout=0.3)
+    try:
+        mapping = EventSourceMapping(settings=mapping_settings(), invoke=host.invoke_sync, retry_delay=0)
+        mapping.deliver(stream_records(3))
+    finally:
+        host.close()
+    assert batches(code) == [["1", "2", "3"], ["1", "2", "3"]]  # timed out, then retried whole
+    assert (mapping.invocations, mapping.timeouts, mapping.dead_letters) == (2, 1, [])
+
+
+def test_a_timeout_bisects_like_any_function_error(tmp_path: Path) -> None:
+    code = write_function(tmp_path / "fanout", STREAM_STUB)
+    (code / "batches.jsonl").write_text("[]\n")  # not the first batch any more
+    (code / "poison").write_text("3")
+    host = FunctionHost("FanoutFunction", code, timeout=0.2)
+    try:
+        settings = mapping_settings(bisect_batch_on_function_error=True, maximum_retry_attempts=1)
+        mapping = EventSourceMapping(settings=settings, invoke=host.invoke_sync, retry_delay=0)
+        mapping.deliver(stream_records(4))
+    finally:
+        host.close()
+    assert batches(code)[1:] == [["1", "2", "3", "4"], ["1", "2"], ["3", "4"], ["3"], ["3"], ["4"]]
+    assert [[r["dynamodb"]["SequenceNumber"] for r in letter.records] for letter in mapping.dead_letters] == [["3"]]
+    assert mapping.timeouts == 4

@@ -30,6 +30,11 @@ feeds = Feeds(Realtime())
 app = APIGatewayHttpResolver(enable_validation=True)
 http_bodies.install(app)
 http_errors.register(app, max_body_bytes=feeds.realtime.settings.max_event_bytes)
+# What the HTTP API's $default route delivers: requests API Gateway matched to no route
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-develop-routes.html).
+# It has no authorizer, so it goes to a resolver with no routes: it can only answer 404 or 405.
+unrouted = APIGatewayHttpResolver()
+http_errors.register_unrouted(unrouted, routes_of=app)
 
 
 def _published(result: PublishResult) -> Response[PublishResponse]:
@@ -87,4 +92,5 @@ def openapi() -> Response[Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    resolver = unrouted if event.get("routeKey") == "$default" else app
+    return resolver.resolve(event, context)

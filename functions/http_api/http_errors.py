@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -31,12 +32,19 @@ _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
 _MALFORMED = {"json_invalid", "json_not_object"}
 
 
-def error_response(status: HTTPStatus, code: str, message: str, details: list[ErrorDetail] | None = None) -> Response:
+def error_response(
+    status: HTTPStatus,
+    code: str,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     body = ErrorResponse(error=code, message=message, details=details or [])
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
         body=body.model_dump_json(),
+        headers=dict(headers or {}),
     )
 
 
@@ -125,7 +133,35 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
         details = [ErrorDetail(field=exc.field, location="request", problem=exc.message)] if exc.field else []
         return error_response(status, exc.code, exc.message, details)
 
-    @app.not_found
+    register_unrouted(app, routes_of=app)
+
+
+def allowed_methods(app: APIGatewayHttpResolver, path: str) -> list[str]:
+    """The methods `app` has a route for at `path` (none: the path is unknown).
+
+    Read from Powertools' route table (`_static_routes`, `_dynamic_routes`: Powertools 3.37,
+    pinned; tests/unit/test_http_handler.py checks the 405s).
+    """
+    routes = [*app._static_routes, *app._dynamic_routes]
+    return sorted({route.method.upper() for route in routes if route.rule.match(path)})
+
+
+def register_unrouted(resolver: APIGatewayHttpResolver, routes_of: APIGatewayHttpResolver) -> None:
+    """Answer what no route of `routes_of` takes: 405 with Allow for a known path, else 404."""
+
+    @resolver.not_found
     def not_found(_exc: NotFoundError) -> Response:
-        event = app.current_event
-        return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {event.http_method} {event.path}")
+        event = resolver.current_event
+        method, path = event.http_method.upper(), event.path
+        allowed = allowed_methods(routes_of, path)
+        if allowed and method not in allowed:
+            # RFC 9110, section 15.5.6: a 405 response carries Allow.
+            listed = ", ".join(allowed)
+            return error_response(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}; allowed: {listed}",
+                [ErrorDetail(field="method", location="request", problem=f"must be one of {listed}")],
+                headers={"Allow": listed},
+            )
+        return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")

@@ -1,7 +1,9 @@
 """API Gateway HTTP API (payload format 2.0) in front of a FunctionHost, on aiohttp.
 
-Routes come from the template's `HttpApi` events, so the local gateway
-answers 404 exactly where the deployed one would.
+Routes come from the template's `HttpApi` events, so the local gateway routes exactly as the
+deployed one would: a route matching the request's path and method, else the `$default` route
+if there is one, else API Gateway's own `{"message":"Not Found"}`
+(https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-develop-routes.html).
 """
 
 from __future__ import annotations
@@ -30,22 +32,37 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's HTTP API request limit
 # proxy integrations for HTTP APIs) but not the list, which was observed on AWS
 # (https://github.com/ministackorg/ministack/pull/766).
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+DEFAULT_ROUTE_PATH = "/$default"  # how SAM writes the $default route (Path /$default, Method ANY)
 
 
 @dataclass(frozen=True)
 class HttpRoute:
     method: str
-    path: str  # as in the template, e.g. /feeds/{feedId}/events
+    path: str  # as in the template, e.g. /feeds/{feedId}/events, or /$default
     function: FunctionHost
 
     @property
+    def is_default(self) -> bool:
+        return self.path == DEFAULT_ROUTE_PATH
+
+    @property
     def route_key(self) -> str:
-        return f"{self.method} {self.path}"
+        return "$default" if self.is_default else f"{self.method} {self.path}"
+
+    @property
+    def precedence(self) -> tuple[bool, bool, int, bool]:
+        """Sort key, best first: API Gateway picks a full match of route and method, then a match
+        with a greedy path variable ({proxy+}), then $default (Routing API requests, in Create
+        routes for HTTP APIs); among full matches, fewer path variables, then a method over ANY."""
+        return self.is_default, "+}" in self.path, self.path.count("{"), self.method == "ANY"
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
+        if self.is_default:
+            return {}
         if method != self.method and self.method != "ANY":
             return None
-        pattern = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + "$"
+        pattern = "^" + re.sub(r"\\\{(\w+)\\\+\\\}$", r"(?P<\1>.+)", re.escape(self.path)) + "$"
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", pattern)
         found = re.match(pattern, path)
         return found.groupdict() if found else None
 
@@ -136,7 +153,7 @@ def _to_response(result: Any) -> web.Response:
 
 class HttpGateway:
     def __init__(self, routes: list[HttpRoute], cors_origins: str = "*") -> None:
-        self.routes = routes
+        self.routes = sorted(routes, key=lambda route: route.precedence)
         self.cors_origins = cors_origins
 
     def _cors(self, response: web.StreamResponse) -> web.StreamResponse:
@@ -154,6 +171,7 @@ class HttpGateway:
             if params is not None:
                 break
         else:
+            # No route and no $default route: API Gateway answers itself, without the function.
             return self._cors(_json_error(404, "Not Found"))
         if request.content_length and request.content_length > MAX_PAYLOAD_BYTES:
             return self._cors(_json_error(413, "Request Entity Too Large"))

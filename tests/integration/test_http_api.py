@@ -178,8 +178,10 @@ BAD_REQUESTS: list[tuple[str, str, bytes | None, int, str]] = [
     ("GET", "/feeds/{f}/events?limit=ten", None, 422, "limit"),
     ("GET", "/feeds/{f}/events?cursor=not-a-cursor", None, 400, "cursor"),
     ("GET", "/feeds/{f}/events?cursor=" + "A" * 36, None, 400, "cursor"),
-    ("DELETE", "/feeds/{f}/events", None, 404, ""),
+    ("DELETE", "/feeds/{f}/events", None, 405, ""),
+    ("PUT", "/feeds/{f}/control", b"{}", 405, ""),
     ("GET", "/nowhere", None, 404, ""),
+    ("POST", "/feeds/{f}", b"{}", 404, ""),
     ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":NaN}', 400, "body"),
     ("POST", "/feeds/{f}/events", b'{"eventId":"e","type":"t","payload":"\xff"}', 400, "body"),
 ]
@@ -192,7 +194,7 @@ def test_bad_requests_get_a_4xx_that_names_the_problem_and_store_nothing(
     feed_id = feed()
     got, body = http.request(method, path.replace("{f}", feed_id), raw=raw)
     assert got == status, body
-    assert isinstance(body, dict) and (body.get("message") or body.get("error"))
+    assert isinstance(body, dict) and set(body) == {"error", "message", "details"} and body["message"], body
     if field:
         assert field in {d["field"] for d in body["details"]}, body
     assert http.get(f"/feeds/{feed_id}/events")[1]["items"] == []
@@ -262,6 +264,12 @@ def test_a_json_body_without_a_content_type_is_published(stack: Stack) -> None:
         stack, "POST", f"/feeds/{feed_id}/events", b'{"eventId":"e","type":"t","payload":"\xc3\xa9"}', {}
     )
     assert status == 201 and body["event"]["data"]["payload"] == "\u00e9"
+
+
+def test_a_405_says_which_methods_the_path_takes(stack: Stack) -> None:
+    status, body, headers = send(stack, "DELETE", f"/feeds/{feed()}/events", None, {})
+    assert status == 405 and body["error"] == "method_not_allowed"
+    assert headers["Allow"] == "GET, POST"
 
 
 def test_ctrl_c_stops_the_stack_cleanly() -> None:

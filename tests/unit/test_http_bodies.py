@@ -244,3 +244,29 @@ def test_the_local_gateway_base64_encodes_what_api_gateway_does(content_type: st
     # Text that is not UTF-8 cannot travel in the (JSON) event as text: it arrives base64-encoded.
     latin1 = _build_event(request, route, {"feedId": "42"}, b"caf\xe9")
     assert latin1["isBase64Encoded"] is True and base64.b64decode(latin1["body"]) == b"caf\xe9"
+
+
+def test_the_local_gateway_routes_as_api_gateway_does() -> None:
+    from realtime_devstack.http_gateway import HttpGateway, HttpRoute
+
+    def route(method: str, path: str) -> HttpRoute:
+        return HttpRoute(method, path, function=None)  # type: ignore[arg-type]
+
+    gateway = HttpGateway(
+        [
+            route("ANY", "/$default"),
+            route("ANY", "/files/{proxy+}"),
+            route("GET", "/files/{name}"),
+            route("GET", "/files/index"),
+        ]
+    )
+
+    def chosen(method: str, path: str) -> tuple[str, dict[str, str]]:
+        found = next((r, p) for r in gateway.routes if (p := r.match(method, path)) is not None)
+        return found[0].route_key, found[1]
+
+    assert chosen("GET", "/files/index") == ("GET /files/index", {})
+    assert chosen("GET", "/files/a.txt") == ("GET /files/{name}", {"name": "a.txt"})
+    assert chosen("GET", "/files/a/b.txt") == ("ANY /files/{proxy+}", {"proxy": "a/b.txt"})
+    assert chosen("POST", "/files/a.txt") == ("ANY /files/{proxy+}", {"proxy": "a.txt"})
+    assert chosen("DELETE", "/elsewhere") == ("$default", {})

@@ -3,7 +3,7 @@
 Requests are built as API Gateway (HTTP API, payload format 2.0) would deliver them: a body with a
 text content type arrives as text, any other body (a missing content type included) base64-encoded
 with `isBase64Encoded: true`. Some requests are then corrupted the way only a direct invocation
-could (a base64 flag on a body that is not base64).
+could (a base64 flag on a body that is not base64), and some arrive through the `$default` route.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ CONTENT_TYPES: list[str | None] = [
     "application/json; boundary=x", ";", "*/*",
 ]  # fmt: skip
 NOT_BASE64 = ["abc", "{}", "====", "é", "e30=\n", "A", "@@@@"]
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+PATHS = ["/", "/nowhere", "/feeds/42/events", "/feeds/42/control", "/openapi.json", "/feeds/42", "/feeds//events"]
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
@@ -80,9 +82,16 @@ def random_body(rnd: random.Random) -> bytes:
 
 
 def random_request(rnd: random.Random) -> dict[str, Any]:
-    kind = rnd.choice(["events", "control", "history"])
+    kind = rnd.choice(["events", "control", "history", "unrouted"])
     event = sample_event({"events": "http_post_event", "control": "http_post_control"}.get(kind, "http_get_history"))
-    path = f"/feeds/{rnd.choice(FEEDS)}/{'control' if kind == 'control' else 'events'}"
+    if kind == "unrouted":
+        # What the $default route delivers: any method, any path, any body.
+        method, path = rnd.choice(METHODS), rnd.choice(PATHS)
+        event["routeKey"] = event["requestContext"]["routeKey"] = "$default"
+        event["requestContext"]["http"]["method"] = method
+        event.pop("pathParameters", None)
+    else:
+        path = f"/feeds/{rnd.choice(FEEDS)}/{'control' if kind == 'control' else 'events'}"
     event["rawPath"] = event["requestContext"]["http"]["path"] = path
     if kind == "history":
         query = {}
@@ -132,6 +141,8 @@ def test_no_request_yields_a_5xx(aws: Any, monkeypatch: pytest.MonkeyPatch, seed
             assert stored(aws) == count, (where, sent, body)  # a refused request stores nothing
         elif status == 201:
             count += 1
+        if event["routeKey"] == "$default":
+            assert status in (404, 405), (where, body)  # the catch-all route opens nothing
     # The generator reaches both sides and every kind of refusal.
-    assert {200, 201} & statuses and {400, 415, 422} <= statuses, statuses
+    assert {200, 201} & statuses and {400, 404, 405, 415, 422} <= statuses, statuses
     get_settings.cache_clear()

@@ -183,3 +183,88 @@ def test_history_takes_the_subscriber_token(
     if status != 200:
         assert json.loads(response["body"])["error"] in {"unauthorized", "forbidden"}
     get_settings.cache_clear()
+
+
+# --- routes API Gateway did not match: the $default route --------------------------------
+
+
+def unrouted(method: str, path: str, body: str | None = None) -> dict[str, Any]:
+    """What the $default route delivers: the full request path, no path parameters
+    (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-develop-routes.html)."""
+    event = sample_event("http_post_event")
+    event["routeKey"] = event["requestContext"]["routeKey"] = "$default"
+    event["requestContext"]["http"]["method"] = method
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event.pop("pathParameters")
+    if body is None:
+        event.pop("body")
+    else:
+        event["body"] = body
+    return event
+
+
+def answer(handler: Any, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    response = handler(event)
+    return response["statusCode"], json.loads(response["body"]), response
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/nowhere"), ("POST", "/"), ("PUT", "/feeds/42"), ("GET", "/feeds/42/events/"), ("GET", "/Openapi.json")],
+)
+def test_an_unknown_route_is_a_404_in_the_error_shape(handler: Any, method: str, path: str) -> None:
+    status, body, response = answer(handler, unrouted(method, path, body="{}"))
+    assert status == 404 and set(body) == {"error", "message", "details"}
+    assert body["error"] == "not_found" and method in body["message"] and path in body["message"]
+    assert response["headers"]["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/feeds/42/events", "GET, POST"),
+        ("PUT", "/feeds/42/events", "GET, POST"),
+        ("GET", "/feeds/42/control", "POST"),
+        ("POST", "/openapi.json", "GET"),
+    ],
+)
+def test_a_known_path_with_another_method_is_a_405_that_says_what_is_allowed(
+    handler: Any, aws: Any, method: str, path: str, allow: str
+) -> None:
+    status, body, response = answer(handler, unrouted(method, path, body='{"eventId": "e", "type": "t", "payload": 1}'))
+    assert status == 405 and set(body) == {"error", "message", "details"}, body
+    assert body["error"] == "method_not_allowed" and allow in body["message"]
+    assert response["headers"]["Allow"] == allow  # RFC 9110 15.5.6: a 405 carries Allow
+    assert stored(aws) == 0
+
+
+def test_the_default_route_never_runs_a_route(handler: Any, aws: Any) -> None:
+    # $default has no authorizer: if API Gateway sent it a request a route of this function
+    # would serve (it never should), the function must not publish it past IAM.
+    event = unrouted("POST", "/feeds/42/events", body='{"eventId": "e", "type": "t", "payload": 1}')
+    status, body, _ = answer(handler, event)
+    assert status == 404 and body["error"] == "not_found"
+    assert stored(aws) == 0
+
+
+def test_a_direct_invocation_of_an_unknown_route_is_a_404_or_405(handler: Any) -> None:
+    event = sample_event("http_get_history")  # `sam local invoke` with an edited path
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/nowhere"
+    assert answer(handler, event)[:2] == (404, answer(handler, event)[1])
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/feeds/42/control"
+    status, body, response = answer(handler, event)
+    assert (status, body["error"], response["headers"]["Allow"]) == (405, "method_not_allowed", "POST")
+
+
+def test_the_template_routes_every_other_request_to_the_function(aws: Any) -> None:
+    from realtime_devstack import template
+
+    for producer_auth in ("IAM", "NONE"):
+        routes = template.http_routes(template.load_template(), {"ProducerAuth": producer_auth})
+        catch_all = [r for r in routes if r["path"] == "/$default"]
+        # The $default route (https://docs.aws.amazon.com/serverless-application-model/latest/
+        # developerguide/sam-property-function-httpapi.html) takes no authorizer: the function
+        # answers it with 404 or 405 only.
+        assert [(r["function"], r["method"], r["authorizer"]) for r in catch_all] == [
+            ("HttpApiFunction", "ANY", "NONE")
+        ]

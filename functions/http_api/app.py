@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -9,6 +11,7 @@ import http_bodies
 import http_errors
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -36,6 +39,19 @@ http_errors.register(app, max_body_bytes=feeds.realtime.settings.max_event_bytes
 unrouted = APIGatewayHttpResolver()
 http_errors.register_unrouted(unrouted, routes_of=app)
 
+JSON = content_types.APPLICATION_JSON
+
+
+def _published_as(description: str) -> OpenAPIResponse:
+    return {"description": description, "content": {JSON: {"model": PublishResponse}}}
+
+
+PUBLISHED: dict[int, OpenAPIResponse] = {
+    201: _published_as("Stored: a new event, `duplicate: false`."),
+    200: _published_as("A retry: the event first stored with this key, `duplicate: true`."),
+    **http_errors.PUBLISH_ERRORS,
+}
+
 
 def _published(result: PublishResult) -> Response[PublishResponse]:
     if result.duplicate:
@@ -49,7 +65,7 @@ def _published(result: PublishResult) -> Response[PublishResponse]:
     )
 
 
-@app.post("/feeds/<feedId>/events", summary="Publish an event (idempotent on eventId)")
+@app.post("/feeds/<feedId>/events", summary="Publish an event (idempotent on eventId)", responses=PUBLISHED)
 def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[PublishResponse]:
     return _published(
         feeds.publish_event(
@@ -58,14 +74,21 @@ def publish_event(feedId: FeedId, request: PublishEventRequest) -> Response[Publ
     )
 
 
-@app.post("/feeds/<feedId>/control", summary="Send a control command (idempotent on commandId)")
+@app.post("/feeds/<feedId>/control", summary="Send a control command (idempotent on commandId)", responses=PUBLISHED)
 def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishResponse]:
     return _published(
         feeds.send_control(feedId, command_id=request.command_id, action=request.action, target=request.target)
     )
 
 
-@app.get("/feeds/<feedId>/events", summary="Read history, oldest first, from a cursor")
+@app.get(
+    "/feeds/<feedId>/events",
+    summary="Read history, oldest first, from a cursor",
+    responses={
+        200: {"description": "A page of history.", "content": {JSON: {"model": HistoryResponse}}},
+        **http_errors.HISTORY_ERRORS,
+    },
+)
 def read_history(
     feedId: FeedId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
@@ -80,13 +103,21 @@ def read_history(
     )
 
 
-@app.get("/openapi.json", include_in_schema=False)
+@app.get(
+    "/openapi.json",
+    summary="This document",
+    responses={200: {"description": "The OpenAPI 3.1 document.", "content": {JSON: {"schema": {"type": "object"}}}}},
+)
 def openapi() -> Response[Any]:
-    return Response(
-        status_code=HTTPStatus.OK,
-        content_type=content_types.APPLICATION_JSON,
-        body=app.get_openapi_json_schema(title="realtime-transport", version="1.0.0"),
+    return Response(status_code=HTTPStatus.OK, content_type=JSON, body=_openapi_document())
+
+
+@functools.cache
+def _openapi_document() -> str:
+    schema = app.get_openapi_json_schema(
+        title="realtime-transport", version="1.0.0", description=http_errors.API_DESCRIPTION
     )
+    return json.dumps(http_errors.as_sent(json.loads(schema)), separators=(",", ":"))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

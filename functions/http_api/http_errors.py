@@ -1,8 +1,10 @@
-"""Turn every failure into a JSON error body that names the problem (never a stack trace)."""
+"""Turn every failure into a JSON error body that names the problem (never a stack trace),
+and document each route's error statuses with that same shape."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Collection, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -13,9 +15,10 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
 from realtime_transport import errors
-from realtime_transport.models.http import ErrorDetail, ErrorResponse
+from realtime_transport.models.http import ErrorDetail, ErrorResponse, GatewayError
 from realtime_transport.observability import logger, metrics
 
 _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
@@ -165,3 +168,100 @@ def register_unrouted(resolver: APIGatewayHttpResolver, routes_of: APIGatewayHtt
                 headers={"Allow": listed},
             )
         return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
+
+
+# --- documentation ----------------------------------------------------------------------
+
+
+def error_responses(
+    descriptions: Mapping[int, str], *, by_api_gateway: Collection[int] = ()
+) -> dict[int, OpenAPIResponse]:
+    """OpenAPI responses for error statuses: ErrorResponse bodies, or GatewayError for the
+    statuses API Gateway answers itself on that route."""
+    return {
+        status: {
+            "description": description,
+            "content": {
+                content_types.APPLICATION_JSON: {"model": GatewayError if status in by_api_gateway else ErrorResponse}
+            },
+        }
+        for status, description in descriptions.items()
+    }
+
+
+_BODY_400 = (
+    "`validation_error`: the body is not a JSON object: malformed JSON, not UTF-8, flagged "
+    "`isBase64Encoded` but not base64, NaN or Infinity, or not an object."
+)
+_BODY_422 = (
+    "`validation_error`: a field is missing, not recognised or invalid, feedId does not match its "
+    "pattern, or a number is too large (details name each); `invalid_request`: the payload holds "
+    "text that is not valid Unicode."
+)
+PUBLISH_ERRORS = error_responses(
+    {
+        400: _BODY_400,
+        403: (
+            "From API Gateway, not the function (when deployed with ProducerAuth=IAM): the request "
+            "is not signed (SigV4) by a principal allowed execute-api:Invoke."
+        ),
+        409: "`idempotency_conflict`: this key was already used for another event (type or payload).",
+        413: "`event_too_large`: the body or the stored event is over MaxEventBytes.",
+        415: "`unsupported_media_type`: the Content-Type is not application/json (forms and multipart included).",
+        422: _BODY_422,
+        503: "`unavailable`: DynamoDB is unavailable after retries; nothing was stored, retry with the same key.",
+    },
+    by_api_gateway={403},
+)
+HISTORY_ERRORS = error_responses(
+    {
+        400: "`invalid_cursor`: the cursor is malformed, forged, or from another channel.",
+        401: "`unauthorized`: the Authorization header is missing (where required), not Bearer, or its token is "
+        "malformed, forged or expired.",
+        403: "`forbidden`: the token's channels do not include this feed's.",
+        422: "`validation_error`: feedId, limit or cursor is invalid (details name it).",
+        500: "`configuration_error`: the deployment cannot read its signing secret.",
+        503: "`unavailable`: DynamoDB is unavailable after retries.",
+    }
+)
+API_DESCRIPTION = """\
+Every error the function answers is JSON in one shape, ErrorResponse:
+`{"error": code, "message": text, "details": [{"field", "location", "problem"}]}`.
+A path this document does not list answers 404 (`not_found`), and another method on a listed
+path 405 (`method_not_allowed`, with an Allow header), in that same shape. A refused request
+stores nothing.
+
+API Gateway answers some requests itself before the function runs, with `{"message": text}`
+(GatewayError): 403 on the producer routes without a valid SigV4 signature (ProducerAuth=IAM),
+413 for a body over 10 MB, 429 when throttled, and 500, 503 or 504 when the function fails or
+times out.
+"""
+
+
+_POWERTOOLS_422 = "#/components/schemas/HTTPValidationError"
+
+
+def as_sent(document: dict[str, Any]) -> dict[str, Any]:
+    """Powertools' generated `document` without the validation error shapes it adds, which this
+    API never sends, and with each operation's responses in status order.
+
+    Powertools lists a 422 with its HTTPValidationError body on every operation (the routes
+    that send a 422 document their own) and adds HTTPValidationError, ValidationError and
+    ResponseValidationError to the schemas. Left: the schemas something refers to.
+    """
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            kept = {s: r for s, r in responses.items() if _POWERTOOLS_422 not in json.dumps(r)}
+            operation["responses"] = dict(sorted(kept.items()))
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+    pending = [json.dumps({key: value for key, value in document.items() if key != "components"})]
+    while pending:
+        text = pending.pop()
+        for name in schemas:
+            if name not in used and f'"#/components/schemas/{name}"' in text:
+                used.add(name)
+                pending.append(json.dumps(schemas[name]))
+    document["components"]["schemas"] = {name: schema for name, schema in schemas.items() if name in used}
+    return document

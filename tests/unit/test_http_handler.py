@@ -256,6 +256,59 @@ def test_a_direct_invocation_of_an_unknown_route_is_a_404_or_405(handler: Any) -
     assert (status, body["error"], response["headers"]["Allow"]) == (405, "method_not_allowed", "POST")
 
 
+# --- the OpenAPI document says what the function sends ------------------------------------
+
+ERROR_STATUSES = {
+    ("post", "/feeds/{feedId}/events"): {400, 403, 409, 413, 415, 422, 503},
+    ("post", "/feeds/{feedId}/control"): {400, 403, 409, 413, 415, 422, 503},
+    ("get", "/feeds/{feedId}/events"): {400, 401, 403, 422, 500, 503},
+    ("get", "/openapi.json"): set(),
+}
+SUCCESS_STATUSES = {
+    ("post", "/feeds/{feedId}/events"): {200: "PublishResponse", 201: "PublishResponse"},
+    ("post", "/feeds/{feedId}/control"): {200: "PublishResponse", 201: "PublishResponse"},
+    ("get", "/feeds/{feedId}/events"): {200: "HistoryResponse"},
+    ("get", "/openapi.json"): {200: None},
+}
+
+
+def schema_refs(content: dict[str, Any]) -> set[str]:
+    schema = content["application/json"]["schema"]
+    refs = [schema.get("$ref")] + [option.get("$ref") for option in schema.get("anyOf", [])]
+    return {ref.rsplit("/", 1)[1] for ref in refs if ref}
+
+
+def test_the_openapi_document_lists_every_status_each_route_sends(handler: Any) -> None:
+    status, document, _ = call(handler, "http_get_openapi")
+    assert status == 200
+    operations = {
+        (method, path): operation for path, item in document["paths"].items() for method, operation in item.items()
+    }
+    assert set(operations) == set(ERROR_STATUSES)
+    for key, operation in operations.items():
+        responses = {int(code): response for code, response in operation["responses"].items()}
+        assert set(responses) == set(SUCCESS_STATUSES[key]) | ERROR_STATUSES[key], key
+        for code, model in SUCCESS_STATUSES[key].items():
+            if model:
+                assert schema_refs(responses[code]["content"]) == {model}, (key, code)
+        for code in ERROR_STATUSES[key]:
+            refs = schema_refs(responses[code]["content"])
+            expected = {"GatewayError"} if (key[0], code) == ("post", 403) else {"ErrorResponse"}
+            assert refs == expected, (key, code, refs)
+            assert responses[code]["description"], (key, code)
+
+
+def test_the_openapi_document_has_one_error_schema(handler: Any) -> None:
+    _, document, _ = call(handler, "http_get_openapi")
+    schemas = document["components"]["schemas"]
+    assert not {"HTTPValidationError", "ValidationError", "ResponseValidationError"} & set(schemas)
+    assert '"detail"' not in json.dumps(document)
+    error = schemas["ErrorResponse"]
+    assert set(error["required"]) == {"error", "message", "details"} and error["additionalProperties"] is False
+    assert schemas["ErrorDetail"]["additionalProperties"] is False
+    assert "404" in document["info"]["description"] and "405" in document["info"]["description"]
+
+
 def test_the_template_routes_every_other_request_to_the_function(aws: Any) -> None:
     from realtime_devstack import template
 

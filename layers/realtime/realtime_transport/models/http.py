@@ -53,12 +53,24 @@ class HistoryResponse(_Body):
 
 
 class ErrorDetail(BaseModel):
-    field: str
-    location: str
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(description="What is wrong: a body field (eventId), body, content-type, limit, cursor ...")
+    location: str = Field(description="Where it is: body, path, query, header or request.")
     problem: str
 
 
 class ErrorResponse(BaseModel):
+    """Every error the function answers with, whatever its status."""
+
+    model_config = ConfigDict(extra="forbid")
+
     error: str = Field(description="Stable machine-readable code, e.g. validation_error, idempotency_conflict.")
-    message: str
-    details: list[ErrorDetail] = Field(default_factory=list)
+    message: str = Field(description="What went wrong, for people.")
+    details: list[ErrorDetail] = Field(description="One entry per problem found; may be empty.")
+
+
+class GatewayError(BaseModel):
+    """What API Gateway itself answers when it refuses a request before the function runs."""
+
+    message: str = Field(description='e.g. "Forbidden".')

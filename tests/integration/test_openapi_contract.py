@@ -1,0 +1,256 @@
+"""/openapi.json is true: every answer the running stack gives is one the document lists.
+
+Real requests over real HTTP against `realtime-transport dev`; for each answer, its status is
+listed for that operation and its body validates against the schema documented for that status
+(`$ref`s resolved within the document). Paths the document does not list answer 404, and other
+methods on a listed path answer 405, both in the documented error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from realtime_transport import tokens
+from realtime_transport.secrets import DEVELOPMENT_SECRET
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+JSON = {"content-type": "application/json"}
+SECRET = DEVELOPMENT_SECRET.encode()
+# Documented, but no request to the local stack can produce them: API Gateway's IAM check (the
+# local stack does not sign-check), and the function's own failures (configuration, DynamoDB).
+NOT_REACHABLE_LOCALLY = {
+    ("post", "/feeds/{feedId}/events", 403),
+    ("post", "/feeds/{feedId}/control", 403),
+    ("post", "/feeds/{feedId}/events", 503),
+    ("post", "/feeds/{feedId}/control", 503),
+    ("get", "/feeds/{feedId}/events", 500),
+    ("get", "/feeds/{feedId}/events", 503),
+}
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Contract:
+    document: dict[str, Any]
+    seen: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def operation(self, method: str, path: str) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+        """The document's path template for `path`, its path item and the operation for `method`."""
+        for template, item in self.document["paths"].items():
+            pattern = "^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)) + "$"
+            if re.match(pattern, path):
+                return template, item, item.get(method.lower())
+        return path, None, None
+
+    def validate(self, schema: dict[str, Any], instance: Any) -> None:
+        # The document's refs are "#/components/...": give the schema the document's components.
+        root = {**schema, "components": self.document["components"]}
+        errors = sorted(Draft202012Validator(root).iter_errors(instance), key=str)
+        assert not errors, [f"{list(error.absolute_path)}: {error.message}" for error in errors]
+
+    def check(self, method: str, path: str, answer: Answer) -> None:
+        template, item, operation = self.operation(method, urllib.parse.urlsplit(path).path)
+        assert answer.headers.get("content-type", "").startswith("application/json"), answer.headers
+        if operation is None:
+            # Not an operation of the document: 404 (unknown path) or 405 (another method), in the
+            # error shape, with Allow naming exactly the methods the document lists for the path.
+            expected = 404 if item is None else 405
+            assert answer.status == expected, (method, path, answer)
+            self.validate({"$ref": "#/components/schemas/ErrorResponse"}, answer.body)
+            if item is not None:
+                assert answer.headers["allow"] == ", ".join(sorted(m.upper() for m in item)), answer.headers
+            return
+        responses = operation["responses"]
+        assert str(answer.status) in responses, f"{method} {template} sent {answer.status}, not in {sorted(responses)}"
+        documented = responses[str(answer.status)]["content"]["application/json"]["schema"]
+        self.validate(documented, answer.body)
+        self.seen.add((method.lower(), template, answer.status))
+
+
+@pytest.fixture(scope="module")
+def document(stack: Stack) -> dict[str, Any]:
+    answer = send(stack, "GET", "/openapi.json")
+    assert answer.status == 200
+    assert isinstance(answer.body, dict)
+    return answer.body
+
+
+@pytest.fixture
+def contract(document: dict[str, Any]) -> Contract:
+    return Contract(document)
+
+
+def send(
+    stack: Stack, method: str, path: str, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> Answer:
+    url = urllib.parse.urlsplit(stack.url)
+    connection = HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.request(method, path, body=raw, headers=headers or {})
+        response = connection.getresponse()
+        payload = response.read()
+        return Answer(
+            response.status,
+            {name.lower(): value for name, value in response.getheaders()},
+            json.loads(payload) if payload else None,
+        )
+    finally:
+        connection.close()
+
+
+def feed() -> str:
+    return f"oa-{uuid.uuid4().hex[:10]}"
+
+
+def event(event_id: str, payload: Any = 1) -> bytes:
+    return json.dumps({"eventId": event_id, "type": "order.created", "payload": payload}).encode()
+
+
+def exchange(
+    contract: Contract, stack: Stack, method: str, path: str, raw: bytes | None = None, **headers: str
+) -> Answer:
+    answer = send(stack, method, path, raw, {name.replace("_", "-"): value for name, value in headers.items()})
+    contract.check(method, path, answer)
+    return answer
+
+
+def test_the_document_is_openapi_3_1(document: dict[str, Any]) -> None:
+    from openapi_spec_validator import validate
+
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+def test_publishing(contract: Contract, stack: Stack) -> None:
+    path = f"/feeds/{feed()}/events"
+    assert exchange(contract, stack, "POST", path, event("e-1"), **JSON).status == 201
+    assert exchange(contract, stack, "POST", path, event("e-1"), **JSON).status == 200  # a retry
+    assert exchange(contract, stack, "POST", path, event("e-1", payload=2), **JSON).status == 409  # key reused
+
+
+def test_control_commands(contract: Contract, stack: Stack) -> None:
+    path = f"/feeds/{feed()}/control"
+    command = b'{"commandId": "c-1", "action": "pause", "target": {"stream": "ingest"}}'
+    assert exchange(contract, stack, "POST", path, command, **JSON).status == 201
+    assert exchange(contract, stack, "POST", path, command, **JSON).status == 200
+    assert exchange(contract, stack, "POST", path, b'{"commandId": "c-1", "action": "stop"}', **JSON).status == 409
+    assert exchange(contract, stack, "POST", path, b'{"commandId": "c-2"}', **JSON).status == 422
+    assert exchange(contract, stack, "POST", path, b'{"commandId": ', **JSON).status == 400
+    huge = json.dumps({"commandId": "c-3", "action": "a", "target": "x" * 70_000}).encode()
+    assert exchange(contract, stack, "POST", path, huge, **JSON).status == 413
+    assert exchange(contract, stack, "POST", path, command, content_type="text/plain").status == 415
+
+
+BAD_BODIES: list[tuple[str, bytes, dict[str, str], int]] = [
+    ("malformed JSON", b'{"eventId": ', JSON, 400),
+    ("not an object", b"[1, 2]", JSON, 400),
+    ("no body", b"", JSON, 400),
+    ("NaN", b'{"eventId": "e", "type": "t", "payload": NaN}', JSON, 400),
+    ("not UTF-8", b'{"eventId": "e", "type": "t", "payload": "\xff"}', JSON, 400),
+    ("not UTF-8, no type", b"\xff\xfe\x00", {}, 400),
+    ("missing field", b'{"eventId": "e", "type": "t"}', JSON, 422),
+    ("unknown field", b'{"eventId": "e", "type": "t", "payload": 1, "extra": 1}', JSON, 422),
+    ("number out of range", b'{"eventId": "e", "type": "t", "payload": 1e999}', JSON, 422),
+    ("oversized", event("e", "x" * 70_000), JSON, 413),
+    ("oversized and malformed", b'{"eventId": "e", "payload": "' + b"x" * 70_000, JSON, 413),
+    ("text", event("e"), {"content-type": "text/plain"}, 415),
+    ("form", b"eventId=e&type=t&payload=1", {"content-type": "application/x-www-form-urlencoded"}, 415),
+    ("multipart, no boundary", event("e"), {"content-type": "multipart/form-data"}, 415),
+    ("multipart", b"--b\r\n\r\n--b--\r\n", {"content-type": "multipart/form-data; boundary=b"}, 415),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "headers", "status"), BAD_BODIES, ids=[case[0] for case in BAD_BODIES])
+def test_refused_bodies(
+    contract: Contract, stack: Stack, name: str, raw: bytes, headers: dict[str, str], status: int
+) -> None:
+    path = f"/feeds/{feed()}/events"
+    assert exchange(contract, stack, "POST", path, raw, **headers).status == status
+    assert exchange(contract, stack, "GET", path).body["items"] == []
+
+
+def test_a_bad_feed_id(contract: Contract, stack: Stack) -> None:
+    assert exchange(contract, stack, "POST", "/feeds/bad%20feed/events", event("e"), **JSON).status == 422
+
+
+def test_history(contract: Contract, stack: Stack) -> None:
+    path = f"/feeds/{feed()}/events"
+    for n in range(3):
+        exchange(contract, stack, "POST", path, event(f"e-{n}"), **JSON)
+    first = exchange(contract, stack, "GET", f"{path}?limit=2").body
+    assert [e["seq"] for e in first["items"]] == [2, 3]
+    assert exchange(contract, stack, "GET", f"{path}?cursor={first['nextCursor']}").status == 200
+    assert exchange(contract, stack, "GET", f"{path}?cursor=not-a-cursor").status == 400
+    for limit in ("0", "501", "ten"):
+        assert exchange(contract, stack, "GET", f"{path}?limit={limit}").status == 422
+
+
+TOKENS = [
+    (f"Bearer {tokens.issue(SECRET, sub='contract', channels=['feed_*'])}", 200),
+    (f"Bearer {tokens.issue(SECRET, sub='contract', channels=['elsewhere'])}", 403),
+    ("Bearer not-a-token", 401),
+    ("Basic dXNlcjpwYXNz", 401),
+]
+
+
+@pytest.mark.parametrize(("authorization", "status"), TOKENS)
+def test_history_tokens(contract: Contract, stack: Stack, authorization: str, status: int) -> None:
+    # A token that is present is always checked, even where none is required.
+    answer = exchange(contract, stack, "GET", f"/feeds/{feed()}/events", authorization=authorization)
+    assert answer.status == status
+
+
+UNROUTED = [
+    ("GET", "/nowhere"),
+    ("GET", "/feeds/42"),
+    ("POST", "/feeds/42/events/extra"),
+    ("GET", "/openapi.yaml"),
+    ("DELETE", "/feeds/42/events"),
+    ("PATCH", "/feeds/42/control"),
+    ("POST", "/openapi.json"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), UNROUTED)
+def test_unknown_routes_and_methods(contract: Contract, stack: Stack, method: str, path: str) -> None:
+    answer = exchange(contract, stack, method, path, b"{}", **JSON)
+    assert answer.status in (404, 405)
+
+
+def test_every_documented_status_is_sent(document: dict[str, Any], stack: Stack) -> None:
+    """The other way round: each status the document lists is one the stack sends (or only AWS can)."""
+    contract = Contract(document)
+    test_publishing(contract, stack)
+    test_control_commands(contract, stack)
+    for case in BAD_BODIES:
+        test_refused_bodies(contract, stack, *case)
+    test_a_bad_feed_id(contract, stack)
+    test_history(contract, stack)
+    for authorization, status in TOKENS:
+        test_history_tokens(contract, stack, authorization, status)
+    assert exchange(contract, stack, "GET", "/openapi.json").status == 200
+    documented = {
+        (method, template, int(status))
+        for template, item in document["paths"].items()
+        for method, operation in item.items()
+        for status in operation["responses"]
+    }
+    assert documented - contract.seen - NOT_REACHABLE_LOCALLY == set()

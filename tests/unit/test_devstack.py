@@ -236,6 +236,7 @@ class Served:
     gateway: WebSocketGateway
     registry: ConnectionRegistry
     host: FunctionHost
+    management: ManagementApi
 
 
 @contextlib.asynccontextmanager
@@ -248,14 +249,15 @@ async def serve(code_dir: Path, **api_options: Any) -> AsyncIterator[Served]:
     gateway = WebSocketGateway(api, registry)
     app = web.Application()
     app.router.add_get("/ws", gateway.handle)
-    ManagementApi(registry).add_routes(app.router)
+    management = ManagementApi(registry)
+    management.add_routes(app.router)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield Served(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", gateway, registry, host)
+        yield Served(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", gateway, registry, host, management)
     finally:
         await gateway.shutdown()
         await runner.cleanup()
@@ -510,17 +512,32 @@ def test_management_api_410_for_an_unknown_connection(websocket_code: Path) -> N
     asyncio.run(scenario())
 
 
-def test_management_api_refuses_data_over_128_kib(websocket_code: Path) -> None:
+def test_management_api_takes_128_kb_and_refuses_a_byte_more_and_counts(websocket_code: Path) -> None:
+    # "Quotas for configuring and running a WebSocket in API Gateway": message payload 128 KB.
+    from realtime_devstack.management_api import MAX_DATA_BYTES
+
+    assert MAX_DATA_BYTES == 131_072
+
     async def scenario() -> None:
         async with serve(websocket_code) as served:
             client = management_client(served.url)
-            async with connect(served.ws_url + "?token=good"):
+            async with connect(served.ws_url + "?token=good") as ws:
                 await async_wait_for(lambda: len(served.registry) == 1)
                 connection_id = served.registry.all()[0].connection_id
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"x" * 131_072)
+                assert len(await asyncio.wait_for(ws.recv(), 5)) == 131_072
                 with pytest.raises(client.exceptions.PayloadTooLargeException):
-                    await asyncio.to_thread(
-                        client.post_to_connection, ConnectionId=connection_id, Data=b"x" * (128 * 1024 + 1)
-                    )
+                    await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"x" * 131_073)
+                with pytest.raises(client.exceptions.GoneException):
+                    await asyncio.to_thread(client.post_to_connection, ConnectionId="AAAAAAAAAAAAAAA=", Data=b"y")
+            management = served.management
+            assert management.stats() == {
+                "requests": 3,
+                "posts": 1,
+                "post_bytes": 131_072,
+                "gone": 1,
+                "too_large": 1,
+            }
 
     asyncio.run(scenario())
 

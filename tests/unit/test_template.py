@@ -55,7 +55,7 @@ PRODUCER_ROUTES = {
 }
 # Browsers read history with `Authorization: Bearer <subscriber token>`, checked by the function.
 TOKEN_ROUTES = {("GET", "/feeds/{feedId}/events")}
-PUBLIC_ROUTES = {("GET", "/openapi.json")}
+PUBLIC_ROUTES = {("GET", "/openapi.json"), ("ANY", "/$default")}
 
 WEBSOCKET_ROUTE_KEYS = {"$connect", "$disconnect", "subscribe", "unsubscribe", "ping", "$default"}
 MANAGE_CONNECTIONS_ARN = (

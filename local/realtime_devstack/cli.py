@@ -10,9 +10,51 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .faithful import Faults
+
+
+def parse_fault(text: str) -> tuple[str, str, float]:
+    """``OP:CODE:RATE`` (``OP`` may be ``*``; ``CODE`` ``lost`` for a lost response) -> its parts."""
+    from .faithful import ERRORS
+
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not OP:CODE:RATE (e.g. PutItem:ThrottlingException:0.05)")
+    operation, code, rate_text = parts
+    if code != "lost" and code not in ERRORS:
+        raise argparse.ArgumentTypeError(f"unknown error code {code!r}: one of {', '.join(sorted(ERRORS))} or lost")
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{rate_text!r} is not a rate between 0 and 1") from None
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"{rate_text!r} is not a rate between 0 and 1")
+    return operation, code, rate
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults | None:
+    """The ``faithful.Faults`` that --faithful, --fault and --seed ask for (None: the kind substrate)."""
+    import copy
+
+    from .faithful import FAITHFUL_DEFAULTS, Faults
+
+    if not (args.faithful or args.fault or args.seed is not None):
+        return None
+    faults = copy.deepcopy(FAITHFUL_DEFAULTS) if args.faithful else Faults()
+    faults.seed = args.seed
+    for operation, code, rate in args.fault or ():
+        if code == "lost":
+            faults.lost_response_rates[operation] = rate
+        else:
+            faults.error_rates.setdefault(operation, {})[code] = rate
+    return faults
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from . import faithful
     from .stack import DEV_TOKEN_CHANNELS, DEV_TOKEN_TTL_SECONDS, LocalStack, StackOptions
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -24,6 +66,13 @@ def _dev(args: argparse.Namespace) -> int:
             "can take a development token and publish",
             file=sys.stderr,
         )
+    faults = faults_from_args(args)
+    try:
+        if faults is not None:
+            faithful.validate(faults)
+    except ValueError as exc:
+        print(f"realtime-transport: {exc}", file=sys.stderr)
+        return 2
     stack = LocalStack(
         StackOptions(
             host=args.host,
@@ -33,6 +82,9 @@ def _dev(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval_ms / 1000,
             ttl_sweep_interval=args.ttl_sweep_seconds,
             idle_timeout=args.idle_timeout,
+            faults=faults,
+            history_ttl_seconds=args.history_ttl_seconds,
+            writer_timeout_seconds=args.writer_timeout_seconds,
         )
     )
 
@@ -65,6 +117,13 @@ def _dev(args: argparse.Namespace) -> int:
             print("  WebSocket:  not served (no WebSocket API function code yet; see the warnings above)", flush=True)
         print(f"  Dashboard:  {stack.url}/", flush=True)
         print(f"  DynamoDB:   {stack.dynamodb_url}", flush=True)
+        print(f"  Faults:     {faithful.describe(faithful.current())}", flush=True)
+        if args.history_ttl_seconds is not None:
+            print(
+                f"  TTL:        history and idempotency keys expire after {args.history_ttl_seconds:g} s "
+                f"(swept every {stack.ttl_sweep_interval:g} s)",
+                flush=True,
+            )
         for poller in stack.pollers:
             print(f"  Stream:     {poller.stream_arn} -> {poller.mapping.name}", flush=True)
         print(f"  Dev token ({', '.join(DEV_TOKEN_CHANNELS)}, {hours}h): {stack.dev_token()}", flush=True)
@@ -117,6 +176,16 @@ def _tail(args: argparse.Namespace) -> int:
     return asyncio.run(Tail(args.url, token, args.channels, args.cursor, sys.stdout).run())
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-transport", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument(
         "--idle-timeout", type=float, default=600, help="WebSocket idle timeout in seconds (default 600; 0: none)"
+    )
+    dev.add_argument(
+        "--faithful",
+        action="store_true",
+        help="behave as AWS documents: transaction conflicts, GSI lag, late TTL deletion, request "
+        "jitter (realtime_devstack.faithful.FAITHFUL_DEFAULTS)",
+    )
+    dev.add_argument(
+        "--fault",
+        action="append",
+        type=parse_fault,
+        metavar="OP:CODE:RATE",
+        help="inject a DynamoDB error, e.g. PutItem:ProvisionedThroughputExceededException:0.05, "
+        "'*:InternalServerError:0.01', or OP:lost:RATE for a write applied whose response is lost (repeatable)",
+    )
+    dev.add_argument("--seed", type=int, default=None, help="seed of every injected random choice")
+    dev.add_argument(
+        "--history-ttl-seconds",
+        type=_positive_float,
+        default=None,
+        help="events and idempotency keys expire after this many seconds (sets HISTORY_TTL_HOURS and "
+        "IDEMPOTENCY_TTL_HOURS; the TTL sweeper runs often enough to see it)",
+    )
+    dev.add_argument(
+        "--writer-timeout-seconds",
+        type=_positive_float,
+        default=None,
+        help="WRITER_TIMEOUT_SECONDS, and the HTTP API function's enforced Timeout (kept equal)",
     )
     dev.add_argument("-v", "--verbose", action="store_true", help="log every request")
     dev.set_defaults(func=_dev)

@@ -337,7 +337,7 @@ class FunctionHost:
             try:
                 return await _wait(invocation.done, gateway_deadline - time.monotonic())
             except TimeoutError:
-                log.warning("%s: API Gateway stopped waiting after %.0f s", self.name, self.integration_timeout)
+                log.warning("%s: API Gateway stopped waiting after %g s", self.name, self.integration_timeout)
                 asyncio.get_running_loop().call_later(
                     max(0.0, deadline - time.monotonic()), self._abandon_if_running, invocation, context
                 )

@@ -1,16 +1,24 @@
 """`realtime-transport dev` as a child process: what the integration tests, browser tests and
-benchmarks start, talk to over real sockets, and stop with Ctrl-C (SIGINT)."""
+benchmarks start, talk to over real sockets, and stop with Ctrl-C (SIGINT).
+
+``start(*args)`` passes its arguments to ``dev``: ``start("--faithful", "--seed", "7")`` for AWS's
+failure modes, ``--fault OP:CODE:RATE``, ``--history-ttl-seconds N``, ``--writer-timeout-seconds N``.
+``StackProcess.stats()`` reads the stack's counters (management API calls, invocations, timeouts,
+injected faults)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 STARTUP_SECONDS = 60
 # Not passed on: the child must reach only its own moto server, never an AWS endpoint.
@@ -31,6 +39,13 @@ class StackProcess:
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    def stats(self) -> dict[str, Any]:
+        """The stack's counters (``GET /dev/stats``): management API calls and bytes, function
+        invocations and timeouts, stream batches, injected faults."""
+        with urllib.request.urlopen(self.url + "/dev/stats", timeout=10) as response:  # noqa: S310 - loopback
+            stats: dict[str, Any] = json.loads(response.read())
+        return stats
 
     def stop(self, timeout: float = 20) -> int:
         """Ctrl-C, as a developer would; the exit code (0 when it stopped cleanly)."""

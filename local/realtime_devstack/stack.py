@@ -16,12 +16,20 @@ serves all of it:
 | ``GET /``, ``GET /web/...``  | the dashboard and the browser client (``web/``)              |
 | anything else                | the HTTP API routes (``http_gateway``), 404 where none match |
 
-Two development routes exist only here, never deployed: ``GET /dev/token`` (a subscriber
-token for the dashboard) and ``POST /dev/connections/drop`` (cut every WebSocket with no close
-frame, as a lost network would; answers ``{"dropped": N}``).
+Three development routes exist only here, never deployed: ``GET /dev/token`` (a subscriber
+token for the dashboard), ``POST /dev/connections/drop`` (cut every WebSocket with no close
+frame, as a lost network would; answers ``{"dropped": N}``) and ``GET /dev/stats`` (counters:
+management API calls, function invocations and timeouts, stream batches, injected faults).
 
 Beside it run a stream poller per event source mapping (``stream_poller``) and the TTL
 sweeper (``ttl_sweeper``).
+
+Each function runs with its template ``Timeout`` enforced (``StackOptions.function_timeouts``
+overrides it). ``StackOptions.faults`` turns on AWS's documented failure modes (``faithful``)
+once the tables exist; ``history_ttl_seconds`` makes history and idempotency keys expire in
+seconds (and the sweeper run often enough to see it); ``writer_timeout_seconds`` sets
+``WRITER_TIMEOUT_SECONDS`` and the ingest (HTTP API) function's timeout together, as the
+template keeps them equal.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import moto_dynamodb, template
+from . import faithful, moto_dynamodb, template
 from .aws_env import use_local_aws
 from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute, StaticFiles
 from .lambda_host import REPO_ROOT, FunctionHost
@@ -65,6 +73,18 @@ WEBSOCKET_API_TYPE = "AWS::ApiGatewayV2::Api"
 STAGE_TYPE = "AWS::ApiGatewayV2::Stage"
 ROUTE_TYPE = "AWS::ApiGatewayV2::Route"
 ROUTE_RESPONSE_TYPE = "AWS::ApiGatewayV2::RouteResponse"
+# "Quotas for configuring and running an HTTP API in API Gateway": maximum integration timeout
+# 30 seconds; past it the HTTP API answers 503 {"message":"Service Unavailable"} while the function
+# runs on. (A function that times out first is a function error: 500 Internal Server Error.)
+HTTP_API_INTEGRATION_TIMEOUT_SECONDS = 30.0
+HTTP_API_TIMEOUT_RESPONSE = {
+    "statusCode": 503,
+    "headers": {"Content-Type": "application/json"},
+    "body": '{"message":"Service Unavailable"}',
+}
+# "Quotas for configuring and running a WebSocket in API Gateway": integration timeout 29 seconds.
+WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS = 29.0
+MIN_TTL_SWEEP_SECONDS = 0.25
 
 
 @dataclass
@@ -82,6 +102,14 @@ class StackOptions:
     idle_timeout: float = IDLE_TIMEOUT_SECONDS  # WebSocket idle timeout; 0 disables it
     template_path: Path | None = None  # default: the repository's template.yaml
     web_dir: Path | None = None  # default: the repository's web/
+    # AWS's failure modes (transaction conflicts, GSI lag, late TTL, throttles, lost responses);
+    # None: the kind substrate. Process-wide while the stack runs.
+    faults: faithful.Faults | None = None
+    # History and idempotency TTLs in seconds (HISTORY_TTL_HOURS = IDEMPOTENCY_TTL_HOURS = N/3600).
+    history_ttl_seconds: float | None = None
+    # WRITER_TIMEOUT_SECONDS and the HTTP API function's Timeout (the template keeps them equal).
+    writer_timeout_seconds: float | None = None
+    function_timeouts: dict[str, float] = field(default_factory=dict)  # logical id -> seconds
 
 
 def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
@@ -116,6 +144,7 @@ class LocalStack:
         self.management = ManagementApi(self.registry)
         self.pollers: list[StreamPoller] = []
         self.sweeper: TtlSweeper | None = None
+        self._configured_faults = False
         self.url = ""
         self.websocket_url = ""
         self.dynamodb_url = ""
@@ -166,7 +195,30 @@ class LocalStack:
         env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         # The template's INFO is for CloudWatch; locally a line per connect and batch is noise.
         env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+        if self.options.history_ttl_seconds is not None:
+            hours = repr(self.options.history_ttl_seconds / 3600)
+            env["HISTORY_TTL_HOURS"] = env["IDEMPOTENCY_TTL_HOURS"] = hours
+        if self.options.writer_timeout_seconds is not None:
+            env["WRITER_TIMEOUT_SECONDS"] = repr(float(self.options.writer_timeout_seconds))
         return env
+
+    def _http_functions(self) -> set[str]:
+        return {route["function"] for route in template.http_routes(self.template, self.options.parameters or None)}
+
+    def function_timeout(self, logical_id: str, spec: template.FunctionSpec) -> float:
+        """The Timeout a function runs with: an override, the writer timeout (ingest), the template's."""
+        if logical_id in self.options.function_timeouts:
+            return float(self.options.function_timeouts[logical_id])
+        if self.options.writer_timeout_seconds is not None and logical_id in self._http_functions():
+            return float(self.options.writer_timeout_seconds)
+        return float(spec["timeout"])
+
+    @property
+    def ttl_sweep_interval(self) -> float:
+        interval = self.options.ttl_sweep_interval
+        if self.options.history_ttl_seconds is not None and interval > 0:
+            interval = min(interval, max(MIN_TTL_SWEEP_SECONDS, self.options.history_ttl_seconds / 4))
+        return interval
 
     def _create_tables(self) -> None:
         import boto3
@@ -182,9 +234,31 @@ class LocalStack:
             if not (code_dir / f"{module.replace('.', '/')}.py").is_file():
                 log.warning("%s: %s/%s.py does not exist yet; its routes are not served", logical_id, code_dir, module)
                 continue
-            host = FunctionHost(logical_id, code_dir, spec["handler"], max_concurrency=self.options.concurrency)
+            host = FunctionHost(
+                logical_id,
+                code_dir,
+                spec["handler"],
+                max_concurrency=self.options.concurrency,
+                timeout=self.function_timeout(logical_id, spec),
+                memory=spec["memory"],
+            )
             host.warm()
             self.functions[logical_id] = host
+
+    def _set_integration_timeouts(self) -> None:
+        """API Gateway stops waiting for a function at its integration timeout (if the function's is longer)."""
+        for logical_id in self._http_functions():
+            host = self.functions.get(logical_id)
+            if host is not None:
+                host.integration_timeout = HTTP_API_INTEGRATION_TIMEOUT_SECONDS
+                host.integration_timeout_response = HTTP_API_TIMEOUT_RESPONSE
+        for api_id in template.resources(self.template, WEBSOCKET_API_TYPE):
+            if (template.resources(self.template)[api_id].get("Properties") or {}).get("ProtocolType") != "WEBSOCKET":
+                continue
+            for function_id in template.websocket_routes(self.template, api_id).values():
+                host = self.functions.get(function_id)
+                if host is not None and host.integration_timeout is None:
+                    host.integration_timeout = WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS
 
     def _http_routes(self) -> list[HttpRoute]:
         routes = []
@@ -269,6 +343,29 @@ class LocalStack:
         dropped = self.ws_gateway.drop_connections() if self.ws_gateway is not None else 0
         return web.json_response({"dropped": dropped}, headers={"Cache-Control": "no-store"})
 
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /dev/stats`` answers: counters for tests and benchmarks."""
+        return {
+            "management": self.management.stats(),
+            "functions": {
+                name: {"invocations": host.invocations, "timeouts": host.timeouts, "cold_starts": host.cold_starts}
+                for name, host in self.functions.items()
+            },
+            "streams": {
+                poller.mapping.name: {
+                    "invocations": poller.mapping.invocations,
+                    "timeouts": poller.mapping.timeouts,
+                    "dead_letters": len(poller.mapping.dead_letters),
+                }
+                for poller in self.pollers
+            },
+            "ttl_deleted": self.sweeper.deleted if self.sweeper is not None else 0,
+            "faults": faithful.injected(),
+        }
+
+    async def _serve_stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.stats(), headers={"Cache-Control": "no-store"})
+
     def dev_token(
         self, channels: tuple[str, ...] = DEV_TOKEN_CHANNELS, ttl_seconds: int = DEV_TOKEN_TTL_SECONDS
     ) -> str:
@@ -293,15 +390,19 @@ class LocalStack:
                 os.environ[name] = value
         self._create_tables()
         self._start_functions()
+        self._set_integration_timeouts()
         # Streams are read from LATEST: start before anything can write.
         self._start_pollers()
-        if self.options.ttl_sweep_interval > 0:
+        if self.ttl_sweep_interval > 0:
             import boto3
 
             self.sweeper = TtlSweeper(
-                boto3.client("dynamodb", endpoint_url=self.dynamodb_url), interval=self.options.ttl_sweep_interval
+                boto3.client("dynamodb", endpoint_url=self.dynamodb_url), interval=self.ttl_sweep_interval
             )
             self.sweeper.start()
+        if self.options.faults is not None:  # the tables exist: from now on, AWS's failure modes
+            faithful.configure(self.options.faults)
+            self._configured_faults = True
 
         app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
         websocket_api = self._websocket_api()
@@ -316,6 +417,8 @@ class LocalStack:
         app.router.add_get("/dev/token", self._serve_dev_token)
         # Development only, never deployed: drop every WebSocket as a lost network would.
         app.router.add_post("/dev/connections/drop", self._drop_connections)
+        # Development only, never deployed: counters for tests and benchmarks.
+        app.router.add_get("/dev/stats", self._serve_stats)
         app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes()).handle)
 
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
@@ -342,6 +445,8 @@ class LocalStack:
             self._socket.close()
         for host in self.functions.values():
             host.close()
+        if self._configured_faults:
+            faithful.reset()
         if self._moto is not None:
             self._moto.stop()
 

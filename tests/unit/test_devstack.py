@@ -1012,3 +1012,164 @@ def test_the_stack_wires_functions_gateway_stream_and_management_api(tmp_path: P
     connect_event = events_of(websocket_log, "$connect")[0]
     assert connect_event["requestContext"]["stage"] == "live"
     assert [e["requestContext"]["disconnectStatusCode"] for e in events_of(websocket_log, "$disconnect")] == [1001]
+
+
+# --- timeouts, TTLs and faults of the stack, and their CLI flags ---------------------------------
+
+HTTP_STUB_TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Timeout: 5
+    Environment:
+      Variables:
+        EVENTS_TABLE_NAME: !Ref EventsTable
+        WRITER_TIMEOUT_SECONDS: 10
+        HISTORY_TTL_HOURS: 168
+        IDEMPOTENCY_TTL_HOURS: 168
+Resources:
+  EventsTable:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}, {AttributeName: sk, AttributeType: N}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+      BillingMode: PAY_PER_REQUEST
+      TimeToLiveSpecification: {AttributeName: ttl, Enabled: true}
+  HttpFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: functions/http/
+      Handler: app.lambda_handler
+      Timeout: 10
+      Events:
+        Sleep: {Type: HttpApi, Properties: {Path: /sleep, Method: GET}}
+  OtherFunction:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: functions/other/, Handler: app.lambda_handler}
+"""
+
+# Sleeps ?s= seconds; answers with its remaining time at the start and the settings it was given.
+HTTP_SLEEP_STUB = """
+import json, os, time
+
+
+def lambda_handler(event, context):
+    remaining = context.get_remaining_time_in_millis()
+    time.sleep(float((event.get("queryStringParameters") or {}).get("s", "0")))
+    names = ("WRITER_TIMEOUT_SECONDS", "HISTORY_TTL_HOURS", "IDEMPOTENCY_TTL_HOURS")
+    return {"statusCode": 200, "body": json.dumps({"remaining": remaining, "env": {n: os.environ[n] for n in names}})}
+"""
+
+
+def http_get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_stack_enforces_timeouts_shortens_ttls_and_turns_faults_on(tmp_path: Path, restored_environ: None) -> None:
+    from moto.moto_api._internal.models import moto_api_backend
+
+    from realtime_devstack import faithful
+
+    (tmp_path / "template.yaml").write_text(HTTP_STUB_TEMPLATE)
+    write_function(tmp_path / "functions" / "http", HTTP_SLEEP_STUB)
+    write_function(tmp_path / "functions" / "other", "def lambda_handler(event, context):\n    return {}\n")
+    stack = LocalStack(
+        StackOptions(
+            port=0,
+            template_path=tmp_path / "template.yaml",
+            web_dir=tmp_path,
+            writer_timeout_seconds=0.5,
+            history_ttl_seconds=2,
+            function_timeouts={"OtherFunction": 7},
+            faults=faithful.Faults(gsi_lag_ms=50, seed=1),
+        )
+    )
+
+    async def scenario() -> None:
+        await stack.start()
+        try:
+            http, other = stack.functions["HttpFunction"], stack.functions["OtherFunction"]
+            # The writer timeout is the ingest function's Timeout; an override wins; else the template's.
+            assert (http.timeout, other.timeout) == (0.5, 7.0)
+            assert http.integration_timeout == 30.0  # the HTTP API's own limit
+            assert stack.sweeper is not None and stack.sweeper.interval == 0.5  # TTLs of 2 s can be seen
+            assert faithful.current().gsi_lag_ms == 50  # configured once the tables exist
+            status, body = await asyncio.to_thread(http_get, stack.url + "/sleep")
+            assert status == 200 and 400 < body["remaining"] <= 500
+            assert body["env"] == {
+                "WRITER_TIMEOUT_SECONDS": "0.5",
+                "HISTORY_TTL_HOURS": repr(2 / 3600),
+                "IDEMPOTENCY_TTL_HOURS": repr(2 / 3600),
+            }
+            # The function times out first: a function error, which the HTTP API answers with a 500.
+            assert await asyncio.to_thread(http_get, stack.url + "/sleep?s=2") == (
+                500,
+                {"message": "Internal Server Error"},
+            )
+            # API Gateway gives up first (a function whose Timeout is past the integration timeout).
+            http.timeout, http.integration_timeout = 5.0, 0.3
+            assert await asyncio.to_thread(http_get, stack.url + "/sleep?s=1") == (
+                503,
+                {"message": "Service Unavailable"},
+            )
+            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats")
+            # Warm at start-up, and again after the timeout discarded its sandbox.
+            assert stats["functions"]["HttpFunction"] == {"invocations": 3, "timeouts": 1, "cold_starts": 2}
+            assert stats["faults"] == {"timeout:HttpFunction": 1}
+            assert stats["management"]["posts"] == 0
+        finally:
+            await stack.stop()
+            moto_api_backend.reset()
+
+    asyncio.run(scenario())
+    assert faithful.current() == faithful.Faults()  # the stack put the kind substrate back
+
+
+def test_dev_flags_for_faults_ttls_and_timeouts() -> None:
+    import dataclasses
+
+    from realtime_devstack.faithful import FAITHFUL_DEFAULTS, Faults
+
+    def parsed(*flags: str) -> Any:
+        return cli.build_parser().parse_args(["dev", *flags])
+
+    assert cli.faults_from_args(parsed()) is None  # the kind substrate, not even configured
+    faults = cli.faults_from_args(
+        parsed(
+            "--faithful",
+            "--seed",
+            "3",
+            "--fault",
+            "PutItem:ThrottlingException:0.1",
+            "--fault",
+            "*:InternalServerError:0.01",
+            "--fault",
+            "TransactWriteItems:lost:0.02",
+        )
+    )
+    assert faults == dataclasses.replace(
+        FAITHFUL_DEFAULTS,
+        seed=3,
+        error_rates={"PutItem": {"ThrottlingException": 0.1}, "*": {"InternalServerError": 0.01}},
+        lost_response_rates={"TransactWriteItems": 0.02},
+    )
+    assert FAITHFUL_DEFAULTS.error_rates == {}  # the defaults were copied, not changed
+    assert cli.faults_from_args(parsed("--fault", "GetItem:ServiceUnavailable:1")) == Faults(
+        error_rates={"GetItem": {"ServiceUnavailable": 1.0}}
+    )
+    args = parsed("--history-ttl-seconds", "5", "--writer-timeout-seconds", "2.5")
+    assert (args.history_ttl_seconds, args.writer_timeout_seconds) == (5.0, 2.5)
+    for bad in (
+        ["--fault", "PutItem:NoSuchError:0.1"],
+        ["--fault", "PutItem:lost:2"],
+        ["--fault", "PutItem:0.1"],
+        ["--history-ttl-seconds", "0"],
+        ["--writer-timeout-seconds", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            parsed(*bad)

@@ -59,6 +59,13 @@ def in_background(call: Callable[[], Any]) -> Future[Any]:
     return future
 
 
+def holding() -> None:
+    """Wait until a transaction holds items (between its checks and its writes)."""
+    from realtime_devstack import moto_dynamodb
+
+    wait_for(lambda: moto_dynamodb._HELD, timeout=WINDOW_MS / 2000)
+
+
 def no_retries() -> Any:
     return boto3.client("dynamodb", config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
 
@@ -102,7 +109,7 @@ def test_overlapping_transactions_on_one_item_one_is_cancelled(aws: Any, faithfu
     first = in_background(
         lambda: aws.transact_write_items(TransactItems=[put(event_item("a", 1)), put(event_item("b", 1))])
     )
-    time.sleep(WINDOW_MS / 8000)  # the first one holds its items now
+    holding()  # the first one holds its items now
     # The same item "b" at index 1, a free one at index 0.
     second = error_of(
         lambda: aws.transact_write_items(
@@ -136,7 +143,7 @@ def test_single_item_writes_of_a_held_item_conflict_and_reads_see_the_committed_
         }
     }
     done = in_background(lambda: aws.transact_write_items(TransactItems=[update]))
-    time.sleep(WINDOW_MS / 8000)
+    holding()
     client = no_retries()
     for call in (
         lambda: client.put_item(TableName=EVENTS, Item=event_item("a", 1)),
@@ -440,7 +447,7 @@ def test_conflicts_and_lost_responses_over_the_threaded_server(moto_server: str)
     )
     substrate.configure(substrate.Faults(transaction_window_ms=WINDOW_MS))
     first = in_background(lambda: client.transact_write_items(TransactItems=[put(event_item("a", 1))]))
-    time.sleep(WINDOW_MS / 8000)
+    holding()
     second = error_of(lambda: client.transact_write_items(TransactItems=[put(event_item("a", 1))]))
     assert second["CancellationReasons"] == [
         {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}

@@ -6,6 +6,7 @@ Lambda as they really behave", findings 1, 3 and 4).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from realtime_transport import Realtime, clock
 from realtime_transport.errors import StoreUnavailable
+from realtime_transport.models.items import Kind
 from realtime_transport.store import EventStore, WriteConflict
 
 HOUR_MS = 3600 * 1000
@@ -201,3 +203,96 @@ def test_latest_claims_the_head_once_the_writer_is_long_dead(
     now.advance(int(realtime.settings.writer_timeout_seconds * 1000) + 5_000)
     page = channel.history(limit=1)
     assert page.position == 5 and [e.seq for e in page.items] == [5] and not page.has_more
+
+
+# --- on the faithful substrate: DynamoDB's own conflicts, lost responses and index lag ----------
+
+
+def test_concurrent_retries_of_one_key_under_real_transaction_conflicts(
+    realtime: Realtime, aws: Any, faithful: Any
+) -> None:
+    """16 producers retry one key at once; DynamoDB cancels overlapping transactions with
+    TransactionConflict. Every one must get the original event, none a 503, no hole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from realtime_devstack import faithful as substrate
+
+    faithful(seed=3, transaction_window_ms=200, request_jitter_ms=5)
+    channel = realtime.channel("feed_conflicts")
+    start = threading.Barrier(16)
+
+    def retry(_: int) -> Any:
+        start.wait()
+        return channel.broadcast(type="t", data="same", idempotency_key="k")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(retry, range(16)))
+    assert substrate.injected().get("TransactionConflict", 0) > 0, "the race must really have conflicted"
+    assert len({r.event.id for r in results}) == 1 and sum(not r.duplicate for r in results) == 1
+    page = channel.history(limit=100, cursor=channel.cursor(0))
+    assert [e.id for e in page.items] == [results[0].event.id] and not page.has_more, "no hole stalls the reader"
+
+
+def test_lost_responses_and_throttles_neither_duplicate_nor_stall(realtime: Realtime, aws: Any, faithful: Any) -> None:
+    """A write applied whose response is a 500 (boto3 retries it), and throttles, on every write path."""
+    from realtime_devstack import faithful as substrate
+
+    faithful(
+        seed=5,
+        lost_response_rates={"PutItem": 0.3, "TransactWriteItems": 0.3, "UpdateItem": 0.3},
+        error_rates={"*": {"ProvisionedThroughputExceededException": 0.1}},
+    )
+    channel = realtime.channel("feed_lossy")
+    published = [channel.broadcast(type="t", data=n % 20, idempotency_key=f"k{n % 20}").event for n in range(40)]
+    injected = substrate.injected()
+    faithful()  # reads with the faults off: judge what was stored
+    assert any(name.startswith("lost:") for name in injected), injected
+    assert [e.id for e in published[20:]] == [e.id for e in published[:20]], "a key maps to one event"
+    page = channel.history(limit=100, cursor=channel.cursor(0))
+    assert [e.id for e in page.items] == [e.id for e in published[:20]] and not page.has_more
+
+
+def test_a_first_event_the_lagging_index_hid_is_found_through_the_head(
+    realtime: Realtime, aws: Any, faithful: Any, settings_factory: Any
+) -> None:
+    """The fan-out reads subscribers from an eventually consistent index: right after a subscribe
+    it may not see it. The pong's head tells the client; its catch-up brings the event."""
+    import json
+
+    from realtime_transport import tokens
+    from realtime_transport.connections import ConnectionStore
+    from realtime_transport.delivery import DeliveryReport
+    from realtime_transport.fanout import Fanout
+    from realtime_transport.live import LiveService
+    from realtime_transport.models.items import position_item
+
+    faithful(gsi_lag_ms=60_000)
+    frames: list[dict[str, Any]] = []
+
+    class Pusher:
+        def send(self, connection_id: str, data: bytes) -> bool:
+            frames.append(json.loads(data))
+            return True
+
+        def send_many(self, plan: Any, *, budget_s: float | None = None) -> DeliveryReport:
+            for connection_id, batch in plan.items():
+                for frame in batch:
+                    self.send(connection_id, frame)
+            return DeliveryReport()
+
+    realtime = Realtime(settings=settings_factory(CONNECTIONS_TABLE_NAME="test-connections"), secret=b"s" * 32)
+    live = LiveService(realtime, Pusher())
+    live.connect("c1", tokens.issue(realtime.secret, sub="me", channels=["feed_*"]))
+    live.handle("c1", json.dumps({"action": "subscribe", "channel": "feed_new"}))
+    subscribed = frames.pop()
+    event = realtime.channel("feed_new").broadcast(type="t", data="first").event
+    item = position_item(realtime.channel("feed_new").key, 1, Kind.EVENT, 1, 4102444800, event.to_json())
+    record = {"eventName": "INSERT", "dynamodb": {"NewImage": item, "SequenceNumber": "1"}}
+    Fanout(ConnectionStore(realtime.connections._client, "test-connections"), Pusher()).deliver([record])
+    assert frames == [], "the index does not show the new subscription yet: the live path misses it"
+
+    live.handle("c1", json.dumps({"action": "ping"}))
+    pong = frames.pop()
+    assert pong["heads"]["feed_new"] == 1 > subscribed["position"]
+    live.handle("c1", json.dumps({"action": "subscribe", "channel": "feed_new", "cursor": subscribed["cursor"]}))
+    assert frames[0]["type"] == "event" and frames[0]["event"]["id"] == event.id

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .faithful import Faults
 
 
+# REALTIME_DEVSTACK_FAITHFUL=1 is --faithful for every `dev` started without it (e.g. a test suite's).
+FAITHFUL_ENV = "REALTIME_DEVSTACK_FAITHFUL"
+
+
 def parse_fault(text: str) -> tuple[str, str, float]:
     """``OP:CODE:RATE`` (``OP`` may be ``*``; ``CODE`` ``lost`` for a lost response) -> its parts."""
     from .faithful import ERRORS
@@ -41,9 +45,10 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
 
     from .faithful import FAITHFUL_DEFAULTS, Faults
 
-    if not (args.faithful or args.fault or args.seed is not None):
+    faithful = args.faithful or os.environ.get(FAITHFUL_ENV, "").lower() in ("1", "true", "yes")
+    if not (faithful or args.fault or args.seed is not None):
         return None
-    faults = copy.deepcopy(FAITHFUL_DEFAULTS) if args.faithful else Faults()
+    faults = copy.deepcopy(FAITHFUL_DEFAULTS) if faithful else Faults()
     faults.seed = args.seed
     for operation, code, rate in args.fault or ():
         if code == "lost":
@@ -213,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--faithful",
         action="store_true",
         help="behave as AWS documents: transaction conflicts, GSI lag, late TTL deletion, request "
-        "jitter (realtime_devstack.faithful.FAITHFUL_DEFAULTS)",
+        f"jitter (realtime_devstack.faithful.FAITHFUL_DEFAULTS; also {FAITHFUL_ENV}=1)",
     )
     dev.add_argument(
         "--fault",

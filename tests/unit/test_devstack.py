@@ -1130,7 +1130,7 @@ def test_the_stack_enforces_timeouts_shortens_ttls_and_turns_faults_on(tmp_path:
     assert faithful.current() == faithful.Faults()  # the stack put the kind substrate back
 
 
-def test_dev_flags_for_faults_ttls_and_timeouts() -> None:
+def test_dev_flags_for_faults_ttls_and_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
     from realtime_devstack.faithful import FAITHFUL_DEFAULTS, Faults
@@ -1138,7 +1138,11 @@ def test_dev_flags_for_faults_ttls_and_timeouts() -> None:
     def parsed(*flags: str) -> Any:
         return cli.build_parser().parse_args(["dev", *flags])
 
+    monkeypatch.delenv(cli.FAITHFUL_ENV, raising=False)
     assert cli.faults_from_args(parsed()) is None  # the kind substrate, not even configured
+    monkeypatch.setenv(cli.FAITHFUL_ENV, "1")
+    assert cli.faults_from_args(parsed()) == FAITHFUL_DEFAULTS
+    monkeypatch.delenv(cli.FAITHFUL_ENV)
     faults = cli.faults_from_args(
         parsed(
             "--faithful",

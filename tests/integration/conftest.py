@@ -24,9 +24,16 @@ def stop_stack(stack: Stack) -> int:
     return stack.stop()
 
 
+# The fan-out finds subscribers through the connections table's index, which lags behind writes
+# on AWS (faithful: 100 ms). A test that needs the live path to see a subscription from the next
+# event on waits this long after `subscribed`; real clients ping and catch up on the heads instead.
+INDEX_LAG_SECONDS = 0.3
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    running = start_stack("--history-limit", "50")
+    # Faithful: transaction conflicts, index lag, late TTL and request jitter, as AWS has them.
+    running = start_stack("--history-limit", "50", "--faithful")
     yield running
     assert stop_stack(running) == 0
 

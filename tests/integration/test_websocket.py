@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from realtime_transport import tokens
 from realtime_transport.secrets import DEVELOPMENT_SECRET
 
-from .conftest import Http, Stack
+from .conftest import INDEX_LAG_SECONDS, Http, Stack
 
 pytestmark = pytest.mark.integration
 SECRET = DEVELOPMENT_SECRET.encode()
@@ -69,7 +69,9 @@ class Client:
     async def subscribe(self, channel: str, cursor: str | None = None) -> dict[str, Any]:
         message = {"action": "subscribe", "channel": channel, **({"cursor": cursor} if cursor else {})}
         await self.send(message)
-        return await self.until(lambda f: f["type"] in {"subscribed", "error"} and f.get("channel") == channel)
+        answer = await self.until(lambda f: f["type"] in {"subscribed", "error"} and f.get("channel") == channel)
+        await asyncio.sleep(INDEX_LAG_SECONDS)  # until the fan-out's index shows the subscription
+        return answer
 
     async def events(self, channel: str, count: int, timeout: float = 15) -> list[dict[str, Any]]:
         got = envelopes(self.frames, channel)
@@ -261,6 +263,8 @@ def test_unsubscribe_stops_delivery(stack: Stack, http: Http) -> None:
         await client.subscribe(f"feed_{feed_id}")
         await client.send({"action": "unsubscribe", "channel": f"feed_{feed_id}"})
         assert (await client.until(lambda f: f["type"] == "unsubscribed"))["channel"] == f"feed_{feed_id}"
+        # The index lags for deletes too: an event within the lag may still come (clients drop it).
+        await asyncio.sleep(INDEX_LAG_SECONDS)
         await asyncio.to_thread(publish, http, feed_id, 2)
         assert await client.quiet(1.0) == []
         await client.ws.close()

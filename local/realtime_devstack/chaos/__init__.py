@@ -6,8 +6,10 @@ What it checks, per channel (the CORFU-style log of ``realtime_transport.channel
 
 (a) every acknowledged publish is stored at its seq with its id, in real-time order, and every
     history page that passed its seq while it was in the window and unexpired returned it;
-(b) seq is gapless and unrepeated: each position is written once (an event or a tombstone), never
-    passed by a reader while unfilled, and history hands out strictly increasing seqs;
+(b) seq is gapless and unrepeated: each position is written once (an event or a tombstone); a
+    position a reader or catch-up claims resolved (its `position`) was filled by then, or may have
+    expired and the answer said `truncated`, and no event lands behind such a claim later; history
+    hands out strictly increasing seqs;
 (c) exactly one event per idempotency key, every acknowledged publish with the key gets it, and a
     key reused with another payload is refused;
 (d) every subscriber hands each event of its subscription to the page exactly once (deduplicated by
@@ -27,11 +29,13 @@ How:
   once, keys reused with another payload, keyed retries after a lost response, a 5xx or a killed
   writer; an unkeyed publish with an unknown outcome is a "maybe"), readers paging history from
   random cursors with small limits, and subscribers driving ``LiveService`` through a recording
-  management API, with the sequencing of ``web/realtime-client.js``: they drop their connection,
-  come back on a new one with their last cursor, some only after the window has moved on.
+  management API, with the sequencing of ``web/realtime-client.js``, on one channel or two per
+  connection: they drop their connection, come back on a new one with their last cursor, some
+  only after the window has moved on.
 * **Nemesis**: faithful's DynamoDB faults; writers killed between their ADD and their fill (a
-  ``BaseException`` after ``allocate``, as a Lambda timeout); fan-out invocations killed part-way
-  through a batch (retried as the event source mapping retries); dropped connections (410).
+  ``BaseException`` after ``allocate``, as a Lambda timeout), and every publish held to the writer
+  timeout as the ingest function is; fan-out invocations killed part-way through a batch (retried
+  as the event source mapping retries); dropped connections (410).
 * **Quiescence** then **check** (``checker.py``): producers stop, the nemesis heals, abandoned
   positions age past the writer timeout, a final read resolves them, the stream drains, every
   subscriber catches up; then (a) to (e) are checked over the history and the log as the stream

@@ -67,6 +67,7 @@ class RunRecord:
     history_limit: int
     ttl_s: int
     began_wall: float
+    first_fill: dict[tuple[str, int], int] = field(default_factory=dict)  # see KillableStore
     notes: list[str] = field(default_factory=list)
 
 
@@ -132,8 +133,10 @@ class _Checker:
         for op in self.run.ops:
             if op.f == "read" and op.type == "ok":
                 self.page(op)
-            elif op.f == "recv" and "ids" in op.value:
+            elif op.f == "recv" and ("ids" in op.value or op.value.get("foreign")):
                 self.frame(op)
+            elif op.f == "recv" and op.value.get("kind") == "subscribed":
+                self.subscribed(op)
             elif op.f in ("converge", "final-read") and op.type == "fail":
                 self.add(
                     Violation(
@@ -391,28 +394,29 @@ class _Checker:
             if stored is None or stored.kind != "event" or stored.event_id != event_id:
                 held = "nothing" if stored is None else f"{stored.kind} {stored.event_id or ''}".strip()
                 flag("b", "page holds an event the log does not", f"{event_id} at seq {seq}; the log: {held}", [seq])
+        may_be_lossy = after is None or truncated  # a cursor read says truncated when TTL took one
+        if head_after is not None:
+            floor = int(head_after) - self.run.history_limit + 1  # surely in the window during the read
+            # The page's position claims every position up to it resolved (the latest events: all
+            # of the window below it; from a cursor: those after the cursor). A read from a cursor
+            # examined each of them; the latest events only those from its first item on.
+            claimed = max(floor, int(after) + 1 if after is not None else 1)
+            examined = claimed if after is not None else (seqs[0] if seqs else position + 1)
+            self.claim(op, claimed, position, may_be_lossy, examined)
+        # Every event from here to the position must be in the page.
+        first: int | None
         if after is None:
-            low = seqs[0] if seqs else None  # the latest events: a contiguous run up to position
+            first = seqs[0] if seqs else None  # the latest events: a contiguous run up to position
         elif head_after is None:
-            low = None
+            first = None
         else:
-            low = max(int(after) + 1, int(head_after) - self.run.history_limit + 1)
-        if low is None:
+            first = max(int(after) + 1, int(head_after) - self.run.history_limit + 1)
+        if first is None:
             return
         returned = {event_id for _, event_id in items}
-        may_be_lossy = after is None or truncated  # a cursor read says truncated when TTL took one
-        for seq in range(low, position + 1):
+        for seq in range(first, position + 1):
             stored = self.event_at(channel, seq)
-            if stored is None:
-                if not (may_be_lossy and self.may_have_expired(channel, seq, wall)):
-                    flag(
-                        "b",
-                        "page passed an unfilled position",
-                        f"{op.process} read past seq {seq} (after={after}, position={position}, truncated="
-                        f"{truncated}); nothing was ever written there",
-                        [seq],
-                    )
-            elif (
+            if stored is not None and (
                 stored.kind == "event"
                 and stored.event_id not in returned
                 and not (may_be_lossy and self.expired(stored, wall))
@@ -425,15 +429,94 @@ class _Checker:
                     [seq],
                 )
 
+    def claim(self, op: Op, low: int, position: int, lossy: bool, examined: int) -> None:
+        """`position` (of a page or a `subscribed`) says every position from `low` to it is resolved,
+        so no event can appear there any more. Those the read examined (from `examined` on) it must
+        have filled, or judged expired and said so (`lossy`), before it answered; those below it
+        (the latest events claim them settled: no writer can still hold them) must get no event."""
+        channel = op.channel
+        assert channel is not None  # noqa: S101 - reads are on a channel
+        wall = float(op.value.get("wall", 0.0))
+        what = f"{op.process} {op.f} {op.value.get('kind', '')}".strip()
+        subscriber = op.process if op.process.startswith("sub-") else None
+        context = f"position {position} (after={op.value.get('after')}, truncated={op.value.get('truncated')})"
+        for seq in range(max(low, 1), position + 1):
+            stored = self.event_at(channel, seq)
+            first = self.run.first_fill.get((channel, seq))
+            late = stored is not None and first is not None and first > op.end  # filled only after the answer
+            if stored is not None and stored.kind == "event" and late:
+                self.add(
+                    Violation(
+                        "b",
+                        "an event landed behind a claim",
+                        f"{what} claimed {context}, and then seq {seq} got event {stored.event_id} (its first write "
+                        f"began at tick {first}, after the answer at {op.end}): whoever trusted the claim lost it",
+                        channel=channel,
+                        subscriber=subscriber,
+                        seqs=(seq,),
+                        ops=(op.index,),
+                    )
+                )
+            elif (
+                (stored is None or late)
+                and seq >= examined
+                and not (lossy and self.may_have_expired(channel, seq, wall))
+            ):
+                happened = "nothing was ever written there" if stored is None else "it was tombstoned only later"
+                check = "passed an unfilled position"
+                if self.unbounded_below(channel, seq, op.value.get("after"), op.end):
+                    # No stored position below it in what the reader fetched: nothing bounded from
+                    # below when it was allocated, and the reader took it for one TTL may have taken.
+                    check += " with nothing filled below it"
+                    happened += "; every position the reader fetched below it was unfilled too"
+                self.add(
+                    Violation(
+                        "b",
+                        check,
+                        f"{what} claimed {context} past seq {seq}, unfilled and too young to have expired: {happened}",
+                        channel=channel,
+                        subscriber=subscriber,
+                        seqs=(seq,),
+                        ops=(op.index,),
+                    )
+                )
+
+    def unbounded_below(self, channel: str, seq: int, after: Any, tick: int) -> bool:
+        """Whether a read from `after` found nothing filled below `seq` (it fetches from `after` on)."""
+        if seq == 1:
+            return True
+        if not isinstance(after, int):
+            return False  # the latest events: where that read began is not known
+        for below in range(max(after, 1), seq):
+            first = self.run.first_fill.get((channel, below))
+            if self.event_at(channel, below) is not None and first is not None and first <= tick:
+                return False
+        return True
+
+    def subscribed(self, op: Op) -> None:
+        value = op.value
+        after, head_after = value.get("after"), value.get("head_after")
+        if after == "?" or head_after is None:
+            return  # not the answer to a subscribe of ours, or the head was unreadable
+        floor = int(head_after) - self.run.history_limit + 1
+        low = max(floor, int(after) + 1) if after is not None else floor
+        position = int(value["position"])
+        # A fresh subscribe answers with the latest resolved position (no truncation to report, and
+        # what it examined is not known); a resumed one with how far its catch-up read.
+        fresh = after is None
+        self.claim(
+            op, low, position, lossy=fresh or bool(value.get("truncated")), examined=position + 1 if fresh else low
+        )
+
     def frame(self, op: Op) -> None:
         channel = op.channel
         assert channel is not None  # noqa: S101 - subscribers are on a channel
-        if op.value.get("frame_channel") != channel:
+        if op.value.get("foreign"):
             self.add(
                 Violation(
                     "d",
                     "frame of another channel",
-                    f"{op.process} got a frame of {op.value.get('frame_channel')}",
+                    f"{op.process} got a {op.value.get('kind')} frame of {channel}, which it never subscribed to",
                     channel=channel,
                     subscriber=op.process,
                     ops=(op.index,),

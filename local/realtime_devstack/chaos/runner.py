@@ -177,7 +177,7 @@ def run(config: ChaosConfig) -> ChaosResult:
         producers: list[Worker] = [Producer(ctx, f"producer-{index}") for index in range(config.producers)]
         readers: list[Worker] = [Reader(ctx, f"reader-{index}") for index in range(config.readers)]
         subscribers = [
-            Subscriber(ctx, f"sub-{index}", channels[index % len(channels)], late=index < config.late_subscribers)
+            Subscriber(ctx, f"sub-{index}", _channels_of(index, channels), late=index < config.late_subscribers)
             for index in range(config.subscribers)
         ]
         for worker in (*subscribers, *producers, *readers):
@@ -204,17 +204,19 @@ def run(config: ChaosConfig) -> ChaosResult:
         injected["fanout_killed"] = system.switchboard.kills
         injected["subscriber_dropped"] = sum(subscriber.drops for subscriber in subscribers)
         injected["lost_ack"] = sum(1 for op in history if op.f == "publish" and op.value.get("lost_ack"))
+        injected["writer_timed_out"] = sum(1 for op in history if op.f == "publish" and op.value.get("timed_out"))
         if system.dead_letters:
             notes.append(f"the event source mapping dead-lettered {system.dead_letters} records")
         log = system.truth.summary()
         record = RunRecord(
             ops=list(history),
             truth=system.truth,
-            clients=[subscriber.record for subscriber in subscribers],
+            clients=[record for subscriber in subscribers for record in subscriber.records],
             final_heads=dict(ctx.final_heads),
             history_limit=config.history_limit,
             ttl_s=system.settings.history_ttl_seconds,
             began_wall=began_wall,
+            first_fill=dict(system.store.first_fill),
             notes=notes,
         )
     elapsed = time.monotonic() - started
@@ -231,6 +233,15 @@ def run(config: ChaosConfig) -> ChaosResult:
         notes=record.notes,
         log=log,
     )
+
+
+def _channels_of(index: int, channels: list[str]) -> list[str]:
+    """Each subscriber's channels: its own, and for every third one the next channel as well (one
+    connection, two subscriptions: the fan-out merges their frames, a pong carries both heads)."""
+    own = channels[index % len(channels)]
+    if index % 3 == 2 and len(channels) > 1:
+        return [own, channels[(index + 1) % len(channels)]]
+    return [own]
 
 
 def _join(history: History, workers: list[Worker] | list[Subscriber], notes: list[str]) -> None:

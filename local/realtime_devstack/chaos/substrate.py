@@ -49,6 +49,16 @@ class WriterKilled(BaseException):
     """The nemesis killed a writer between its ADD and its fill, as a Lambda timeout would."""
 
 
+class WriterTimedOut(WriterKilled):
+    """A writer outran the writer timeout: on Lambda its invocation is over and it writes nothing more.
+
+    The library calls a position abandoned once its writer timeout has passed; in-process nothing
+    would stop a slow writer (botocore's backoff after a throttle alone can take a second), so a
+    botocore hook refuses every request a publish makes after its deadline, as ``lambda_host``'s
+    guard does for the local stack's functions.
+    """
+
+
 class FanoutKilled(Exception):
     """The nemesis killed the fan-out invocation part-way through a batch."""
 
@@ -88,15 +98,48 @@ def killable_store(client: Any, table: str, history: History) -> Any:
             super().__init__(client, table)
             self._armed = threading.local()
             self.kills = 0
+            # (channel, seq) -> tick at the start of the first write that tried to fill it: a
+            # position cannot be filled before this (a reader claiming it resolved earlier, while
+            # it was empty, claimed too much).
+            self.first_fill: dict[tuple[str, int], int] = {}
+            self._fills_lock = threading.Lock()
+
+        def _note_fill(self, item: Mapping[str, Any]) -> None:
+            channel = str(item["pk"]["S"]).partition("#")[2]
+            tick = history.tick()
+            with self._fills_lock:
+                self.first_fill.setdefault((channel, int(item["sk"]["N"])), tick)
+
+        def put_position(self, item: dict[str, Any]) -> None:
+            self._note_fill(item)
+            super().put_position(item)
+
+        def put_keyed_event(self, event_item: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            self._note_fill(event_item)
+            super().put_keyed_event(event_item, *args, **kwargs)
 
         def arm(self) -> None:
             self._armed.on = True
 
-        def disarm(self) -> None:
+        def invoked(self, timeout_s: float) -> None:
+            """This thread runs a publish as the ingest function would: it ends in `timeout_s`."""
+            self._armed.deadline = time.monotonic() + timeout_s
+            self._armed.allocated = []
+
+        def returned(self) -> list[int]:
+            """The publish ended: the positions it allocated."""
+            self._armed.deadline = None
             self._armed.on = False
+            return list(getattr(self._armed, "allocated", []))
+
+        def guard(self, **_: Any) -> None:
+            deadline = getattr(self._armed, "deadline", None)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WriterTimedOut("the publish outran the writer timeout: no more requests")
 
         def allocate(self, chan_key: str, now_ms: int, token: str) -> Allocation:
             allocation = super().allocate(chan_key, now_ms, token)
+            getattr(self._armed, "allocated", []).append(allocation.seq)
             if getattr(self._armed, "on", False):
                 self._armed.on = False
                 self.kills += 1
@@ -113,7 +156,10 @@ def killable_store(client: Any, table: str, history: History) -> Any:
                 raise WriterKilled(f"writer killed after allocating seq {allocation.seq}")
             return allocation
 
-    return KillableStore()
+    store = KillableStore()
+    # Every attempt, botocore's own retries included, creates a request first.
+    client.meta.events.register("request-created.dynamodb", store.guard)
+    return store
 
 
 # --- connections: the management API ---------------------------------------------------------

@@ -1,7 +1,12 @@
 """The clients: producers, history readers and WebSocket subscribers, each a thread with its own
 seeded random schedule, each recording what it asked and what it was told.
 
-Subscribers behave like ``web/realtime-client.js``: per channel the last seq handed to the page,
+Producers run each publish as the ingest function would, within the writer timeout (after it
+botocore refuses their requests, as Lambda ends a timed-out invocation); a quarter of the unkeyed
+events carry a few KB so that a catch-up of the window spans several frames.
+
+Subscribers (one channel, or two on one connection) behave like ``web/realtime-client.js``: per
+channel the last seq handed to the page,
 a reorder buffer, a resume cursor that only ever comes from the server; `event` and `events`
 frames are applied and deduplicated by seq; a `subscribed` answer resolves every position up to
 its `position` (a truncated one first moves past what the window took); `hasMore` subscribes
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .history import History
-from .substrate import Line, Substrate, WriterKilled
+from .substrate import Line, Substrate, WriterKilled, WriterTimedOut
 
 if TYPE_CHECKING:
     from .runner import ChaosConfig
@@ -67,6 +72,8 @@ def _classify(exc: BaseException) -> dict[str, Any]:
     """What a caller of the HTTP API would have seen for this exception."""
     from realtime_transport.errors import ConfigurationError, IdempotencyConflict, RealtimeError, StoreUnavailable
 
+    if isinstance(exc, WriterTimedOut):
+        return {"killed": True, "timed_out": True}  # as a Lambda timeout: the caller sees a 504
     if isinstance(exc, WriterKilled):
         return {"killed": True}  # a Lambda timeout: the caller sees a 504 from API Gateway, the nemesis did it
     if isinstance(exc, IdempotencyConflict):
@@ -158,10 +165,14 @@ class Producer(Worker):
         system = self.ctx.system
         channel = system.realtime.channel(channel_name)
         data: dict[str, Any] = {"op": request} if key is None else {"key": key, "v": variant}
+        if key is None and rng.random() < 0.25:
+            # A few KB: a catch-up of the window then spans several 32 KB frames.
+            data["pad"] = "x" * rng.randint(1_000, 12_000)
         kill = rng.random() < self.ctx.config.writer_kill_rate
         lose = rng.random() < self.ctx.config.lost_ack_rate
         common: dict[str, Any] = {"request": request, "attempt": attempt, "data": data}
         start = self.history.tick()
+        system.store.invoked(self.ctx.config.writer_timeout_s)
         if kill:
             system.store.arm()
         try:
@@ -169,12 +180,23 @@ class Producer(Worker):
                 type="chaos.keyed" if key else "chaos.unkeyed", data=data, metadata=_META, idempotency_key=key
             )
         except BaseException as exc:
+            allocated = system.store.returned()
             outcome = _classify(exc)
             kind = "fail" if outcome.get("conflict") else "info"
-            self.history.add(start, process, "publish", kind, channel=channel_name, key=key, **common, **outcome)
+            self.history.add(
+                start,
+                process,
+                "publish",
+                kind,
+                channel=channel_name,
+                key=key,
+                seqs=allocated,
+                **common,
+                **outcome,
+                allocated=allocated or None,
+            )
             return kind
-        finally:
-            system.store.disarm()
+        allocated = system.store.returned()
         event = result.event
         self.history.add(
             start,
@@ -183,12 +205,13 @@ class Producer(Worker):
             "info" if lose else "ok",  # a lost response: the client cannot tell it worked
             channel=channel_name,
             key=key,
-            seqs=[event.seq],
+            seqs=[event.seq, *allocated],
             **common,
             id=event.id,
             seq=event.seq,
             duplicate=result.duplicate,
             lost_ack=lose,
+            abandoned=[seq for seq in allocated if seq != event.seq] or None,
         )
         if self.ctx.heads.get(channel_name, 0) < event.seq:
             self.ctx.heads[channel_name] = event.seq
@@ -231,13 +254,7 @@ def read_page(ctx: Context, process: str, channel_name: str, limit: int, after: 
         ctx.history.add(start, process, "read", "info", channel=channel_name, after=after, **_classify(exc))
         return None
     wall = time.time()
-    head_after: int | None = None
-    for _ in range(3):
-        try:
-            head_after = system.store.head(channel.key).seq
-            break
-        except Exception:  # the checker's own look at the head: only bounds the window
-            time.sleep(0.01)
+    head_after = head_of(ctx, channel_name)
     ctx.history.add(
         start,
         process,
@@ -259,6 +276,17 @@ def read_page(ctx: Context, process: str, channel_name: str, limit: int, after: 
     return page
 
 
+def head_of(ctx: Context, channel_name: str) -> int | None:
+    """The channel's head (None if unreadable): the checker's own look, it only bounds the window."""
+    key = ctx.system.realtime.channel(channel_name).key
+    for _ in range(3):
+        try:
+            return int(ctx.system.store.head(key).seq)
+        except Exception:
+            time.sleep(0.01)
+    return None
+
+
 # --- subscribers ---------------------------------------------------------------------------------------
 
 
@@ -269,6 +297,7 @@ class Window:
     after: int | None
     wall: float
     reply_min: int | None = None
+    head_after: int | None = None  # the channel's head once the subscribe was answered
 
 
 @dataclass
@@ -286,230 +315,54 @@ class ClientRecord:
     converged: bool = False
 
 
-class Subscriber(Worker):
-    def __init__(self, ctx: Context, name: str, channel: str, late: bool) -> None:
-        super().__init__(ctx, name)
-        from realtime_transport import tokens
+class Feed:
+    """One channel of a subscriber, sequenced as ``web/realtime-client.js`` sequences it."""
 
+    def __init__(self, owner: Subscriber, channel: str) -> None:
+        self.owner = owner
+        self.history = owner.history
         self.channel = channel
-        self.late = late
-        self.record = ClientRecord(name=name, channel=channel)
-        self.token = tokens.issue(ctx.system.realtime.secret, sub=name, channels=["chaos_*"], ttl_seconds=3600)
-        self.generation = 0
-        self.connection: str | None = None
-        self.line: Line | None = None
+        self.record = ClientRecord(name=owner.name, channel=channel)
         self.window: Window | None = None
         self.more = False
-        self.cursors: dict[int, str] = {}
+        self.cursors: dict[int, str] = {}  # seq -> the cursor the server gave for it
         self.buffer: dict[int, tuple[str, float]] = {}  # seq -> (event id, when it arrived)
-        self.behind = 0
+        self.behind = 0  # pongs in a row whose head was ahead of what was delivered
         self.last_resubscribe = 0.0
-        self.drops = 0
 
-    # --- the schedule ---------------------------------------------------------------------
-
-    def work(self) -> None:
-        config = self.ctx.config
-        self.ctx.calm.wait(self.rng.uniform(0, 0.3))
-        self.connect()
-        now = time.monotonic()
-        next_drop = now + self.rng.expovariate(config.drop_rate) if config.drop_rate > 0 else float("inf")
-        next_ping = now + self.rng.uniform(0.2, 0.6)
-        while not self.ctx.finishing.is_set():
-            self.pump()
-            self.maintain()
-            now = time.monotonic()
-            if now >= next_drop and not self.ctx.calm.is_set():
-                self.drop_and_return()
-                next_drop = time.monotonic() + self.rng.expovariate(config.drop_rate)
-            elif now >= next_ping:
-                self.ping()
-                next_ping = now + self.rng.uniform(0.2, 0.6)
-            time.sleep(self.rng.uniform(0.01, 0.03))
-        self.finish(self.ctx.final_heads.get(self.channel, 0))
-
-    def maintain(self) -> None:
-        if self.line is None or self.line.dropped:
-            self.connect()
-            return
-        now = time.monotonic()
-        if now - self.last_resubscribe < _RESUBSCRIBE_GAP_S:
-            return
-        waited = min((arrived for _, arrived in self.buffer.values()), default=None)
-        if waited is not None and now - waited > _REORDER_S:
-            self.subscribe("gap")
-        elif self.behind >= 2:
-            self.behind = 0
-            self.subscribe("head")
-
-    def drop_and_return(self) -> None:
-        assert self.line is not None and self.connection is not None  # noqa: S101 - connected
-        self.drops += 1
-        self.history.add(self.history.tick(), self.name, "drop", "info", channel=self.channel, conn=self.connection)
-        self.line.drop()
-        self.pump()  # what had arrived before the drop was received
-        if self.rng.random() < 0.5:  # $disconnect is not guaranteed
-            start = self.history.tick()
-            try:
-                self.ctx.system.live.disconnect(self.connection)
-                self.history.add(start, self.name, "disconnect", "ok", channel=self.channel, conn=self.connection)
-            except BaseException as exc:
-                self.history.add(start, self.name, "disconnect", "info", channel=self.channel, **_classify(exc))
-        low, high = self.ctx.config.late_absence_s if self.late else (0.02, 0.4)
-        self.ctx.calm.wait(self.rng.uniform(low, high))
-        self.window = None
-        self.connect()
-
-    def finish(self, target: int) -> None:
-        """Quiesced: catch up to the final head, over as many subscribes as it takes."""
-        for _ in range(100):
-            if self.line is None or self.line.dropped:
-                self.connect()
-            else:
-                self.subscribe("final")
-            if self.record.last is not None and self.record.last >= target and not self.buffer:
-                self.record.converged = True
-                break
-            time.sleep(0.05)
-        self.history.add(
-            self.history.tick(),
-            self.name,
-            "converge",
-            "ok" if self.record.converged else "fail",
-            channel=self.channel,
-            last=self.record.last,
-            target=target,
-            buffered=sorted(self.buffer),
-        )
-
-    # --- requests ---------------------------------------------------------------------------
-
-    def connect(self) -> bool:
-        self.generation += 1
-        connection = f"{self.name}.{self.generation}"
-        line = self.ctx.system.switchboard.open(connection)  # before the table knows it: no false 410
-        start = self.history.tick()
-        try:
-            self.ctx.system.live.connect(connection, self.token)
-        except BaseException as exc:
-            line.drop()
-            outcome = _classify(exc)
-            self.history.add(start, self.name, "connect", "info", channel=self.channel, conn=connection, **outcome)
-            return False
-        self.history.add(start, self.name, "connect", "ok", channel=self.channel, conn=connection)
-        self.connection, self.line = connection, line
-        self.buffer_reset_windows()
-        self.subscribe("connect")
-        return True
-
-    def buffer_reset_windows(self) -> None:
+    def reset(self) -> None:
         self.window = None
         self.more = False
         self.behind = 0
+
+    def add(self, f: str, type: str = "ok", **value: Any) -> None:
+        self.history.add(self.history.tick(), self.owner.name, f, type, channel=self.channel, **value)
 
     def resume(self) -> tuple[str | None, int | None]:
         """The cursor to resume with (the newest the server gave for a seq at or below `last`)."""
         last = self.record.last
-        if last is None:
-            return None, None
-        known = [seq for seq in self.cursors if seq <= last]
+        known = [seq for seq in self.cursors if last is not None and seq <= last]
         if not known:
             return None, None
         seq = max(known)
         return self.cursors[seq], seq
 
-    def subscribe(self, why: str) -> None:
-        if self.connection is None or self.line is None or self.line.dropped:
-            return
-        small_budget = self.rng.random() < self.ctx.config.has_more_rate
-        for _ in range(30):
-            cursor, after = self.resume()
-            message: dict[str, Any] = {"action": "subscribe", "channel": self.channel}
-            if cursor is not None:
-                message["cursor"] = cursor
-            remaining: Callable[[], int] | None = None
-            budget_ms = 0
-            if small_budget:
-                # The function's remaining time: a catch-up this short stops with hasMore.
-                budget_ms = self.rng.randint(2, 60)
-                remaining = _remaining(1500 + budget_ms)
-            self.window = Window(after=after, wall=time.time())
-            self.more = False
-            self.last_resubscribe = time.monotonic()
-            start = self.history.tick()
-            try:
-                self.ctx.system.live.handle(self.connection, json.dumps(message), remaining_ms=remaining)
-            except BaseException as exc:
-                self.history.add(start, self.name, "subscribe", "info", channel=self.channel, **_classify(exc))
-                self.window = None
-                return
-            self.history.add(
-                start,
-                self.name,
-                "subscribe",
-                "ok",
-                channel=self.channel,
-                lo=(after + 1) if after is not None else None,
-                hi=(after + 1) if after is not None else None,
-                after=after,
-                why=why,
-                budget_ms=budget_ms or None,
-                conn=self.connection,
-            )
-            self.pump()
-            if not self.more or self.line.dropped:
-                return
-            why = "hasMore"
-            small_budget = self.rng.random() < self.ctx.config.has_more_rate / 2
+    def waiting_since(self) -> float | None:
+        """When the oldest event waiting for the seqs before it arrived (None: no gap)."""
+        return min((arrived for _, arrived in self.buffer.values()), default=None)
 
-    def ping(self) -> None:
-        if self.connection is None or self.line is None or self.line.dropped:
-            return
-        start = self.history.tick()
-        try:
-            self.ctx.system.live.handle(self.connection, '{"action": "ping"}')
-        except BaseException as exc:
-            self.history.add(start, self.name, "ping", "info", channel=self.channel, **_classify(exc))
-            return
-        self.history.add(start, self.name, "ping", "ok", channel=self.channel)
-        self.pump()
+    # --- frames ----------------------------------------------------------------------------
 
-    # --- frames ----------------------------------------------------------------------------------
-
-    def pump(self) -> None:
-        if self.line is None:
-            return
-        for via, frame in self.line.take():
-            kind = frame.get("type")
-            if kind == "event":
-                self.on_events(via, [frame["event"]], frame.get("cursor"), frame.get("channel"))
-            elif kind == "events":
-                self.on_events(via, frame["events"], frame.get("cursor"), frame.get("channel"))
-            elif kind == "subscribed":
-                self.on_subscribed(frame)
-            elif kind == "pong":
-                self.on_pong(frame)
-            elif kind == "error":
-                self.on_error(frame)
-            else:
-                self.history.add(self.history.tick(), self.name, "recv", "ok", channel=self.channel, kind=kind)
-
-    def on_events(self, via: str, events: list[dict[str, Any]], cursor: str | None, channel: str | None) -> None:
+    def on_events(self, via: str, events: list[dict[str, Any]], cursor: str | None) -> None:
         seqs = [int(event["seq"]) for event in events]
-        self.history.add(
-            self.history.tick(),
-            self.name,
+        self.add(
             "recv",
-            "ok",
-            channel=self.channel,
             seqs=seqs,
             kind="events" if len(events) > 1 else "event",
             via=via,
             ids=[(int(event["seq"]), event["id"]) for event in events],
-            frame_channel=channel,
+            conn=self.owner.connection,
         )
-        if channel != self.channel:
-            return  # the checker flags it (frame_channel)
         if via == "reply" and self.window is not None:
             low = min(seqs)
             self.window.reply_min = low if self.window.reply_min is None else min(self.window.reply_min, low)
@@ -556,28 +409,15 @@ class Subscriber(Worker):
                 skipped.append(seq)
         self.record.last = max(target, self.record.last or target)
         if skipped:
-            self.history.add(
-                self.history.tick(),
-                self.name,
-                "skip",
-                "ok",
-                channel=self.channel,
-                seqs=skipped,
-                reason=reason,
-                skipped=_ranges(skipped),
-            )
+            self.add("skip", seqs=skipped, reason=reason, skipped=_ranges(skipped))
 
     def on_subscribed(self, frame: dict[str, Any]) -> None:
         window, self.window = self.window, None
         position = int(frame.get("position", 0))
         truncated = bool(frame.get("truncated"))
         more = bool(frame.get("hasMore"))
-        self.history.add(
-            self.history.tick(),
-            self.name,
+        self.add(
             "recv",
-            "ok",
-            channel=self.channel,
             hi=position,
             lo=(window.after + 1) if window is not None and window.after is not None else position,
             kind="subscribed",
@@ -586,6 +426,8 @@ class Subscriber(Worker):
             has_more=more,
             after=window.after if window is not None else "?",
             first_reply=window.reply_min if window is not None else None,
+            head_after=window.head_after if window is not None else None,
+            wall=time.time(),
         )
         if window is None:
             return  # not the answer to a subscribe of ours: the checker sees it in the history
@@ -608,16 +450,223 @@ class Subscriber(Worker):
         self.drain()
         self.more = more
 
-    def on_pong(self, frame: dict[str, Any]) -> None:
-        heads = frame.get("heads") or {}
-        head = heads.get(self.channel)
-        self.history.add(self.history.tick(), self.name, "recv", "ok", channel=self.channel, kind="pong", head=head)
+    def on_head(self, head: Any) -> None:
+        self.add("recv", kind="pong", head=head)
         if head is not None and self.record.last is not None and int(head) > self.record.last:
             self.behind += 1
         else:
             self.behind = 0
 
-    def on_error(self, frame: dict[str, Any]) -> None:
+
+class Subscriber(Worker):
+    """One WebSocket client on one or more channels: connects, subscribes, pings, drops its
+    connection and comes back on a new one with each channel's last cursor."""
+
+    def __init__(self, ctx: Context, name: str, channels: list[str], late: bool) -> None:
+        super().__init__(ctx, name)
+        from realtime_transport import tokens
+
+        self.late = late
+        self.feeds = {channel: Feed(self, channel) for channel in channels}
+        self.token = tokens.issue(ctx.system.realtime.secret, sub=name, channels=["chaos_*"], ttl_seconds=3600)
+        self.generation = 0
+        self.connection: str | None = None
+        self.line: Line | None = None
+        self.drops = 0
+
+    @property
+    def records(self) -> list[ClientRecord]:
+        return [feed.record for feed in self.feeds.values()]
+
+    # --- the schedule ---------------------------------------------------------------------
+
+    def work(self) -> None:
+        config = self.ctx.config
+        self.ctx.calm.wait(self.rng.uniform(0, 0.3))
+        self.connect()
+        now = time.monotonic()
+        next_drop = now + self.rng.expovariate(config.drop_rate) if config.drop_rate > 0 else float("inf")
+        next_ping = now + self.rng.uniform(0.2, 0.6)
+        while not self.ctx.finishing.is_set():
+            self.pump()
+            self.maintain()
+            now = time.monotonic()
+            if now >= next_drop and not self.ctx.calm.is_set():
+                self.drop_and_return()
+                next_drop = time.monotonic() + self.rng.expovariate(config.drop_rate)
+            elif now >= next_ping:
+                self.ping()
+                next_ping = now + self.rng.uniform(0.2, 0.6)
+            time.sleep(self.rng.uniform(0.01, 0.03))
+        self.finish()
+
+    def maintain(self) -> None:
+        if self.line is None or self.line.dropped:
+            self.connect()
+            return
+        for feed in self.feeds.values():
+            now = time.monotonic()
+            if now - feed.last_resubscribe < _RESUBSCRIBE_GAP_S:
+                continue
+            waited = feed.waiting_since()
+            if waited is not None and now - waited > _REORDER_S:
+                self.subscribe(feed, "gap")
+            elif feed.behind >= 2:
+                feed.behind = 0
+                self.subscribe(feed, "head")
+
+    def drop_and_return(self) -> None:
+        assert self.line is not None and self.connection is not None  # noqa: S101 - connected
+        self.drops += 1
+        self.history.add(self.history.tick(), self.name, "drop", "info", conn=self.connection)
+        self.line.drop()
+        self.pump()  # what had arrived before the drop was received
+        if self.rng.random() < 0.5:  # $disconnect is not guaranteed
+            start = self.history.tick()
+            try:
+                self.ctx.system.live.disconnect(self.connection)
+                self.history.add(start, self.name, "disconnect", "ok", conn=self.connection)
+            except BaseException as exc:
+                self.history.add(start, self.name, "disconnect", "info", conn=self.connection, **_classify(exc))
+        low, high = self.ctx.config.late_absence_s if self.late else (0.02, 0.4)
+        self.ctx.calm.wait(self.rng.uniform(low, high))
+        self.connect()
+
+    def finish(self) -> None:
+        """Quiesced: catch every channel up to its final head, over as many subscribes as it takes."""
+        targets = {channel: self.ctx.final_heads.get(channel, 0) for channel in self.feeds}
+
+        def caught_up(feed: Feed) -> bool:
+            last = feed.record.last
+            return last is not None and last >= targets[feed.channel] and not feed.buffer
+
+        for _ in range(100):
+            if all(caught_up(feed) for feed in self.feeds.values()):
+                break
+            if self.line is None or self.line.dropped:
+                self.connect()
+            else:
+                for feed in self.feeds.values():
+                    if not caught_up(feed):
+                        self.subscribe(feed, "final")
+            time.sleep(0.05)
+        for feed in self.feeds.values():
+            feed.record.converged = caught_up(feed)
+            feed.add(
+                "converge",
+                "ok" if feed.record.converged else "fail",
+                last=feed.record.last,
+                target=targets[feed.channel],
+                buffered=sorted(feed.buffer),
+            )
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def connect(self) -> bool:
+        self.generation += 1
+        connection = f"{self.name}.{self.generation}"
+        line = self.ctx.system.switchboard.open(connection)  # before the table knows it: no false 410
+        start = self.history.tick()
+        try:
+            self.ctx.system.live.connect(connection, self.token)
+        except BaseException as exc:
+            line.drop()
+            self.history.add(start, self.name, "connect", "info", conn=connection, **_classify(exc))
+            return False
+        self.history.add(start, self.name, "connect", "ok", conn=connection)
+        self.connection, self.line = connection, line
+        for feed in self.feeds.values():
+            feed.reset()
+        for feed in self.feeds.values():
+            self.subscribe(feed, "connect")
+        return True
+
+    def subscribe(self, feed: Feed, why: str) -> None:
+        if self.connection is None or self.line is None or self.line.dropped:
+            return
+        small_budget = self.rng.random() < self.ctx.config.has_more_rate
+        for _ in range(30):
+            cursor, after = feed.resume()
+            message: dict[str, Any] = {"action": "subscribe", "channel": feed.channel}
+            if cursor is not None:
+                message["cursor"] = cursor
+            remaining: Callable[[], int] | None = None
+            budget_ms = 0
+            if small_budget:
+                # The function's remaining time: a catch-up this short stops with hasMore.
+                budget_ms = self.rng.randint(2, 60)
+                remaining = _remaining(1500 + budget_ms)
+            feed.window = Window(after=after, wall=time.time())
+            feed.more = False
+            feed.last_resubscribe = time.monotonic()
+            start = self.history.tick()
+            try:
+                self.ctx.system.live.handle(self.connection, json.dumps(message), remaining_ms=remaining)
+            except BaseException as exc:
+                self.history.add(start, self.name, "subscribe", "info", channel=feed.channel, **_classify(exc))
+                feed.window = None
+                return
+            if feed.window is not None:
+                feed.window.head_after = head_of(self.ctx, feed.channel)
+            self.history.add(
+                start,
+                self.name,
+                "subscribe",
+                "ok",
+                channel=feed.channel,
+                after=after,
+                why=why,
+                budget_ms=budget_ms or None,
+                conn=self.connection,
+            )
+            self.pump()
+            if not feed.more or self.line.dropped:
+                return
+            why = "hasMore"
+            small_budget = self.rng.random() < self.ctx.config.has_more_rate / 2
+
+    def ping(self) -> None:
+        if self.connection is None or self.line is None or self.line.dropped:
+            return
+        start = self.history.tick()
+        try:
+            self.ctx.system.live.handle(self.connection, '{"action": "ping"}')
+        except BaseException as exc:
+            self.history.add(start, self.name, "ping", "info", **_classify(exc))
+            return
+        self.history.add(start, self.name, "ping", "ok")
+        self.pump()
+
+    # --- frames ----------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        if self.line is None:
+            return
+        for via, frame in self.line.take():
+            kind = frame.get("type")
+            channel = frame.get("channel")
+            feed = self.feeds.get(channel) if isinstance(channel, str) else None
+            if kind in ("event", "events"):
+                if feed is None:
+                    # The checker flags a frame of a channel this connection never subscribed to.
+                    self.history.add(
+                        self.history.tick(), self.name, "recv", "ok", channel=str(channel), kind=kind, foreign=True
+                    )
+                    continue
+                events = [frame["event"]] if kind == "event" else frame["events"]
+                feed.on_events(via, events, frame.get("cursor"))
+            elif kind == "subscribed" and feed is not None:
+                feed.on_subscribed(frame)
+            elif kind == "pong":
+                heads = frame.get("heads") or {}
+                for each in self.feeds.values():
+                    each.on_head(heads.get(each.channel))
+            elif kind == "error":
+                self.on_error(frame, feed)
+            else:
+                self.history.add(self.history.tick(), self.name, "recv", "ok", channel=channel, kind=kind)
+
+    def on_error(self, frame: dict[str, Any], feed: Feed | None) -> None:
         code = str(frame.get("code"))
         fivexx = code in FIVE_XX_CODES
         self.history.add(
@@ -625,14 +674,15 @@ class Subscriber(Worker):
             self.name,
             "recv",
             "info",
-            channel=self.channel,
+            channel=feed.channel if feed is not None else None,
             kind="error",
             code=code,
             error=f"{code}: {frame.get('message')}",
             fivexx=fivexx or None,
             unexpected=(not fivexx) or None,
         )
-        self.window = None
+        for each in [feed] if feed is not None else self.feeds.values():
+            each.window = None
         if code == "unauthorized" and self.line is not None:
             self.line.drop()  # the connection is gone from the table: reconnect
 

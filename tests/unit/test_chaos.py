@@ -3,6 +3,10 @@ bugs planted in the library (a checker that cannot fail proves nothing).
 
 Each run is seeded (workload and fault schedule); thread interleavings still vary, so the
 assertions are about what must hold for every interleaving.
+
+One violation the checker found in the library is reported and not fixed here (the library's owner
+fixes it): ``test_finding_a_dead_first_position_is_tombstoned`` reproduces it, strictly expected to
+fail; once it passes, delete ``KNOWN_FINDINGS`` and the xfail mark.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import pytest
 
 from realtime_devstack.chaos import ChaosConfig, ChaosResult, minimal_history, run
+from realtime_transport import Realtime, clock
 
 # Every kind of fault the nemesis has, each of which a short run must have injected at least once.
 FAULT_KINDS = (
@@ -27,11 +32,18 @@ FAULT_KINDS = (
 )
 
 
+# (invariant, check) of violations found in the library and reported: a dead writer's hole with no
+# filled position below it in what the reader fetched (the channel's first position, or one after
+# another hole) is judged lost to TTL, reported `truncated`, and never tombstoned.
+KNOWN_FINDINGS = {("b", "passed an unfilled position with nothing filled below it")}
+
+
 def test_no_violation_under_the_nemesis() -> None:
     # The default DynamoDB fault rates; kills a little more often than the default so that a
     # three-second run is sure to have some of each.
     result = run(ChaosConfig(seed=20240611, seconds=3.0, writer_kill_rate=0.1, fanout_kill_rate=0.3))
-    assert result.violations == [], result.report()
+    unexpected = [v for v in result.violations if (v.invariant, v.check) not in KNOWN_FINDINGS]
+    assert unexpected == [], result.report()
     assert result.fivexx == [], result.report()
     kinds = result.fault_kinds()
     missing = [kind for kind in FAULT_KINDS if not kinds.get(kind)]
@@ -65,7 +77,7 @@ def _skip_tombstoning(monkeypatch: pytest.MonkeyPatch) -> None:
     ("plant", "expected", "options"),
     [
         (_drop_every_eleventh_event, ("a", "page skipped an event"), {}),
-        (_skip_tombstoning, ("b", "page passed an unfilled position"), {"writer_kill_rate": 0.3}),
+        (_skip_tombstoning, ("b", "passed an unfilled position"), {"writer_kill_rate": 0.3}),  # (or a variant)
     ],
     ids=["history drops an event", "a reader skips tombstoning"],
 )
@@ -74,11 +86,32 @@ def test_the_checker_catches_a_planted_bug(
 ) -> None:
     plant(monkeypatch)
     result: ChaosResult = run(ChaosConfig(seed=7, seconds=1.5, channels=2, subscribers=4, **options))
-    found = {(violation.invariant, violation.check) for violation in result.violations}
-    assert expected in found, result.report()
-    violation = next(v for v in result.violations if (v.invariant, v.check) == expected)
+    matching = [v for v in result.violations if v.invariant == expected[0] and v.check.startswith(expected[1])]
+    assert matching, result.report()
+    violation = matching[0]
     history = minimal_history(result.ops, violation)
     assert history, "a violation comes with the operations that show it"
     assert {op.channel for op in history} <= {violation.channel, None}, "only the offending channel"
     report = result.report()
     assert f"seed {result.config.seed}" in report and "minimal history" in report
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the checker, reported to the library owner: _LogReader._earliest_ms falls back to 0 "
+    "when no position below a hole was fetched, so resolve() judges a dead writer's hole there expired",
+)
+def test_finding_a_dead_first_position_is_tombstoned(realtime: Realtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 21 (`python -m realtime_devstack.chaos --seed 21 --seconds 15`) kills the writer of a
+    channel's first publish: every reader from cursor 0 is then told `truncated` (a TTL loss) for a
+    position allocated seconds ago that never held an event, and nobody ever tombstones it."""
+    now = clock.now_ms()
+    monkeypatch.setattr(clock, "now_ms", lambda: now)
+    channel = realtime.channel("feed_first")
+    realtime.store.allocate(channel.key, now, token="dies")  # seq 1: its writer dies
+    channel.broadcast(type="t", data="second")
+    now += int(realtime.settings.writer_timeout_seconds * 1000) + 5_000  # long dead; the TTL is days away
+    page = channel.history(limit=10, cursor=channel.cursor(0))
+    assert [event.seq for event in page.items] == [2]
+    assert not page.truncated, "nothing was lost: seq 1 never held an event"
+    assert realtime.store.position(channel.key, 1) is not None, "a dead writer's position is tombstoned"

@@ -37,8 +37,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # abandoned on a margin thinner than this.
 _CLOCK_SKEW_MS = 1000
 _WRITE_ATTEMPTS = 3
-_CONFLICT_ATTEMPTS = 6
+_CONFLICT_ATTEMPTS = 10
 _CONFLICT_BACKOFF_S = 0.02
+_CONFLICT_BACKOFF_CAP_S = 0.2  # ten attempts take at most about 1.5 s of the writer's time
 _READ_SLACK = 8
 # How far back a read without a cursor looks at a time for the point below which no writer
 # can still be filling a position (see _LogReader.latest).
@@ -214,7 +215,8 @@ class Channel:
                 record = store.idempotency_record(self.key, idempotency_key)
                 if record is not None and record.expires_at > clock.now_ms() // 1000:
                     raise KeyTaken(record) from None
-                time.sleep(random.uniform(0, _CONFLICT_BACKOFF_S * 2**attempt))  # noqa: S311 - jitter, not crypto
+                backoff = min(_CONFLICT_BACKOFF_CAP_S, _CONFLICT_BACKOFF_S * 2**attempt)
+                time.sleep(random.uniform(0, backoff))  # noqa: S311 - full jitter, not crypto
         raise StoreUnavailable(f"idempotency key kept conflicting after {_CONFLICT_ATTEMPTS} attempts")
 
     def publish(
@@ -365,9 +367,15 @@ class _LogReader:
         return self._head.latest_ms_of(seq)
 
     def _earliest_ms(self, seq: int) -> int:
-        """No later than the allocation of `seq`: from the nearest known position below it (0: none)."""
+        """No later than the allocation of `seq`: from the nearest stored position below it, or
+        when the channel's first position was allocated (no position is older)."""
         below = [p for s, p in self._known.items() if s < seq]
-        return max(below, key=lambda p: p.seq).earliest_ms if below else 0
+        if not below and not (self._fetched and self._fetched[0] <= 1):
+            previous = self._store.previous_position(self._channel.key, seq)  # rare: only for an old hole
+            if previous is not None:
+                self._known[previous.seq] = previous
+                below = [previous]
+        return max(below, key=lambda p: p.seq).earliest_ms if below else self._head.created_at_ms
 
     def resolve(self, seq: int) -> tuple[str, Position | None]:
         """("event" | "skip" | "expired" | "hole", position) for one position inside the fetched range."""

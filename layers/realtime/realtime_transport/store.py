@@ -81,7 +81,7 @@ class EventStore:
                 Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
                 UpdateExpression=(
                     "ADD head :one SET prevAllocatedAt = if_not_exists(allocatedAt, :zero), "
-                    "allocatedAt = :now, kind = :kind, lastAlloc = :token"
+                    "allocatedAt = :now, createdAt = if_not_exists(createdAt, :now), kind = :kind, lastAlloc = :token"
                 ),
                 ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
                 ExpressionAttributeValues={
@@ -215,6 +215,24 @@ class EventStore:
             KeyConditionExpression="pk = :pk AND sk > :after",
             ExpressionAttributeValues={":pk": {"S": chan_key}, ":after": {"N": str(after)}},
             ConsistentRead=True,
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        return Position.from_item(items[0]) if items else None
+
+    def previous_position(self, chan_key: str, before: int) -> Position | None:
+        """The last stored position below `before` (evidence of the earliest a hole was allocated)."""
+        response = self._call(
+            self._client.query,
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :last",
+            ExpressionAttributeValues={
+                ":pk": {"S": chan_key},
+                ":first": {"N": str(HEAD_SK + 1)},
+                ":last": {"N": str(before - 1)},
+            },
+            ConsistentRead=True,
+            ScanIndexForward=False,
             Limit=1,
         )
         items = response.get("Items", [])

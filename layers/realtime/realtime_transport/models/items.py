@@ -14,10 +14,10 @@ Every item but the head carries the TTL attribute `ttl` (epoch seconds).
 
 Allocation times are what lets a reader tell a position nobody has written yet from one
 that TTL has already deleted (DynamoDB deletes expired items days late, but it does delete
-them): the head keeps `allocatedAt` (of the head position) and `prevAllocatedAt` (of the one
-before it), and every position item keeps both for itself. For events and a writer's own
-tombstones these are exact; a reader's tombstone only knows bounds, so it stores an upper
-bound in `allocatedAt` and a lower one in `allocatedAfter`.
+them): the head keeps `allocatedAt` (of the head position), `prevAllocatedAt` (of the one
+before it) and `createdAt` (of position 1), and every position item keeps the first two for
+itself. For events and a writer's own tombstones these are exact; a reader's tombstone only
+knows bounds, so it stores an upper bound in `allocatedAt` and a lower one in `allocatedAfter`.
 """
 
 from __future__ import annotations
@@ -124,16 +124,18 @@ class Head(BaseModel):
     seq: int
     allocated_at_ms: int
     prev_allocated_at_ms: int | None = None  # when seq - 1 was allocated
+    created_at_ms: int = 0  # when position 1 was: no position of the channel is older
 
     @classmethod
     def from_item(cls, item: AttributeMap | None) -> Head:
         if not item:
             return cls(seq=0, allocated_at_ms=0)
-        prev = item.get("prevAllocatedAt")
+        prev, created = item.get("prevAllocatedAt"), item.get("createdAt")
         return cls(
             seq=int(item["head"]["N"]),
             allocated_at_ms=int(item["allocatedAt"]["N"]),
             prev_allocated_at_ms=int(prev["N"]) if prev else None,
+            created_at_ms=int(created["N"]) if created else 0,
         )
 
     def latest_ms_of(self, seq: int) -> int:

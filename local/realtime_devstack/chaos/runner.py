@@ -140,12 +140,41 @@ class ChaosResult:
         return "\n".join(lines)
 
     def command(self) -> str:
-        config = self.config
-        return (
-            f"python -m realtime_devstack.chaos --seed {config.seed} --seconds {config.seconds:g} "
-            f"--channels {config.channels} --producers {config.producers} --readers {config.readers} "
-            f"--subscribers {config.subscribers}"
-        )
+        """The command line that runs this configuration again (the same workload and faults)."""
+        config, default = self.config, ChaosConfig()
+        parts = ["python -m realtime_devstack.chaos", f"--seed {config.seed}", f"--seconds {config.seconds:g}"]
+        for name, flag in _FLAGS.items():
+            value = getattr(config, name)
+            if value != getattr(default, name):
+                parts.append(f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}")
+        in_code = [
+            name
+            for name in vars(config)
+            if name not in _FLAGS
+            and name not in ("seed", "seconds")
+            and getattr(config, name) != getattr(default, name)
+        ]
+        if in_code:
+            parts.append(f"(and, set in code, ChaosConfig {', '.join(f'{n}={getattr(config, n)!r}' for n in in_code)})")
+        return " ".join(parts)
+
+
+# ChaosConfig fields the command line sets, and their flags (see __main__).
+_FLAGS = {
+    "channels": "channels",
+    "producers": "producers",
+    "readers": "readers",
+    "subscribers": "subscribers",
+    "late_subscribers": "late-subscribers",
+    "history_limit": "history-limit",
+    "history_ttl_s": "ttl",
+    "fault_rate": "fault-rate",
+    "lost_rate": "lost-rate",
+    "writer_kill_rate": "writer-kill-rate",
+    "fanout_kill_rate": "fanout-kill-rate",
+    "lost_ack_rate": "lost-ack-rate",
+    "drop_rate": "drop-rate",
+}
 
 
 def _kind_of(name: str) -> str:

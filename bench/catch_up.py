@@ -71,7 +71,9 @@ def main() -> int:
         cursor = str(_get(f"{stack.url}/feeds/{feed}/events")["nextCursor"])  # position 0
         for n in range(EVENTS):
             _post(f"{stack.url}/feeds/{feed}/events", {"eventId": f"e{n}", "type": "order.updated", "payload": PAYLOAD})
+        before = stack.stats()["management"]["posts"]
         elapsed, messages, received, rounds = asyncio.run(_catch_up(stack.ws_url, f"feed_{feed}", cursor))
+        posts = stack.stats()["management"]["posts"] - before
     finally:
         stop_stack(stack)
 
@@ -98,6 +100,8 @@ def main() -> int:
         f"time to subscribed: {elapsed * 1000:.0f} ms locally, {rounds} subscribe round(s); events received {received}"
     )
     print(f"calls ratio: {(EVENTS + 1) / messages:.1f}x fewer than one per event")
+    print(f"the stack's management API counted {posts} PostToConnection calls for it")
+    goal(posts == messages, "the calls the stack counted are the messages the client received")
     goal(received == EVENTS, f"every missed event arrived ({received}/{EVENTS})")
     goal(messages * high / 1000 < FUNCTION_TIMEOUT_S / 2, "projected AWS time within half the function's 10 s timeout")
     goal(messages * 10 <= EVENTS, "at least 10x fewer calls than events")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,7 @@ from realtime_devstack.lambda_host import FunctionHost, FunctionTimedOut
 from realtime_devstack.stream_poller import EventSourceMapping
 from realtime_devstack.ttl_sweeper import TtlSweeper
 from tests.conftest import TABLE_NAMES
+from tests.unit.test_devstack import recorded, wait_for, write_function
 
 EVENTS = TABLE_NAMES["EventsTable"]
 CONNECTIONS = TABLE_NAMES["ConnectionsTable"]
@@ -502,25 +502,8 @@ def lambda_handler(event, context):
 """
 
 
-def write_function(directory: Path, source: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "app.py").write_text(textwrap.dedent(source))
-    return directory
-
-
 def notes(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for the condition")
+    return recorded(directory, "log.jsonl")
 
 
 @pytest.fixture

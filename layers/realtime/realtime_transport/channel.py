@@ -153,7 +153,7 @@ class Channel:
                 prev_allocated_at_ms=allocation.prev_allocated_at_ms,
             )
             try:
-                self._fill(item, event, idempotency_key, fingerprint, now)
+                self._fill(item, idempotency_key, fingerprint, now)
                 return PublishResult(event=event, duplicate=False)
             except PositionTaken as taken:
                 if taken.existing is not None and taken.existing.event_id() == event.id:
@@ -181,9 +181,7 @@ class Channel:
                 raise
         raise StoreUnavailable(f"no position could be filled after {_WRITE_ATTEMPTS} attempts")
 
-    def _fill(
-        self, item: AttributeMap, event: Event, idempotency_key: str | None, fingerprint: str | None, now: int
-    ) -> None:
+    def _fill(self, item: AttributeMap, idempotency_key: str | None, fingerprint: str | None, now: int) -> None:
         """Write our position; a keyed write rides out transaction conflicts on its key.
 
         Two transactions on the same idempotency record, or a transaction and a write, cancel

@@ -29,8 +29,9 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's HTTP API request limit
 # Content types whose bodies API Gateway passes to Lambda as text; it base64-encodes every other
 # body, including one without a content type and (surprisingly) a form. AWS documents the rule
 # ("If the content type of the request is binary, the body is base64-encoded": Create AWS Lambda
-# proxy integrations for HTTP APIs) but not the list, which was observed on AWS
-# (https://github.com/ministackorg/ministack/pull/766).
+# proxy integrations for HTTP APIs) but not the list: this one is what deployed HTTP APIs have been
+# observed to pass as text. Treating a type as binary when in doubt is the safe side: the handler
+# decodes base64 and refuses what is not UTF-8 JSON either way.
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 DEFAULT_ROUTE_PATH = "/$default"  # how SAM writes the $default route (Path /$default, Method ANY)
 

@@ -88,6 +88,18 @@ def realtime(aws: Any, settings_factory: Callable[..., Any]) -> Any:
     return Realtime(history_limit=500, settings=settings_factory(), secret=b"unit-test-secret")
 
 
+@pytest.fixture
+def http_handler(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, Any]], Any]]:
+    """functions/http_api's handler, freshly imported (a cold start) over the `aws` fixture's tables."""
+    from realtime_transport.settings import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "unit-test-secret-long-enough-for-hs256")
+    module = load_function("http_api")
+    yield lambda event: module.lambda_handler(event, LambdaContext())
+    get_settings.cache_clear()
+
+
 def load_function(name: str) -> Any:
     """Import functions/<name>/app.py afresh (a cold start), with its folder on the path as on Lambda."""
     code_dir = REPO / "functions" / name

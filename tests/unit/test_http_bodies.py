@@ -16,21 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LambdaContext, load_function, sample_event
+from tests.conftest import sample_event
 
 GOOD = b'{"eventId": "e-1", "type": "order.created", "payload": {"total": 12.5}}'
 ERROR_KEYS = {"error", "message", "details"}
 
 
 @pytest.fixture
-def handler(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from realtime_transport.settings import get_settings
-
-    get_settings.cache_clear()
-    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "unit-test-secret-long-enough-for-hs256")
-    module = load_function("http_api")
-    yield lambda event: module.lambda_handler(event, LambdaContext())
-    get_settings.cache_clear()
+def handler(http_handler: Any) -> Any:
+    return http_handler
 
 
 def post(

@@ -11,14 +11,8 @@ from tests.conftest import LambdaContext, load_function, sample_event
 
 
 @pytest.fixture
-def handler(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from realtime_transport.settings import get_settings
-
-    get_settings.cache_clear()
-    monkeypatch.setenv("REALTIME_TOKEN_SECRET", "unit-test-secret")
-    module = load_function("http_api")
-    yield lambda event: module.lambda_handler(event, LambdaContext())
-    get_settings.cache_clear()
+def handler(http_handler: Any) -> Any:
+    return http_handler
 
 
 def call(handler: Any, name: str, *, body: Any = None, raw: str | None = None, query: dict[str, str] | None = None):

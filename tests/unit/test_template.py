@@ -219,9 +219,12 @@ def test_connections_table_schema(template: dict[str, Any]) -> None:
     assert sorted((a["AttributeName"], a["AttributeType"]) for a in p["AttributeDefinitions"]) == [
         ("channel", "S"),
         ("connectionId", "S"),
+        ("deadline", "N"),
         ("pk", "S"),
         ("sk", "S"),
+        ("sweep", "S"),
     ]
+    assert p["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert p["GlobalSecondaryIndexes"] == [
         {
             "IndexName": "by-channel",
@@ -230,10 +233,17 @@ def test_connections_table_schema(template: dict[str, Any]) -> None:
                 {"AttributeName": "connectionId", "KeyType": "RANGE"},
             ],
             "Projection": {"ProjectionType": "KEYS_ONLY"},
-        }
+        },
+        {
+            "IndexName": "by-deadline",
+            "KeySchema": [
+                {"AttributeName": "sweep", "KeyType": "HASH"},
+                {"AttributeName": "deadline", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        },
     ]
     assert p["BillingMode"] == "PAY_PER_REQUEST"
-    assert "StreamSpecification" not in p, "nothing reads a stream of connections"
     assert p["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
     assert p["SSESpecification"]["SSEEnabled"] is True
     assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
@@ -242,16 +252,17 @@ def test_connections_table_schema(template: dict[str, Any]) -> None:
 
 def test_connections_table_index_name_is_the_libraries(template: dict[str, Any]) -> None:
     index_names = [index["IndexName"] for index in props(template, "ConnectionsTable")["GlobalSecondaryIndexes"]]
-    assert index_names == [BY_CHANNEL_INDEX]
+    assert index_names == [BY_CHANNEL_INDEX, "by-deadline"]  # by-deadline: rooms.presence_store
 
 
 def test_create_tables_builds_the_connections_table_in_moto(dynamodb: Any) -> None:
     create_tables(dynamodb, {"ConnectionsTable": "rt-connections-test"})
 
     table = dynamodb.describe_table(TableName="rt-connections-test")["Table"]
-    (index,) = table["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "by-channel"
-    assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    indexes = {index["IndexName"]: index for index in table["GlobalSecondaryIndexes"]}
+    assert sorted(indexes) == ["by-channel", "by-deadline"]
+    assert all(index["Projection"] == {"ProjectionType": "KEYS_ONLY"} for index in indexes.values())
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
     ttl = dynamodb.describe_time_to_live(TableName="rt-connections-test")["TimeToLiveDescription"]
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
 

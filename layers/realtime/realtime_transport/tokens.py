@@ -1,4 +1,8 @@
-"""Subscriber tokens: HS256 JWTs with `sub`, `exp` and `channels` (glob patterns).
+"""Subscriber tokens: HS256 JWTs with `sub`, `exp`, `channels` and optionally `write` (glob patterns).
+
+`channels` decides what a connection may subscribe to and read, rooms included (`room_*`);
+`write` decides which rooms' state and metadata it may change over the WebSocket (a room's
+channel name, `room_{id}`, matched against the patterns). No `write` claim: read only.
 
 Backends mint them with the deployment's secret (Secrets Manager on AWS);
 browsers pass them as `?token=` (they cannot set headers on a WebSocket) or as
@@ -23,6 +27,7 @@ class Claims:
     sub: str
     exp: int
     channels: tuple[str, ...]
+    write: tuple[str, ...] = ()
 
     def allows(self, channel: str) -> bool:
         return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)
@@ -31,19 +36,36 @@ class Claims:
         if not self.allows(channel):
             raise Forbidden(f"token does not allow channel {channel!r}", field="channel")
 
+    def may_write(self, channel: str) -> bool:
+        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.write)
+
+    def require_write(self, channel: str) -> None:
+        if not self.may_write(channel):
+            raise Forbidden(f"token has no write claim for {channel!r}", field="write")
+
     def expired(self, now: float | None = None) -> bool:
         return self.exp + _LEEWAY_SECONDS < (time.time() if now is None else now)
 
 
-def issue(secret: bytes, *, sub: str, channels: list[str], ttl_seconds: int = DEFAULT_TTL_SECONDS) -> str:
+def issue(
+    secret: bytes,
+    *,
+    sub: str,
+    channels: list[str],
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    write: list[str] | None = None,
+) -> str:
     import jwt
 
     if not channels or not all(isinstance(p, str) and p for p in channels):
         raise ValueError("a token needs at least one channel pattern")
+    if write is not None and not all(isinstance(p, str) and p for p in write):
+        raise ValueError("write patterns must be non-empty strings")
     now = int(time.time())
-    return jwt.encode(
-        {"sub": sub, "iat": now, "exp": now + ttl_seconds, "channels": list(channels)}, secret, algorithm=ALGORITHM
-    )
+    payload: dict[str, object] = {"sub": sub, "iat": now, "exp": now + ttl_seconds, "channels": list(channels)}
+    if write:
+        payload["write"] = list(write)
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
 def verify(secret: bytes, token: str | None) -> Claims:
@@ -71,6 +93,9 @@ def verify(secret: bytes, token: str | None) -> Claims:
     channels = payload.get("channels")
     if not isinstance(channels, list) or not all(isinstance(p, str) for p in channels):
         raise Unauthorized("token has no valid 'channels' claim", field="token")
-    if not isinstance(payload["sub"], str):
-        raise Unauthorized("token 'sub' must be a string", field="token")
-    return Claims(sub=payload["sub"], exp=int(payload["exp"]), channels=tuple(channels))
+    write = payload.get("write", [])
+    if not isinstance(write, list) or not all(isinstance(p, str) for p in write):
+        raise Unauthorized("token's 'write' claim must be a list of patterns", field="token")
+    if not isinstance(payload["sub"], str) or not payload["sub"]:
+        raise Unauthorized("token 'sub' must be a non-empty string", field="token")
+    return Claims(sub=payload["sub"], exp=int(payload["exp"]), channels=tuple(channels), write=tuple(write))

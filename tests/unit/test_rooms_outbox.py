@@ -109,3 +109,41 @@ def test_records_of_another_namespace_or_kind_are_not_room_changes(realtime: Rea
     assert room_change(record, "another-namespace") is None
     removed = {**record, "eventName": "REMOVE"}
     assert room_change(removed, realtime.name) is None
+
+
+class Killed(BaseException):
+    """The function's sandbox ending mid-invocation (a timeout, an out-of-memory kill): not an
+    exception the code could handle, so the outbox gets no chance to report anything."""
+
+
+def test_a_function_killed_between_a_change_and_its_event_still_publishes_it_once(
+    realtime: Realtime, aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer dies right after its conditional write: it never publishes anything itself, so
+    # there is nothing for it to lose; the change is in the stream.
+    room(realtime, "board").patch(0, merge_patch={"title": "Q4"})
+    room(realtime, "board").patch(1, merge_patch={"owner": "ana"})
+    records = stream_records(aws)
+
+    # The outbox is killed after storing version 1's event, before it could return its answer:
+    # Lambda retries the whole batch.
+    original = Channel.publish
+
+    def killed_after_storing(self: Channel, **kwargs: Any) -> Any:
+        result = original(self, **kwargs)
+        if kwargs.get("idempotency_key") == "room:v1":
+            raise Killed
+        return result
+
+    monkeypatch.setattr(Channel, "publish", killed_after_storing)
+    with pytest.raises(Killed):
+        RoomOutbox(realtime).publish(records)
+    monkeypatch.setattr(Channel, "publish", original)
+
+    retried = RoomOutbox(realtime).publish(records)
+
+    assert retried.failed == [] and [c.version for c in retried.duplicates] == [1]
+    assert [(e.type, e.data["version"]) for e in room_events(realtime, "board")] == [
+        ("room.state", 1),
+        ("room.state", 2),
+    ]

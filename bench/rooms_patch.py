@@ -95,7 +95,7 @@ def run(realtime: Any, name: str, writers: int, patches: int, same_path: bool) -
         thread.join()
     result.seconds = time.perf_counter() - began
     dynamodb().meta.events.unregister("before-call.dynamodb.PutItem", count_put)
-    assert target.state().version == writers * patches, "every commit is one version"  # noqa: S101
+    assert target.state().version == writers * patches, "every commit is one version"
     return result
 
 
@@ -120,7 +120,16 @@ def main() -> None:
     table(
         ("run", "writers", "commits", "409s", "409s per commit", "puts per commit", "commits/s", "x one writer"),
         [
-            (r.name, r.writers, r.commits, r.conflicts, r.conflicts / r.commits, r.puts / r.commits, r.rate, r.rate / base)
+            (
+                r.name,
+                r.writers,
+                r.commits,
+                r.conflicts,
+                r.conflicts / r.commits,
+                r.puts / r.commits,
+                r.rate,
+                r.rate / base,
+            )
             for r in runs
         ],
     )

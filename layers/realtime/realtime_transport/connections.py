@@ -5,6 +5,11 @@
 | connection   | `conn#{id}`    | `meta`          | -                                        |
 | subscription | `conn#{id}`    | `sub#{chanKey}` | channel = chanKey, connectionId = id     |
 
+The same partition also holds the connection's room memberships (`room#{ns}#{roomId}`) and the
+table holds room members and member counts: those are `rooms/presence_store.py`'s. Here,
+`subscriptions()` reads only `sub#` items, and `delete_connection()` deletes every item of the
+connection's partition (memberships included: presence's `connection_gone` runs first).
+
 Everything carries `ttl` past API Gateway's two-hour connection limit, since
 `$disconnect` is not guaranteed.
 """
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
 BY_CHANNEL_INDEX = "by-channel"
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes every connection after 2 hours
 _META = "meta"
+_SUB = "sub#"
 
 
 def _pk(connection_id: str) -> str:
@@ -37,6 +43,9 @@ class Connection:
     channels: tuple[str, ...]
     token_expires_at: int
     connected_at_ms: int
+    # The token's `write` claim: patterns of the room channels whose state and metadata this
+    # connection may change.
+    write: tuple[str, ...] = ()
 
 
 class ConnectionStore:
@@ -58,6 +67,7 @@ class ConnectionStore:
                 "patterns": {"L": [{"S": p} for p in connection.channels]},
                 "tokenExp": {"N": str(connection.token_expires_at)},
                 "connectedAt": {"N": str(connection.connected_at_ms)},
+                "write": {"L": [{"S": p} for p in connection.write]},
                 "ttl": {"N": self._expiry()},
             },
         )
@@ -77,6 +87,8 @@ class ConnectionStore:
             channels=tuple(p["S"] for p in item["patterns"]["L"]),
             token_expires_at=int(item["tokenExp"]["N"]),
             connected_at_ms=int(item["connectedAt"]["N"]),
+            # Items written before the claim existed have no `write`: they may write nothing.
+            write=tuple(p["S"] for p in item.get("write", {}).get("L", [])),
         )
 
     def subscribe(self, connection_id: str, channel_key: str) -> None:
@@ -100,11 +112,12 @@ class ConnectionStore:
         )
 
     def subscriptions(self, connection_id: str) -> list[str]:
-        return [key for key in self._item_keys(connection_id) if key != _META]
+        """The channel keys the connection is subscribed to (only `sub#` items: not its room memberships)."""
+        return [key.removeprefix(_SUB) for key in self._item_keys(connection_id) if key.startswith(_SUB)]
 
     def delete_connection(self, connection_id: str) -> int:
-        """Delete the connection and every subscription it holds; returns how many items went."""
-        keys = self._item_keys(connection_id, raw=True)
+        """Delete the connection and every item of its partition (subscriptions, memberships); returns how many went."""
+        keys = self._item_keys(connection_id)
         for start in range(0, len(keys), 25):
             requests: Any = [
                 {"DeleteRequest": {"Key": {"pk": {"S": _pk(connection_id)}, "sk": {"S": sk}}}}
@@ -137,7 +150,8 @@ class ConnectionStore:
                 return
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def _item_keys(self, connection_id: str, raw: bool = False) -> list[str]:
+    def _item_keys(self, connection_id: str) -> list[str]:
+        """Every sort key of the connection's partition, as stored."""
         keys: list[str] = []
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -149,8 +163,7 @@ class ConnectionStore:
         while True:
             response = self._call(self._client.query, **kwargs)
             for item in response.get("Items", []):
-                sk = item["sk"]["S"]
-                keys.append(sk if raw else sk.removeprefix("sub#"))
+                keys.append(item["sk"]["S"])
             if "LastEvaluatedKey" not in response:
                 return keys
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]

@@ -34,6 +34,13 @@ class Settings(BaseModel):
     # A position allocated longer ago than this belongs to a writer that died (the
     # ingest function's timeout); readers then tombstone it instead of waiting.
     writer_timeout_seconds: float = Field(10.0, alias="WRITER_TIMEOUT_SECONDS", gt=0)
+    # Presence (rooms/presence.py). A member whose last connection closed is still listed for the
+    # grace period (a reload within it causes no leave and no join); a connection in a room that
+    # sent no heartbeat for the lease is suspect and the sweeper, passing every sweep interval,
+    # asks API Gateway about it. A vanished socket becomes a leave within lease + sweep + index lag.
+    presence_grace_seconds: float = Field(10.0, alias="PRESENCE_GRACE_SECONDS", gt=0)
+    presence_lease_seconds: float = Field(30.0, alias="PRESENCE_LEASE_SECONDS", gt=0)
+    presence_sweep_seconds: float = Field(10.0, alias="PRESENCE_SWEEP_SECONDS", gt=0)
     # On AWS the signing secret lives in Secrets Manager; locally it may be given directly.
     secret_arn: str | None = Field(None, alias="REALTIME_SECRET_ARN")
     secret: SecretStr | None = Field(None, alias="REALTIME_TOKEN_SECRET")

@@ -3,9 +3,11 @@
 | error               | HTTP | why                                                                 |
 | ------------------- | ---- | ------------------------------------------------------------------- |
 | `StateConflict`     | 409  | a path the patch changes was changed after the patch's base version |
+| `NotInRoom`         | 409  | a presence change from a connection that has not joined the room    |
 | `PreconditionFailed`| 412  | `If-Match` named another version than the current one               |
 | `StateTooLarge`     | 413  | the document would exceed its limit after the patch                 |
 | `MetadataTooLarge`  | 413  | the metadata exceeds its limit                                      |
+| `MemberTooLarge`    | 413  | a member's presence data exceeds 1 KiB                              |
 | `PatchTestFailed`   | 422  | a JSON Patch `test` operation did not hold                          |
 | `RoomContended`     | 503  | the room kept changing under us for too many attempts: retry        |
 """
@@ -62,6 +64,18 @@ class StateTooLarge(RoomTooLarge):
 
 class MetadataTooLarge(RoomTooLarge):
     code = "metadata_too_large"
+
+
+class MemberTooLarge(RoomTooLarge):
+    """A member's presence data is larger than 1 KiB (compact UTF-8 JSON): nothing was stored."""
+
+    code = "member_too_large"
+
+
+class NotInRoom(RealtimeError):
+    """The connection has not joined the room (or has left it), so it cannot change its presence there."""
+
+    code = "not_joined"
 
 
 class RoomContended(StoreUnavailable):

@@ -46,6 +46,7 @@ from .store import RoomRecord, RoomStore, VersionMoved, dumps, room_key
 
 if TYPE_CHECKING:
     from ..realtime import Realtime
+    from .presence import Presence
 
 ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_DOC_BYTES = 64 * 1024  # the document after a patch, as compact UTF-8 JSON
@@ -103,6 +104,13 @@ class Room:
         return f"Room({self.id!r})"
 
     @property
+    def presence(self) -> Presence:
+        """Who is in the room (`presence.py`): join, update, leave, members, count."""
+        from .presence import Presence
+
+        return Presence(self.realtime, self.id)
+
+    @property
     def store(self) -> RoomStore:
         if self._store is None:
             from ..clients import dynamodb
@@ -120,12 +128,14 @@ class Room:
         return self.store.get(self.key).metadata
 
     def get(self) -> dict[str, Any]:
-        """The room as `GET /rooms/{roomId}` shows it, from one consistent read (so one version)."""
+        """The room as `GET /rooms/{roomId}` shows it: state and metadata from one consistent read
+        (so one version), and the member count (the connections table, read right after)."""
         record = self.store.get(self.key)
         return {
             "roomId": self.id,
             "metadata": record.metadata,
             "state": {"version": record.version, "doc": record.doc},
+            "memberCount": self.presence.count(),
             "etag": etag_of(record.version),
         }
 

@@ -20,14 +20,26 @@ if TYPE_CHECKING:
 FAITHFUL_ENV = "REALTIME_DEVSTACK_FAITHFUL"
 
 
+# `--fault disconnect:lost:RATE`: the WebSocket API's $disconnect is lost (it is best effort).
+DISCONNECT_FAULT_OPERATIONS = ("disconnect", "$disconnect")
+
+
 def parse_fault(text: str) -> tuple[str, str, float]:
-    """``OP:CODE:RATE`` (``OP`` may be ``*``; ``CODE`` ``lost`` for a lost response) -> its parts."""
+    """``OP:CODE:RATE`` (``OP`` may be ``*``; ``CODE`` ``lost`` for a lost response) -> its parts.
+
+    ``disconnect:lost:RATE`` (or ``$disconnect:lost:RATE``) is not DynamoDB's: it loses that share
+    of the WebSocket API's ``$disconnect`` invocations; its operation comes back as ``disconnect``.
+    """
     from .faithful import ERRORS
 
     parts = text.rsplit(":", 2)
     if len(parts) != 3 or not parts[0]:
         raise argparse.ArgumentTypeError(f"{text!r} is not OP:CODE:RATE (e.g. PutItem:ThrottlingException:0.05)")
     operation, code, rate_text = parts
+    if operation in DISCONNECT_FAULT_OPERATIONS:
+        if code != "lost":
+            raise argparse.ArgumentTypeError(f"{text!r}: a $disconnect can only be lost (disconnect:lost:RATE)")
+        operation = "disconnect"
     if code != "lost" and code not in ERRORS:
         raise argparse.ArgumentTypeError(f"unknown error code {code!r}: one of {', '.join(sorted(ERRORS))} or lost")
     try:
@@ -51,7 +63,9 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
     faults = copy.deepcopy(FAITHFUL_DEFAULTS) if faithful else Faults()
     faults.seed = args.seed
     for operation, code, rate in args.fault or ():
-        if code == "lost":
+        if operation == "disconnect":
+            faults.disconnect_lost_rate = rate
+        elif code == "lost":
             faults.lost_response_rates[operation] = rate
         else:
             faults.error_rates.setdefault(operation, {})[code] = rate
@@ -90,6 +104,9 @@ def _dev(args: argparse.Namespace) -> int:
             faults=faults,
             history_ttl_seconds=args.history_ttl_seconds,
             writer_timeout_seconds=args.writer_timeout_seconds,
+            presence_grace_seconds=args.presence_grace_seconds,
+            presence_lease_seconds=args.presence_lease_seconds,
+            presence_sweep_seconds=args.presence_sweep_seconds,
         )
     )
 
@@ -131,6 +148,10 @@ def _dev(args: argparse.Namespace) -> int:
             )
         for poller in stack.pollers:
             print(f"  Stream:     {poller.stream_arn} -> {poller.mapping.name}", flush=True)
+        for timer in stack.schedules:
+            print(f"  Schedule:   {timer.schedule['expression']} -> {timer.name} (first run now)", flush=True)
+        grace, lease, sweep = stack.presence_settings().values()
+        print(f"  Presence:   grace {grace} s, lease {lease} s, sweep every {sweep} s", flush=True)
         print(f"  Dev token ({', '.join(DEV_TOKEN_CHANNELS)}, {hours}h): {stack.dev_token()}", flush=True)
         print(f"ready {stack.url}", flush=True)
         try:
@@ -150,7 +171,7 @@ def _token(args: argparse.Namespace) -> int:
     secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
     if args.ttl <= 0:
         raise SystemExit("--ttl must be a positive number of seconds")
-    print(issue(secret.encode(), sub=args.sub, channels=args.channels, ttl_seconds=args.ttl))
+    print(issue(secret.encode(), sub=args.sub, channels=args.channels, ttl_seconds=args.ttl, write=args.write))
     return 0
 
 
@@ -226,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_fault,
         metavar="OP:CODE:RATE",
         help="inject a DynamoDB error, e.g. PutItem:ProvisionedThroughputExceededException:0.05, "
-        "'*:InternalServerError:0.01', or OP:lost:RATE for a write applied whose response is lost (repeatable)",
+        "'*:InternalServerError:0.01', or OP:lost:RATE for a write applied whose response is lost; "
+        "disconnect:lost:RATE loses that share of $disconnect invocations (repeatable)",
     )
     dev.add_argument("--seed", type=int, default=None, help="seed of every injected random choice")
     dev.add_argument(
@@ -242,6 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="WRITER_TIMEOUT_SECONDS, and the HTTP API function's enforced Timeout (kept equal)",
     )
+    dev.add_argument(
+        "--presence-grace-seconds",
+        type=_positive_float,
+        default=None,
+        help="PRESENCE_GRACE_SECONDS: how long a member whose last connection closed stays listed (default 10)",
+    )
+    dev.add_argument(
+        "--presence-lease-seconds",
+        type=_positive_float,
+        default=None,
+        help="PRESENCE_LEASE_SECONDS: how long a connection in a room may go without a heartbeat (default 30)",
+    )
+    dev.add_argument(
+        "--presence-sweep-seconds",
+        type=_positive_float,
+        default=None,
+        help="PRESENCE_SWEEP_SECONDS: how often the presence sweeper passes within its invocation (default 10)",
+    )
     dev.add_argument("-v", "--verbose", action="store_true", help="log every request")
     dev.set_defaults(func=_dev)
 
@@ -255,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="PATTERN",
         help="a channel glob the token allows, e.g. 'feed_*' (repeat for more)",
+    )
+    token.add_argument(
+        "--write",
+        action="append",
+        default=None,
+        metavar="PATTERN",
+        help="a room channel glob whose state and metadata the token may change, e.g. 'room_*' (repeat for more)",
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--sub", default="developer", help="the token's subject (default 'developer')")

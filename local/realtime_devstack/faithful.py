@@ -36,6 +36,11 @@ Emulated (each cites the AWS page it follows, next to the code that depends on i
   they would against AWS.
 * **Lost responses** (``lost_response_rates``): the request *is* applied, then the caller gets
   ``InternalServerError`` (500), the ambiguous outcome AWS documents for 5xx.
+* **Lost ``$disconnect``** (``disconnect_lost_rate``): a closed socket's ``$disconnect`` is not
+  invoked. "Manage connected users and client apps: $connect and $disconnect routes": the
+  connection is already closed when it runs, so ``$disconnect`` is a best-effort event that API
+  Gateway cannot guarantee to deliver. The socket is gone all the same (the management API
+  answers 410 for it); only its clean-up never happens, which is what presence's sweeper is for.
 * **Interleavings** (``request_jitter_ms``): each request sleeps a random time before it takes the
   backend lock, so concurrent requests are serialized in a different order each run.
 * **Lambda** (``lambda_host``, always on): each function's ``Timeout`` is enforced, the context's
@@ -56,6 +61,7 @@ still race for it, so a seed makes a run's *choices* repeatable, not its interle
 
 ``injected()`` counts what was injected since the last ``configure()``/``reset()``:
 ``"<Operation>:<ErrorCode>"`` for an injected error, ``"lost:<Operation>"`` for a lost response,
+``"lost:$disconnect"`` per ``$disconnect`` not invoked,
 ``"TransactionConflict"`` per request refused or cancelled for a conflict, ``"idempotent_replay"``
 per retried transaction answered from its token, ``"gsi_hidden"`` per index read served from a
 lagged view, ``"ttl_delayed"`` per expired item the sweeper first left for later, and
@@ -96,6 +102,8 @@ class Faults:
     error_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     # {"TransactWriteItems": 0.02, "PutItem": 0.02}: the write IS applied, then the caller gets a 500.
     lost_response_rates: dict[str, float] = field(default_factory=dict)
+    # The share of closed sockets whose $disconnect is never invoked (`--fault disconnect:lost:RATE`).
+    disconnect_lost_rate: float = 0.0
 
 
 # Cheap defaults for `realtime-transport dev --faithful`. A transaction takes a few milliseconds
@@ -165,6 +173,9 @@ def validate(faults: Faults) -> None:
     for operation, rate in faults.lost_response_rates.items():
         if not 0 <= rate <= 1:
             raise ValueError(f"lost-response rate of {operation} must be in [0, 1], not {rate!r}")
+    rate = faults.disconnect_lost_rate
+    if not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ValueError(f"the lost-$disconnect rate must be in [0, 1], not {rate!r}")
 
 
 def configure(faults: Faults) -> None:
@@ -254,6 +265,18 @@ def response_lost(operation: str) -> bool:
     return lost
 
 
+def disconnect_lost() -> bool:
+    """Whether this closed socket's ``$disconnect`` is lost (counted as ``lost:$disconnect``)."""
+    rate = _faults.disconnect_lost_rate
+    if rate <= 0:
+        return False
+    with _lock:
+        lost = _rng.random() < rate
+        if lost:
+            _counters["lost:$disconnect"] += 1
+    return lost
+
+
 def ttl_delay_seconds(table: str, key: object) -> float:
     """The sweeper's extra delay for one item: fixed by the seed, the table and the key."""
     maximum = _faults.ttl_max_delay_s
@@ -274,6 +297,8 @@ def describe(faults: Faults) -> str:
     ]
     parts += [f"{op}:{code}:{rate}" for op, rates in faults.error_rates.items() for code, rate in rates.items()]
     parts += [f"{op}:lost:{rate}" for op, rate in faults.lost_response_rates.items()]
+    if faults.disconnect_lost_rate:
+        parts.append(f"disconnect:lost:{faults.disconnect_lost_rate}")
     if faults.seed is not None:
         parts.append(f"seed={faults.seed}")
     return ", ".join(parts)

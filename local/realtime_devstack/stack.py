@@ -21,8 +21,14 @@ token for the dashboard), ``POST /dev/connections/drop`` (cut every WebSocket wi
 frame, as a lost network would; answers ``{"dropped": N}``) and ``GET /dev/stats`` (counters:
 management API calls, function invocations and timeouts, stream batches, injected faults).
 
-Beside it run a stream poller per event source mapping (``stream_poller``) and the TTL
-sweeper (``ttl_sweeper``).
+Beside it run a stream poller per event source mapping (``stream_poller``: the fan-out on the
+events table, the rooms outbox on both tables, each at its own StartingPosition), a timer per
+schedule (``scheduler``: the presence sweeper, first run at start, then at the template's rate)
+and the TTL sweeper (``ttl_sweeper``).
+
+``GET /dev/token`` takes ``?channels=PATTERN`` and ``?write=PATTERN`` (each repeatable) for the
+token's ``channels`` (default ``feed_*``) and ``write`` claims. ``presence_*_seconds`` set
+``PRESENCE_GRACE_SECONDS``, ``PRESENCE_LEASE_SECONDS`` and ``PRESENCE_SWEEP_SECONDS``.
 
 Each function runs with its template ``Timeout`` enforced (``StackOptions.function_timeouts``
 overrides it). ``StackOptions.faults`` turns on AWS's documented failure modes (``faithful``)
@@ -50,6 +56,7 @@ from .aws_env import use_local_aws
 from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute, StaticFiles
 from .lambda_host import REPO_ROOT, FunctionHost
 from .management_api import ManagementApi
+from .scheduler import ScheduleTimer
 from .stream_poller import DEFAULT_POLL_INTERVAL, EventSourceMapping, StreamPoller
 from .ttl_sweeper import DEFAULT_INTERVAL_SECONDS, TtlSweeper
 from .ws_gateway import (
@@ -110,6 +117,13 @@ class StackOptions:
     # WRITER_TIMEOUT_SECONDS and the HTTP API function's Timeout (the template keeps them equal).
     writer_timeout_seconds: float | None = None
     function_timeouts: dict[str, float] = field(default_factory=dict)  # logical id -> seconds
+    # PRESENCE_GRACE_SECONDS, PRESENCE_LEASE_SECONDS, PRESENCE_SWEEP_SECONDS (None: the template's).
+    presence_grace_seconds: float | None = None
+    presence_lease_seconds: float | None = None
+    presence_sweep_seconds: float | None = None
+    # Seconds between two firings of each schedule (logical id of the function -> seconds);
+    # default: the template's rate. The first firing is always at start.
+    schedule_intervals: dict[str, float] = field(default_factory=dict)
 
 
 def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
@@ -143,6 +157,7 @@ class LocalStack:
         self.ws_gateway: WebSocketGateway | None = None
         self.management = ManagementApi(self.registry)
         self.pollers: list[StreamPoller] = []
+        self.schedules: list[ScheduleTimer] = []
         self.sweeper: TtlSweeper | None = None
         self._configured_faults = False
         self.url = ""
@@ -200,7 +215,25 @@ class LocalStack:
             env["HISTORY_TTL_HOURS"] = env["IDEMPOTENCY_TTL_HOURS"] = hours
         if self.options.writer_timeout_seconds is not None:
             env["WRITER_TIMEOUT_SECONDS"] = repr(float(self.options.writer_timeout_seconds))
+        for name, value in (
+            ("PRESENCE_GRACE_SECONDS", self.options.presence_grace_seconds),
+            ("PRESENCE_LEASE_SECONDS", self.options.presence_lease_seconds),
+            ("PRESENCE_SWEEP_SECONDS", self.options.presence_sweep_seconds),
+        ):
+            if value is not None:
+                env[name] = f"{float(value):g}"
         return env
+
+    def presence_settings(self) -> dict[str, str]:
+        """The PRESENCE_* values the functions run with (the template's defaults, or the options)."""
+        env = self._environment() if self.url else {}
+        parameters = self._parameters()
+        defaults = {
+            "PRESENCE_GRACE_SECONDS": parameters.get("PresenceGraceSeconds", ""),
+            "PRESENCE_LEASE_SECONDS": parameters.get("PresenceLeaseSeconds", ""),
+            "PRESENCE_SWEEP_SECONDS": parameters.get("PresenceSweepSeconds", ""),
+        }
+        return {name: env.get(name, default) for name, default in defaults.items()}
 
     def _http_functions(self) -> set[str]:
         return {route["function"] for route in template.http_routes(self.template, self.options.parameters or None)}
@@ -333,8 +366,26 @@ class LocalStack:
             poller.start()
             self.pollers.append(poller)
 
-    async def _serve_dev_token(self, _request: web.Request) -> web.Response:
-        return web.json_response({"token": self.dev_token()}, headers={"Cache-Control": "no-store"})
+    def _start_schedules(self) -> None:
+        for schedule in template.schedules(self.template):
+            host = self.functions.get(schedule["function"])
+            if host is None or not schedule["enabled"]:
+                continue
+            timer = ScheduleTimer(
+                schedule, host.invoke_sync, interval=self.options.schedule_intervals.get(schedule["function"])
+            )
+            timer.start()
+            self.schedules.append(timer)
+
+    async def _serve_dev_token(self, request: web.Request) -> web.Response:
+        """A development token; ``?channels=`` and ``?write=`` (repeatable) choose its claims."""
+        channels = tuple(request.query.getall("channels", [])) or DEV_TOKEN_CHANNELS
+        write = list(request.query.getall("write", [])) or None
+        try:
+            token = self.dev_token(channels, write=write)
+        except ValueError as exc:
+            return web.json_response({"message": str(exc)}, status=400, headers={"Cache-Control": "no-store"})
+        return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
     async def _drop_connections(self, _request: web.Request) -> web.Response:
         """Simulate a network drop: cut every open WebSocket with no close frame (see
@@ -359,6 +410,20 @@ class LocalStack:
                 }
                 for poller in self.pollers
             },
+            "schedules": {
+                timer.name: {
+                    "invocations": timer.invocations,
+                    "completed": timer.completed,
+                    "errors": timer.errors,
+                    "timeouts": timer.timeouts,
+                    "running": timer.running,
+                }
+                for timer in self.schedules
+            },
+            "disconnects": {
+                "invoked": self.ws_gateway.disconnects if self.ws_gateway is not None else 0,
+                "lost": self.ws_gateway.lost_disconnects if self.ws_gateway is not None else 0,
+            },
             "ttl_deleted": self.sweeper.deleted if self.sweeper is not None else 0,
             "faults": faithful.injected(),
         }
@@ -367,15 +432,22 @@ class LocalStack:
         return web.json_response(self.stats(), headers={"Cache-Control": "no-store"})
 
     def dev_token(
-        self, channels: tuple[str, ...] = DEV_TOKEN_CHANNELS, ttl_seconds: int = DEV_TOKEN_TTL_SECONDS
+        self,
+        channels: tuple[str, ...] = DEV_TOKEN_CHANNELS,
+        ttl_seconds: int = DEV_TOKEN_TTL_SECONDS,
+        *,
+        write: list[str] | None = None,
     ) -> str:
-        """A subscriber token signed with the secret the functions use (REALTIME_TOKEN_SECRET or the dev one)."""
+        """A subscriber token signed with the secret the functions use (REALTIME_TOKEN_SECRET or the dev one).
+
+        ``write``: the room channel patterns whose state and metadata the token may change.
+        """
         from realtime_transport.secrets import signing_secret
         from realtime_transport.settings import Settings
         from realtime_transport.tokens import issue
 
         secret = signing_secret(Settings.from_env())
-        return issue(secret, sub="developer", channels=list(channels), ttl_seconds=ttl_seconds)
+        return issue(secret, sub="developer", channels=list(channels), ttl_seconds=ttl_seconds, write=write)
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -391,7 +463,7 @@ class LocalStack:
         self._create_tables()
         self._start_functions()
         self._set_integration_timeouts()
-        # Streams are read from LATEST: start before anything can write.
+        # Streams read from LATEST miss what came before: start before anything can write.
         self._start_pollers()
         if self.ttl_sweep_interval > 0:
             import boto3
@@ -425,6 +497,8 @@ class LocalStack:
         await self._runner.setup()
         assert self._socket is not None  # noqa: S101 - bound above
         await web.SockSite(self._runner, self._socket).start()
+        # Last: a scheduled function (the presence sweeper) probes the management API, now served.
+        self._start_schedules()
 
     async def stop(self) -> None:
         """Stop in dependency order: stream pollers (their in-flight batch may still post to
@@ -433,6 +507,8 @@ class LocalStack:
         if self._stopped:
             return
         self._stopped = True
+        for timer in self.schedules:
+            await asyncio.to_thread(timer.stop)
         for poller in self.pollers:
             await asyncio.to_thread(poller.stop)
         if self.ws_gateway is not None:

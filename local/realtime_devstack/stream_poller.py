@@ -1,7 +1,8 @@
 """Lambda's DynamoDB Streams event source mapping, over moto's stream.
 
 A poller thread per mapping reads the table's stream the way the Lambda service does
-(DescribeStream, GetShardIterator LATEST at start-up, GetRecords) every ``interval`` seconds, and
+(DescribeStream, GetShardIterator at the mapping's ``StartingPosition``, LATEST or TRIM_HORIZON,
+at start-up, GetRecords) every ``interval`` seconds, and
 hands the records to an :class:`EventSourceMapping`, which does what the mapping would:
 
 * **Filtering.** Records that do not match the mapping's ``FilterCriteria`` are dropped (they
@@ -36,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .lambda_host import FunctionTimedOut
 from .template import EventSourceMapping as MappingSettings
@@ -348,12 +349,20 @@ class StreamPoller:
         self._last_sequence: dict[str, str] = {}
         self._thread: threading.Thread | None = None
 
+    @property
+    def iterator_type(self) -> Literal["TRIM_HORIZON", "LATEST"]:
+        """The mapping's StartingPosition as a shard iterator type: TRIM_HORIZON (the oldest record
+        the shard keeps) or LATEST (just after the newest), LATEST when the template names neither."""
+        position = str(self.mapping.settings["starting_position"] or "LATEST").upper()
+        return "TRIM_HORIZON" if position == "TRIM_HORIZON" else "LATEST"
+
     def start(self) -> None:
-        """Position at LATEST on every shard now (records written after this call are delivered)."""
+        """Position every shard at the mapping's StartingPosition now: with LATEST, records written
+        after this call are delivered; with TRIM_HORIZON, every record the stream holds."""
         shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"].get("Shards", [])
         for shard in shards:
             self._iterators[shard["ShardId"]] = self.streams.get_shard_iterator(
-                StreamArn=self.stream_arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
+                StreamArn=self.stream_arn, ShardId=shard["ShardId"], ShardIteratorType=self.iterator_type
             )["ShardIterator"]
         self._thread = threading.Thread(target=self._run, name=f"stream-{self.mapping.name}", daemon=True)
         self._thread.start()
@@ -403,10 +412,10 @@ class StreamPoller:
         return records
 
     def _reposition(self, shard_id: str) -> str:
-        """A fresh iterator after the last record read (LATEST when none was)."""
+        """A fresh iterator after the last record read (the starting position when none was)."""
         last = self._last_sequence.get(shard_id)
         if last is None:
-            kwargs: dict[str, Any] = {"ShardIteratorType": "LATEST"}
+            kwargs: dict[str, Any] = {"ShardIteratorType": self.iterator_type}
         else:
             kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last}
         return self.streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=shard_id, **kwargs)["ShardIterator"]

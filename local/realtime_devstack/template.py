@@ -650,3 +650,68 @@ def websocket_routes(template: Mapping[str, Any], api: str | None = None) -> dic
             raise TemplateError(f"route {route_key!r} is defined twice")
         routes[str(route_key)] = invoked.pop()
     return routes
+
+
+# --- schedules ------------------------------------------------------------------------
+
+SCHEDULE_EVENT_TYPES = ("Schedule", "ScheduleV2")
+_RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
+_RATE_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class Schedule(TypedDict):
+    function: str  # logical id of the function invoked
+    event: str  # the SAM event's name
+    type: str  # "Schedule" (an EventBridge rule) or "ScheduleV2" (EventBridge Scheduler)
+    expression: str  # e.g. "rate(1 minute)"
+    rate_seconds: int  # the interval the expression names
+    input: str | None  # the event's Input (JSON text), if it sets one
+    enabled: bool
+
+
+def rate_seconds(expression: str) -> int:
+    """The interval of a ``rate(N unit)`` expression, in seconds.
+
+    "Schedule types on EventBridge Scheduler": a rate is a positive whole number and a unit of
+    minute(s), hour(s) or day(s) (singular for 1). Cron expressions have no interval: they are a
+    TemplateError here (the local stack runs rate schedules only).
+    """
+    match = _RATE.fullmatch(expression.strip())
+    if match is None:
+        raise TemplateError(f"{expression!r} is not rate(<n> minute|minutes|hour|hours|day|days)")
+    value, unit = int(match.group(1)), match.group(2)
+    if value < 1 or (value == 1) != (not unit.endswith("s")):
+        raise TemplateError(f"{expression!r}: a rate is at least 1, with a singular unit for 1 and a plural one above")
+    return value * _RATE_UNIT_SECONDS[unit.rstrip("s")]
+
+
+def schedules(template: Mapping[str, Any]) -> list[Schedule]:
+    """Every function's ``Schedule`` / ``ScheduleV2`` event (SAM), read as the local stack runs it."""
+    found: list[Schedule] = []
+    for function_id, function in resources(template, FUNCTION_TYPE).items():
+        for event_name, event in (_properties(function).get("Events") or {}).items():
+            event_type = event.get("Type")
+            if event_type not in SCHEDULE_EVENT_TYPES:
+                continue
+            props = event.get("Properties") or {}
+            where = f"{function_id}.Events.{event_name}.Properties"
+            expression = _literal(props.get("Schedule" if event_type == "Schedule" else "ScheduleExpression"), where)
+            if not isinstance(expression, str):
+                raise TemplateError(f"{where} needs a schedule expression")
+            if event_type == "Schedule":
+                enabled = _is_true(_literal(props.get("Enabled", True), f"{where}.Enabled"))
+            else:
+                enabled = str(_literal(props.get("State", "ENABLED"), f"{where}.State")).upper() == "ENABLED"
+            raw_input = _literal(props.get("Input"), f"{where}.Input")
+            found.append(
+                {
+                    "function": function_id,
+                    "event": event_name,
+                    "type": str(event_type),
+                    "expression": expression,
+                    "rate_seconds": rate_seconds(expression),
+                    "input": raw_input if isinstance(raw_input, str) else None,
+                    "enabled": enabled,
+                }
+            )
+    return found

@@ -15,7 +15,10 @@ What a deployed WebSocket API does, and so what this does:
   route (and no ``$default``) gets ``{"message": "Forbidden", ...}``.
 * ``$disconnect`` runs once the socket is gone, whatever closed it: the client, a dropped TCP
   connection, the management API's DELETE, the idle timeout (10 minutes), the two-hour
-  connection limit, or the stack shutting down (close code 1001). It is best effort, as on AWS.
+  connection limit, or the stack shutting down (close code 1001). It is best effort, as on AWS:
+  the ``disconnect:lost:RATE`` fault (``faithful.Faults.disconnect_lost_rate``) loses it.
+* A socket that is gone, closed or cut without a close frame, is gone for the management API
+  at once: ``GET``/``POST @connections/{id}`` answer 410.
 * A message larger than 128 KiB closes the connection with 1009 (API Gateway's limit).
 
 Frames of one connection are handled one at a time, in order. API Gateway makes no ordering
@@ -39,6 +42,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from . import faithful
 from .lambda_host import FunctionHost
 
 log = logging.getLogger("realtime_devstack.websocket")
@@ -130,6 +134,9 @@ class WebSocketConnection:
     user_agent: str | None
     last_active_at: float = 0.0
     closed_by_server: tuple[int, str] | None = None
+    # Cut without a close frame (a lost network): gone for the management API at once, as for
+    # API Gateway, even before the receive loop sees the end of the stream.
+    dropped: bool = False
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -137,7 +144,7 @@ class WebSocketConnection:
 
     @property
     def open(self) -> bool:
-        return not self.ws.closed
+        return not self.ws.closed and not self.dropped
 
     async def send(self, data: bytes | str) -> None:
         """One frame: text when it is UTF-8 (as API Gateway delivers postToConnection data), else binary."""
@@ -316,6 +323,7 @@ class WebSocketGateway:
         self._closing = False
         self._one_way_noted: set[str] = set()
         self.disconnects = 0  # $disconnect invocations made (for tests and the shutdown line)
+        self.lost_disconnects = 0  # $disconnect invocations skipped by the injected fault
 
     # -- handshake -----------------------------------------------------------------------------
 
@@ -419,6 +427,13 @@ class WebSocketGateway:
         route = self.api.routes.get(DISCONNECT)
         if route is None:
             return
+        if faithful.disconnect_lost():
+            # "Manage connected users and client apps: $connect and $disconnect routes":
+            # $disconnect is best effort, API Gateway cannot guarantee to deliver it. The socket
+            # is gone all the same (410 from the management API); its clean-up never runs.
+            log.info("$disconnect of %s lost (injected fault)", connection.connection_id)
+            self.lost_disconnects += 1
+            return
         self.disconnects += 1
         try:
             await route.invoke(disconnect_event(self.api, connection, code, reason))
@@ -494,6 +509,7 @@ class WebSocketGateway:
             sock = connection.ws.get_extra_info("socket")
             if not connection.open or sock is None:
                 continue
+            connection.dropped = True
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
                 dropped += 1

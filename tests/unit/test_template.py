@@ -27,10 +27,12 @@ from realtime_devstack.template import (
     load_template,
     parameter_defaults,
     parse_template,
+    rate_seconds,
     referenced_logical_ids,
     resolve_conditionals,
     resolve_parameters,
     resources,
+    schedules,
     table_definitions,
     ttl_attribute,
     websocket_route_selection,
@@ -44,6 +46,7 @@ from realtime_transport.live import LiveService
 from realtime_transport.models.items import Kind, idempotency_item, position_item
 from realtime_transport.models.stream import StreamRecord
 from realtime_transport.models.websocket import ClientMessage
+from realtime_transport.rooms.outbox import room_change
 from realtime_transport.settings import Settings
 from tests.conftest import TABLE_NAMES
 
@@ -52,16 +55,35 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCER_ROUTES = {
     ("POST", "/feeds/{feedId}/events"),
     ("POST", "/feeds/{feedId}/control"),
+    # the backend's room routes: IAM like the producers'
+    ("GET", "/rooms/{roomId}"),
+    ("PUT", "/rooms/{roomId}/metadata"),
+    ("GET", "/rooms/{roomId}/members"),
+    ("PATCH", "/rooms/{roomId}/state"),
 }
 # Browsers read history with `Authorization: Bearer <subscriber token>`, checked by the function.
-TOKEN_ROUTES = {("GET", "/feeds/{feedId}/events")}
+TOKEN_ROUTES = {("GET", "/feeds/{feedId}/events"), ("GET", "/rooms/{roomId}/events")}
 PUBLIC_ROUTES = {("GET", "/openapi.json"), ("ANY", "/$default")}
 
-WEBSOCKET_ROUTE_KEYS = {"$connect", "$disconnect", "subscribe", "unsubscribe", "ping", "$default"}
+WEBSOCKET_ROUTE_KEYS = {
+    "$connect",
+    "$disconnect",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "join",
+    "leave",
+    "members",
+    "update",
+    "patch",
+    "$default",
+}
 MANAGE_CONNECTIONS_ARN = (
     "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${WebSocketStageName}"
     "/POST/@connections/*"
 )
+# The presence sweeper only asks about connections (GET @connections/{id}), it never posts.
+PROBE_CONNECTIONS_ARN = MANAGE_CONNECTIONS_ARN.replace("/POST/", "/GET/")
 WEBSOCKET_MANAGEMENT_URL = "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${WebSocketStageName}"
 
 
@@ -321,6 +343,9 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
         "WebSocketThrottlingBurstLimit": "500",
         "WebSocketThrottlingRateLimit": "1000",
         "WebSocketAccessLogs": "Disabled",
+        "PresenceGraceSeconds": "10",
+        "PresenceLeaseSeconds": "30",
+        "PresenceSweepSeconds": "10",
         "AlarmTopicArn": "",
     }
     assert parameters["HistoryLimit"]["Type"] == "Number"
@@ -344,6 +369,17 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
     assert topic_pattern.fullmatch("")
     assert topic_pattern.fullmatch("arn:aws:sns:eu-west-1:123456789012:ops-alerts")
     assert not topic_pattern.fullmatch("arn:aws:sqs:eu-west-1:123456789012:not-a-topic")
+    for name in ("PresenceGraceSeconds", "PresenceLeaseSeconds", "PresenceSweepSeconds"):
+        assert parameters[name]["Type"] == "Number", name
+        assert parameters[name]["MinValue"] >= 1, "the settings take only a positive number of seconds"
+    # the sweeper passes at least every 30 s, so a vanished socket leaves within about a minute
+    assert parameters["PresenceSweepSeconds"]["MaxValue"] <= 30
+    defaults = Settings()
+    assert (defaults.presence_grace_seconds, defaults.presence_lease_seconds, defaults.presence_sweep_seconds) == (
+        10,
+        30,
+        10,
+    ), "the library's defaults are the template's"
 
 
 def test_function_globals(template: dict[str, Any]) -> None:
@@ -365,6 +401,9 @@ SHARED_ENVIRONMENT = {
     "WRITER_TIMEOUT_SECONDS": 10,
     "REALTIME_SECRET_ARN": {"Ref": "RealtimeSecret"},
     "WEBSOCKET_MANAGEMENT_URL": {"Fn::Sub": WEBSOCKET_MANAGEMENT_URL},
+    "PRESENCE_GRACE_SECONDS": {"Ref": "PresenceGraceSeconds"},
+    "PRESENCE_LEASE_SECONDS": {"Ref": "PresenceLeaseSeconds"},
+    "PRESENCE_SWEEP_SECONDS": {"Ref": "PresenceSweepSeconds"},
     "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransport",
     "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
 }
@@ -389,6 +428,17 @@ def test_websocket_and_fanout_function_environments(template: dict[str, Any]) ->
     assert function_environment(template, "FanoutFunction") == {
         **SHARED_ENVIRONMENT,
         "POWERTOOLS_SERVICE_NAME": "realtime-fanout",
+    }
+
+
+def test_rooms_outbox_and_presence_sweeper_environments(template: dict[str, Any]) -> None:
+    assert function_environment(template, "RoomsOutboxFunction") == {
+        **SHARED_ENVIRONMENT,
+        "POWERTOOLS_SERVICE_NAME": "realtime-rooms-outbox",
+    }
+    assert function_environment(template, "PresenceSweeperFunction") == {
+        **SHARED_ENVIRONMENT,
+        "POWERTOOLS_SERVICE_NAME": "realtime-presence-sweeper",
     }
 
 
@@ -440,6 +490,19 @@ def test_functions_code_and_sizes(template: dict[str, Any]) -> None:
             "handler": "app.lambda_handler",
             "timeout": 60,
             "memory": 1024,
+        },
+        "RoomsOutboxFunction": {
+            "code_uri": "functions/rooms_outbox/",
+            "handler": "app.lambda_handler",
+            "timeout": 30,
+            "memory": 512,
+        },
+        # the schedule fires every minute; passes run for most of it, the last one needs room to end
+        "PresenceSweeperFunction": {
+            "code_uri": "functions/presence_sweeper/",
+            "handler": "app.lambda_handler",
+            "timeout": 70,
+            "memory": 256,
         },
     }
 
@@ -537,6 +600,7 @@ def test_history_route_takes_the_subscriber_token_not_iam(template: dict[str, An
         assert {auth[route] for route in TOKEN_ROUTES} == {"NONE"}, producer_auth
     paths = props(template, "HttpApi")["DefinitionBody"]["paths"]
     assert "get" not in paths["/feeds/{feedId}/events"], "no security entry may put IAM back on history"
+    assert "/rooms/{roomId}/events" not in paths, "a room's history takes the subscriber token, as a feed's"
     assert function_environment(template, "HttpApiFunction")["REQUIRE_HISTORY_TOKEN"] == "true"
     assert "authorization" in props(template, "HttpApi")["CorsConfiguration"]["AllowHeaders"]
 
@@ -552,6 +616,10 @@ def test_http_api_iam_authorizer_and_cors(template: dict[str, Any]) -> None:
     assert p["Auth"]["EnableIamAuthorizer"] is True
     assert "DefaultAuthorizer" not in p["Auth"], "openapi.json must stay public"
     assert p["CorsConfiguration"]["AllowOrigins"] == {"Ref": "CorsAllowOrigins"}
+    # PUT metadata and PATCH state from a browser; If-Match in, ETag out (the room's version)
+    assert p["CorsConfiguration"]["AllowMethods"] == ["GET", "POST", "PUT", "PATCH", "OPTIONS"]
+    assert "if-match" in p["CorsConfiguration"]["AllowHeaders"]
+    assert p["CorsConfiguration"]["ExposeHeaders"] == ["etag"]
     assert template["Conditions"]["UseIamAuth"] == {"Fn::Equals": [{"Ref": "ProducerAuth"}, "IAM"]}
 
 
@@ -569,6 +637,7 @@ def test_outputs(template: dict[str, Any]) -> None:
     # the very endpoint the functions post to
     assert outputs["WebSocketManagementUrl"]["Value"] == {"Fn::Sub": WEBSOCKET_MANAGEMENT_URL}
     assert outputs["FanoutDeadLetterQueueUrl"]["Value"] == {"Ref": "FanoutDeadLetterQueue"}
+    assert outputs["RoomsOutboxDeadLetterQueueUrl"]["Value"] == {"Ref": "RoomsOutboxDeadLetterQueue"}
 
 
 # --- WebSocket API ---------------------------------------------------------------------------
@@ -608,7 +677,9 @@ def test_websocket_routes_are_lambda_proxy_without_gateway_auth(template: dict[s
 
 
 def test_websocket_deployment_waits_for_every_route(template: dict[str, Any]) -> None:
-    deployment = template["Resources"]["WebSocketDeployment"]
+    # A deployment is a snapshot: the one taken before the room routes must not be reused.
+    assert "WebSocketDeployment" not in template["Resources"]
+    deployment = template["Resources"]["WebSocketDeploymentRooms"]
     assert deployment["Type"] == "AWS::ApiGatewayV2::Deployment"
     assert deployment["Properties"]["ApiId"] == {"Ref": "WebSocketApi"}
     assert set(deployment["DependsOn"]) == set(resources(template, "AWS::ApiGatewayV2::Route"))
@@ -618,7 +689,7 @@ def test_websocket_stage_is_throttled_and_logs_only_on_request(template: dict[st
     p = props(template, "WebSocketStage")
     assert p["ApiId"] == {"Ref": "WebSocketApi"}
     assert p["StageName"] == {"Ref": "WebSocketStageName"}
-    assert p["DeploymentId"] == {"Ref": "WebSocketDeployment"}
+    assert p["DeploymentId"] == {"Ref": "WebSocketDeploymentRooms"}
     assert p["DefaultRouteSettings"] == {
         "ThrottlingBurstLimit": {"Ref": "WebSocketThrottlingBurstLimit"},
         "ThrottlingRateLimit": {"Ref": "WebSocketThrottlingRateLimit"},
@@ -667,6 +738,76 @@ def test_fanout_function(template: dict[str, Any]) -> None:
     assert p["Timeout"] >= 30
 
 
+def test_rooms_outbox_function(template: dict[str, Any]) -> None:
+    p = props(template, "RoomsOutboxFunction")
+    assert set(p["Events"]) == {"RoomChanges", "PresenceChanges"}
+    assert p["Events"]["RoomChanges"]["Properties"]["Stream"] == {"Fn::GetAtt": ["EventsTable", "StreamArn"]}
+    assert p["Events"]["PresenceChanges"]["Properties"]["Stream"] == {"Fn::GetAtt": ["ConnectionsTable", "StreamArn"]}
+    # a member's leave needs the item as it was
+    assert props(template, "ConnectionsTable")["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    assert "Events" not in props(template, "WebSocketFunction")
+
+
+def test_presence_sweeper_runs_every_minute_and_passes_within_it(template: dict[str, Any]) -> None:
+    p = props(template, "PresenceSweeperFunction")
+    assert p["Events"] == {
+        "Sweep": {
+            "Type": "ScheduleV2",
+            "Properties": {
+                "ScheduleExpression": "rate(1 minute)",
+                "Description": "Presence sweeper (leases and grace periods)",
+                "FlexibleTimeWindow": {"Mode": "OFF"},
+                "RetryPolicy": {"MaximumRetryAttempts": 0},
+            },
+        }
+    }
+    assert schedules(template) == [
+        {
+            "function": "PresenceSweeperFunction",
+            "event": "Sweep",
+            "type": "ScheduleV2",
+            "expression": "rate(1 minute)",
+            "rate_seconds": 60,
+            "input": None,
+            "enabled": True,
+        }
+    ]
+    # an invocation passes for the whole minute, and its last pass still fits the timeout
+    assert 60 < p["Timeout"] <= 90
+    assert template["Parameters"]["PresenceSweepSeconds"]["MaxValue"] < 60
+
+
+def test_schedules_read_rates_and_refuse_what_the_local_stack_cannot_run() -> None:
+    assert rate_seconds("rate(1 minute)") == 60
+    assert rate_seconds("rate(5 minutes)") == 300
+    assert rate_seconds("rate(2 hours)") == 7200
+    assert rate_seconds("rate(1 day)") == 86400
+    for expression in ("rate(1 minutes)", "rate(2 minute)", "rate(0 minutes)", "cron(0 12 * * ? *)", "rate(10 s)"):
+        with pytest.raises(TemplateError):
+            rate_seconds(expression)
+    doc = parse_template(
+        """
+        Resources:
+          Job:
+            Type: AWS::Serverless::Function
+            Properties:
+              Events:
+                Old:
+                  Type: Schedule
+                  Properties: {Schedule: rate(5 minutes), Enabled: false, Input: '{"a": 1}'}
+                New:
+                  Type: ScheduleV2
+                  Properties: {ScheduleExpression: rate(1 hour), State: DISABLED}
+                Api:
+                  Type: HttpApi
+        """
+    )
+    assert [(s["event"], s["type"], s["rate_seconds"], s["input"], s["enabled"]) for s in schedules(doc)] == [
+        ("Old", "Schedule", 300, '{"a": 1}', False),
+        ("New", "ScheduleV2", 3600, None, False),
+    ]
+
+
 def test_fanout_dead_letter_queue(template: dict[str, Any]) -> None:
     queue = template["Resources"]["FanoutDeadLetterQueue"]
     assert queue["Type"] == "AWS::SQS::Queue"
@@ -674,17 +815,47 @@ def test_fanout_dead_letter_queue(template: dict[str, Any]) -> None:
     assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
-def _alarm(template: dict[str, Any], metric: str) -> dict[str, Any]:
+def _alarm(template: dict[str, Any], metric: str, target: str = "Fanout") -> dict[str, Any]:
+    """The alarm on `metric` of the fan-out's function or queue (`target`: "Fanout", "RoomsOutbox", ...)."""
     (alarm,) = (
         resource["Properties"]
         for resource in resources(template, "AWS::CloudWatch::Alarm").values()
         if resource["Properties"]["MetricName"] == metric
+        and referenced_logical_ids(resource["Properties"]["Dimensions"])
+        & {f"{target}Function", f"{target}DeadLetterQueue"}
     )
     return alarm
 
 
+def test_every_alarm_watches_a_function_or_a_dead_letter_queue(template: dict[str, Any]) -> None:
+    watched = sorted(
+        (resource["Properties"]["MetricName"], *sorted(referenced_logical_ids(resource["Properties"]["Dimensions"])))
+        for resource in resources(template, "AWS::CloudWatch::Alarm").values()
+    )
+    assert watched == [
+        ("ApproximateNumberOfMessagesVisible", "FanoutDeadLetterQueue"),
+        ("ApproximateNumberOfMessagesVisible", "RoomsOutboxDeadLetterQueue"),
+        ("Errors", "FanoutFunction"),
+        ("Errors", "PresenceSweeperFunction"),
+        ("Errors", "RoomsOutboxFunction"),
+        ("IteratorAge", "FanoutFunction"),
+        ("IteratorAge", "RoomsOutboxFunction"),
+    ]
+
+
+def test_rooms_outbox_and_sweeper_alarms_are_the_fanouts(template: dict[str, Any]) -> None:
+    """The same thresholds as the fan-out's: any dead letter, a minute of lag, any function error."""
+    same = ("Namespace", "Statistic", "Period", "EvaluationPeriods", "Threshold", "ComparisonOperator")
+    for metric in ("ApproximateNumberOfMessagesVisible", "IteratorAge", "Errors"):
+        fanout, outbox = _alarm(template, metric), _alarm(template, metric, "RoomsOutbox")
+        assert {k: outbox[k] for k in same} == {k: fanout[k] for k in same}, metric
+        assert outbox["TreatMissingData"] == "notBreaching"
+    sweeper = _alarm(template, "Errors", "PresenceSweeper")
+    assert {k: sweeper[k] for k in same} == {k: _alarm(template, "Errors")[k] for k in same}
+    assert props(template, "RoomsOutboxDeadLetterQueue") == props(template, "FanoutDeadLetterQueue")
+
+
 def test_delivery_alarms(template: dict[str, Any]) -> None:
-    assert len(resources(template, "AWS::CloudWatch::Alarm")) == 3
     dead_letters = _alarm(template, "ApproximateNumberOfMessagesVisible")
     assert dead_letters["Namespace"] == "AWS/SQS"
     assert dead_letters["Dimensions"] == [
@@ -737,7 +908,7 @@ def test_resources_depend_on_each_other_without_a_cycle(template: dict[str, Any]
         graph[logical_id] |= globals_refs
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError
     for logical_id in resources(template, "AWS::Serverless::Function"):
-        assert not graph[logical_id] & {"WebSocketStage", "WebSocketDeployment"}, logical_id
+        assert not graph[logical_id] & {"WebSocketStage", "WebSocketDeploymentRooms"}, logical_id
 
 
 # --- least privilege ---------------------------------------------------------------------
@@ -787,9 +958,13 @@ def test_every_function_policy_names_only_what_it_uses(template: dict[str, Any])
             assert "*" not in targets, (logical_id, statement)
             assert targets, (logical_id, statement)
             if service == "execute-api":
-                # only this stack's WebSocket API, on the stage the functions post to
+                # only this stack's WebSocket API, on the stage the functions post to (or, for the
+                # sweeper's probe, read from)
                 assert actions == ["execute-api:ManageConnections"], (logical_id, statement)
-                assert statement["Resource"] == {"Fn::Sub": MANAGE_CONNECTIONS_ARN}, (logical_id, statement)
+                assert statement["Resource"] in (
+                    {"Fn::Sub": MANAGE_CONNECTIONS_ARN},
+                    {"Fn::Sub": PROBE_CONNECTIONS_ARN},
+                ), (logical_id, statement)
                 assert env_refs >= {"WebSocketApi"}, logical_id
                 continue
             for target in targets:
@@ -826,8 +1001,10 @@ def arn_of(logical_id: str) -> str:
 
 
 BY_CHANNEL_INDEX_ARN = json.dumps({"Fn::Sub": "${ConnectionsTable.Arn}/index/by-channel"})
+BY_DEADLINE_INDEX_ARN = json.dumps({"Fn::Sub": "${ConnectionsTable.Arn}/index/by-deadline"})
 SECRET = json.dumps({"Ref": "RealtimeSecret"})
 MANAGE_CONNECTIONS = json.dumps({"Fn::Sub": MANAGE_CONNECTIONS_ARN})
+PROBE_CONNECTIONS = json.dumps({"Fn::Sub": PROBE_CONNECTIONS_ARN})
 
 
 def test_http_api_function_policy_is_exactly_what_ingest_and_history_need(template: dict[str, Any]) -> None:
@@ -842,11 +1019,15 @@ def test_http_api_function_policy_is_exactly_what_ingest_and_history_need(templa
         ("dynamodb:UpdateItem", "EventsTable"),
         ("dynamodb:Query", "EventsTable"),
         ("dynamodb:ConditionCheckItem", "EventsTable"),
+        # a room's members and count: consistent Queries of its items, reads only
+        ("dynamodb:Query", "ConnectionsTable"),
         ("secretsmanager:GetSecretValue", "RealtimeSecret"),
     }
-    table_statement = next(s for s in statements(template, "HttpApiFunction") if "dynamodb:Query" in s["Action"])
-    assert table_statement["Resource"] == {"Fn::GetAtt": ["EventsTable", "Arn"]}, "the table, not its indexes"
-    assert not any("ConnectionsTable" in resource for _, resource in grants(template, "HttpApiFunction"))
+    for statement in statements(template, "HttpApiFunction"):
+        if statement["Action"] != "secretsmanager:GetSecretValue":
+            assert "Fn::GetAtt" in statement["Resource"], "the tables, not their indexes"
+    connections = {action for action, resource in grants(template, "HttpApiFunction") if "ConnectionsTable" in resource}
+    assert connections == {"dynamodb:Query"}, "presence is written over the WebSocket only"
 
 
 def test_websocket_function_policy_is_exactly_what_subscribing_needs(template: dict[str, Any]) -> None:
@@ -855,9 +1036,11 @@ def test_websocket_function_policy_is_exactly_what_subscribing_needs(template: d
         ("dynamodb:GetItem", arn_of("EventsTable")),
         ("dynamodb:Query", arn_of("EventsTable")),
         ("dynamodb:PutItem", arn_of("EventsTable")),
-        # the connection and its subscriptions, always by connection id (never the index)
+        # the connection, its subscriptions and presence, always by key (never an index); a
+        # member's creation and deletion are transactions: their Put/Update/Delete need these
         ("dynamodb:GetItem", arn_of("ConnectionsTable")),
         ("dynamodb:PutItem", arn_of("ConnectionsTable")),
+        ("dynamodb:UpdateItem", arn_of("ConnectionsTable")),
         ("dynamodb:DeleteItem", arn_of("ConnectionsTable")),
         ("dynamodb:Query", arn_of("ConnectionsTable")),
         ("dynamodb:BatchWriteItem", arn_of("ConnectionsTable")),
@@ -873,6 +1056,9 @@ def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[st
         ("dynamodb:Query", BY_CHANNEL_INDEX_ARN),
         ("dynamodb:Query", arn_of("ConnectionsTable")),
         ("dynamodb:BatchWriteItem", arn_of("ConnectionsTable")),
+        # before that, its room memberships leave (`disconnected`): membership deleted, member updated
+        ("dynamodb:DeleteItem", arn_of("ConnectionsTable")),
+        ("dynamodb:UpdateItem", arn_of("ConnectionsTable")),
         ("execute-api:ManageConnections", MANAGE_CONNECTIONS),
         # live frames carry their event's signed cursor
         ("secretsmanager:GetSecretValue", SECRET),
@@ -884,6 +1070,37 @@ def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[st
     )
 
 
+def test_rooms_outbox_function_policy_is_exactly_what_publishing_needs(template: dict[str, Any]) -> None:
+    assert grants(template, "RoomsOutboxFunction") == {
+        # channel.publish with an idempotency key: the key's read, the position's ADD, the
+        # transaction's two Puts (and a failed writer's tombstone)
+        ("dynamodb:GetItem", arn_of("EventsTable")),
+        ("dynamodb:PutItem", arn_of("EventsTable")),
+        ("dynamodb:UpdateItem", arn_of("EventsTable")),
+        # both mappings' on-failure destination (the streams: SAM's AWSLambdaDynamoDBExecutionRole)
+        ("sqs:SendMessage", arn_of("RoomsOutboxDeadLetterQueue")),
+    }
+    assert not any("ConnectionsTable" in resource for _, resource in grants(template, "RoomsOutboxFunction")), (
+        "presence changes come from the stream, the table is never read"
+    )
+
+
+def test_presence_sweeper_function_policy_is_exactly_what_sweeping_needs(template: dict[str, Any]) -> None:
+    assert grants(template, "PresenceSweeperFunction") == {
+        # what is due: one Query per shard of the by-deadline index
+        ("dynamodb:Query", BY_DEADLINE_INDEX_ARN),
+        # re-checked against the item, then renewed, or left (membership deleted, member updated),
+        # a member deleted with its count shard in one transaction (Delete + Update)
+        ("dynamodb:GetItem", arn_of("ConnectionsTable")),
+        ("dynamodb:Query", arn_of("ConnectionsTable")),
+        ("dynamodb:UpdateItem", arn_of("ConnectionsTable")),
+        ("dynamodb:DeleteItem", arn_of("ConnectionsTable")),
+        # the probe: GET @connections/{id}
+        ("execute-api:ManageConnections", PROBE_CONNECTIONS),
+    }
+    assert not any("EventsTable" in resource for _, resource in grants(template, "PresenceSweeperFunction"))
+
+
 def test_manage_connections_is_scoped_to_this_api_stage_and_post(template: dict[str, Any]) -> None:
     arn = MANAGE_CONNECTIONS_ARN
     api_and_stage = arn.split(":")[-1]
@@ -893,13 +1110,33 @@ def test_manage_connections_is_scoped_to_this_api_stage_and_post(template: dict[
     for logical_id in ("WebSocketFunction", "FanoutFunction"):
         manage = [s for s in statements(template, logical_id) if s["Action"] == "execute-api:ManageConnections"]
         assert [s["Resource"] for s in manage] == [{"Fn::Sub": arn}], logical_id
+    # the sweeper's probe: GET only (lastActiveAt or 410), it can neither post nor disconnect
+    manage = [
+        s for s in statements(template, "PresenceSweeperFunction") if s["Action"] == "execute-api:ManageConnections"
+    ]
+    assert [s["Resource"] for s in manage] == [{"Fn::Sub": PROBE_CONNECTIONS_ARN}]
+    assert PROBE_CONNECTIONS_ARN.endswith("${WebSocketStageName}/GET/@connections/*")
+    assert not any("ManageConnections" in action for action, _ in grants(template, "RoomsOutboxFunction"))
 
 
 # --- stream mappings -----------------------------------------------------------------------
 
 
+def _mapping(template: dict[str, Any], function: str, event: str) -> Any:
+    (mapping,) = (m for m in event_source_mappings(template) if (m["function"], m["event"]) == (function, event))
+    return mapping
+
+
+def test_stream_mappings_are_the_fanouts_and_the_rooms_outboxs(template: dict[str, Any]) -> None:
+    assert sorted((m["function"], m["event"], m["table"]) for m in event_source_mappings(template)) == [
+        ("FanoutFunction", "EventsStream", "EventsTable"),
+        ("RoomsOutboxFunction", "PresenceChanges", "ConnectionsTable"),
+        ("RoomsOutboxFunction", "RoomChanges", "EventsTable"),
+    ]
+
+
 def test_fanout_reads_new_events_from_the_stream(template: dict[str, Any]) -> None:
-    (mapping,) = event_source_mappings(template)
+    mapping = _mapping(template, "FanoutFunction", "EventsStream")
     assert mapping == {
         "function": "FanoutFunction",
         "event": "EventsStream",
@@ -945,7 +1182,7 @@ def _stream_record(event_name: str, image: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_stream_filter_passes_exactly_the_records_the_fanout_delivers(template: dict[str, Any]) -> None:
-    (mapping,) = event_source_mappings(template)
+    mapping = _mapping(template, "FanoutFunction", "EventsStream")
     patterns = mapping["filter_patterns"]
     event_json = '{"id": "01J", "channel": "feed_1", "seq": 7}'
     event = position_item("transport#feed_1", 7, Kind.EVENT, 1, 4102444800, event_json)
@@ -968,6 +1205,98 @@ def test_stream_filter_passes_exactly_the_records_the_fanout_delivers(template: 
         assert passes is delivered, name
         # the library's own test of a record agrees with the filter AWS applies
         assert StreamRecord.from_record(record).deliverable is delivered, name
+
+
+ROOMS_OUTBOX_MAPPING = {
+    "function": "RoomsOutboxFunction",
+    "batch_size": 100,
+    "maximum_batching_window_seconds": 0,
+    # an outbox must see every change, also those written before its mapping polled
+    "starting_position": "TRIM_HORIZON",
+    "maximum_retry_attempts": 10,
+    "bisect_batch_on_function_error": True,
+    # the outbox reports a room's (a member's) first failure and everything after it
+    "function_response_types": ["ReportBatchItemFailures"],
+    "on_failure_destination": {"Fn::GetAtt": ["RoomsOutboxDeadLetterQueue", "Arn"]},
+    "on_failure_target": "RoomsOutboxDeadLetterQueue",
+    "maximum_record_age_seconds": 3600,
+    # one batch per shard at a time: a room's changes, a member's changes, stay in order
+    "parallelization_factor": 1,
+    "enabled": True,
+}
+
+
+def test_rooms_outbox_reads_room_changes_from_the_events_stream(template: dict[str, Any]) -> None:
+    pattern = '{"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"kind": {"S": ["room"]}}}}'
+    assert _mapping(template, "RoomsOutboxFunction", "RoomChanges") == {
+        **ROOMS_OUTBOX_MAPPING,
+        "event": "RoomChanges",
+        "table": "EventsTable",
+        "filter_criteria": {"Filters": [{"Pattern": pattern}]},
+        "filter_patterns": [json.loads(pattern)],
+    }
+
+
+def test_rooms_outbox_reads_member_changes_from_the_connections_stream(template: dict[str, Any]) -> None:
+    pattern = '{"dynamodb": {"Keys": {"sk": {"S": [{"prefix": "member#"}]}}}}'
+    assert _mapping(template, "RoomsOutboxFunction", "PresenceChanges") == {
+        **ROOMS_OUTBOX_MAPPING,
+        "event": "PresenceChanges",
+        "table": "ConnectionsTable",
+        "filter_criteria": {"Filters": [{"Pattern": pattern}]},
+        "filter_patterns": [json.loads(pattern)],
+    }
+
+
+def _keyed_record(event_name: str, pk: str, sk: str, image: dict[str, Any] | None = None) -> dict[str, Any]:
+    keys = {"pk": {"S": pk}, "sk": {"S": sk}}
+    record: dict[str, Any] = {
+        "eventName": event_name,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": keys, "SequenceNumber": "1"},
+    }
+    if image is not None:
+        record["dynamodb"]["NewImage" if event_name != "REMOVE" else "OldImage"] = {**keys, **image}
+    return record
+
+
+def test_rooms_outbox_filters_pass_exactly_room_and_member_changes(template: dict[str, Any]) -> None:
+    """Run with the local stack's implementation of Lambda's filter rules (prefix included)."""
+    from realtime_devstack.stream_poller import parse_filter_criteria, passes
+
+    rooms = parse_filter_criteria(_mapping(template, "RoomsOutboxFunction", "RoomChanges")["filter_criteria"])
+    room_item = {
+        "pk": {"S": "transport#room#R"},
+        "sk": {"N": "0"},
+        "kind": {"S": "room"},
+        "lastChange": {"S": json.dumps({"version": 2, "kind": "room.metadata", "metadata": {}, "paths": []})},
+    }
+    event_json = '{"id": "01J", "channel": "room_R", "seq": 1}'
+    room_records = {
+        "room created": (_stream_record("INSERT", room_item), True),
+        "room changed": (_stream_record("MODIFY", room_item), True),
+        "room removed": (_stream_record("REMOVE", room_item), False),
+        "event on the room channel": (
+            _stream_record("INSERT", position_item("transport#room_R", 1, Kind.EVENT, 1, 4102444800, event_json)),
+            False,
+        ),
+    }
+    for name, (record, delivered) in room_records.items():
+        assert passes(rooms, record) is delivered, name
+        assert (room_change(record, "transport") is not None) is delivered, name
+
+    members = parse_filter_criteria(_mapping(template, "RoomsOutboxFunction", "PresenceChanges")["filter_criteria"])
+    member_records = {
+        "member joined": (_keyed_record("INSERT", "room#transport#R", "member#alice", {"rev": {"N": "1"}}), True),
+        "member updated": (_keyed_record("MODIFY", "room#transport#R", "member#alice", {"rev": {"N": "2"}}), True),
+        "member left": (_keyed_record("REMOVE", "room#transport#R", "member#alice", {"rev": {"N": "2"}}), True),
+        "count shard": (_keyed_record("MODIFY", "room#transport#R", "count#3", {"n": {"N": "1"}}), False),
+        "membership": (_keyed_record("INSERT", "conn#c1", "room#transport#R", {"memberId": {"S": "a"}}), False),
+        "connection": (_keyed_record("INSERT", "conn#c1", "meta", {"sub": {"S": "alice"}}), False),
+        "subscription": (_keyed_record("INSERT", "conn#c1", "sub#transport#room_R", {}), False),
+    }
+    for name, (record, delivered) in member_records.items():
+        assert passes(members, record) is delivered, name
 
 
 def test_stream_mappings_are_read_with_lambda_defaults() -> None:

@@ -24,6 +24,14 @@
 // an event the live path never brought (a quiet channel's last event, or one
 // published while the fan-out's subscriber index had not seen the subscription
 // yet). A ping goes out `headCheckMs` after every subscribe for that reason.
+//
+// Rooms (`client.join(roomId, …)`) ride on the same machinery: a room's events are
+// ordinary events on channel `room_{roomId}`, sequenced, deduplicated and gap-filled
+// exactly like any channel's; only the way in differs (a `join` action answered by
+// `joined`, with a snapshot, instead of `subscribe`). A Room keeps a local copy of
+// presence, metadata and state and applies each event idempotently (presence by
+// (session, rev), state and metadata by one version counter), so a snapshot newer than
+// its cursor, or an event seen twice, is harmless. See web/README.md, "Rooms".
 
 /**
  * The stored event envelope, as every client sees it.
@@ -78,6 +86,65 @@
  */
 
 /**
+ * A room member as the server shows it (WebSocket and HTTP alike). From presence events the
+ * client knows no `connections` count: it keeps the last one it was told, or 1.
+ * @typedef {object} Member
+ * @property {string} memberId        the token's `sub`
+ * @property {any} member             the member's data (a JSON object, at most 1 KiB), or null
+ * @property {number} connections     how many connections of this member are in the room
+ * @property {number} joinedAt        epoch milliseconds
+ * @property {string} session         `{joinedAt:013d}.{hex}`: later sessions sort later
+ * @property {number} rev             1 at the session's start, +1 at each change of `member`
+ */
+
+/**
+ * What `onPresence` receives. `type`: 'snapshot' (a `joined` answer replaced the copy, or a
+ * members page was merged), 'join', 'update', 'leave' (with `reason`: 'left' | 'disconnected' | 'timeout').
+ * @typedef {object} PresenceChange
+ * @property {'snapshot' | 'join' | 'update' | 'leave'} type
+ * @property {string} [memberId]
+ * @property {Member} [member]         join and update: the member now
+ * @property {string} [reason]         leave
+ * @property {Member[]} members        everyone the client knows of now
+ */
+
+/**
+ * What `onState` receives: the document after the change. `cause`: 'snapshot' (a `joined`
+ * answer), 'event' (a `room.state` event), 'patched' (this client's own patch, applied when
+ * the server confirmed it; its event is then a duplicate by version).
+ * @typedef {object} StateChange
+ * @property {number} version
+ * @property {any} doc
+ * @property {'snapshot' | 'event' | 'patched'} cause
+ * @property {string[]} paths          JSON Pointers the change touched (empty for a snapshot)
+ * @property {string | null} by        who made it, when the event says
+ */
+
+/**
+ * @typedef {object} MetadataChange
+ * @property {number} version
+ * @property {Record<string, any>} metadata
+ * @property {'snapshot' | 'event'} cause
+ * @property {string | null} by
+ */
+
+/**
+ * @typedef {object} JoinOptions
+ * @property {Record<string, any>} [member]  this member's data (sent with every join, replaced by setMember)
+ * @property {(change: PresenceChange, room: Room) => void} [onPresence]
+ * @property {(change: StateChange, room: Room) => void} [onState]
+ * @property {(change: MetadataChange, room: Room) => void} [onMetadata]
+ * @property {(info: {resumed: boolean, self: Member | null}, room: Room) => void} [onJoined]  every `joined` answer
+ * @property {(error: RealtimeError, room: Room) => void} [onError]  errors not answering a request of this room
+ */
+
+/**
+ * A change to send: a JSON merge patch (RFC 7386) or JSON Patch operations (RFC 6902),
+ * based on `version` (the room version it was computed from).
+ * @typedef {{version: number, patch?: any, operations?: any[]}} PatchRequest
+ */
+
+/**
  * @typedef {object} ChannelStats
  * @property {number} delivered       events handed to onEvent
  * @property {number} duplicates      frames dropped as duplicates of a seq already held
@@ -106,6 +173,8 @@
  * @property {typeof fetch} [fetch]     defaults to globalThis.fetch
  * @property {number} [reorderMs]       how long an out-of-order event waits for the seqs before it
  * @property {{initialMs?: number, maxMs?: number}} [backoff]  exponential backoff with full jitter
+ * @property {number} [roomPingIntervalMs]  ping period while any room is joined: the server's presence lease
+ *   (PRESENCE_LEASE_SECONDS, 30 s by default) is renewed by pings, so a third of it
  * @property {number} [pingIntervalMs]  ping period: keep-alive (API Gateway drops connections idle for 10 minutes),
  *   and the longest a missed last event on a quiet channel goes unnoticed (the pong's heads reveal it)
  * @property {number} [headCheckMs]     a ping this long after a subscribe is answered, to find events the
@@ -128,6 +197,7 @@ export const DEFAULTS = Object.freeze({
   reorderMs: 300,
   backoff: Object.freeze({ initialMs: 500, maxMs: 30_000 }),
   pingIntervalMs: 60_000,
+  roomPingIntervalMs: 10_000,
   headCheckMs: 3_000,
   pongTimeoutMs: 20_000,
   maxConnectionAgeMs: 115 * 60_000,
@@ -142,6 +212,9 @@ export const DEFAULTS = Object.freeze({
 const WS_OPEN = 1;
 const SUBSCRIBE_RETRIES = 3;
 const FEED_CHANNEL = /^feed_(.+)$/;
+const ROOM_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+/** Retries of `room.update(fn)` after a conflict, by default. */
+const UPDATE_ATTEMPTS = 5;
 
 /** An error frame from the server, or a problem the client ran into. */
 export class RealtimeError extends Error {
@@ -167,6 +240,14 @@ export class RealtimeError extends Error {
  */
 export function connect(options) {
   return new RealtimeClient(options);
+}
+
+/**
+ * The channel a room's events travel on.
+ * @param {string} roomId
+ */
+export function roomChannel(roomId) {
+  return `room_${roomId}`;
 }
 
 /**
@@ -216,7 +297,8 @@ export function backoffDelay(attempt, backoff, random) {
  * `active` says events arrived since the subscribe's watchdog last looked;
  * `cursor` is the cursor the subscribe carried, `continuation` that it continued a
  * catch-up the server answered in parts (`hasMore`).
- * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number, active?: boolean, cursor?: string | null, continuation?: boolean}} CatchUpWindow
+ * `join` says it was a room's `join` (answered by `joined`), not a subscribe.
+ * @typedef {{sentAt: number, resumed: boolean, evidence: number, minSeq: number, active?: boolean, cursor?: string | null, continuation?: boolean, join?: boolean}} CatchUpWindow
  */
 
 export class ChannelSequencer {
@@ -449,6 +531,7 @@ export class ChannelSequencer {
  * @property {number} unanswered       subscribes in a row that got no `subscribed`
  * @property {boolean} truncatedInParts  a part of the catch-up answered in parts so far was truncated
  * @property {{since: number, attempts: number, from: number | null, to: number | null, timer: any} | null} gap
+ * @property {Room} [room]             the room this channel belongs to (room_{roomId}): it joins instead of subscribing
  */
 
 export class RealtimeClient {
@@ -484,6 +567,11 @@ export class RealtimeClient {
     this.pendingHeads = new Map();
     /** Timers waiting for `subscribed` answers. */
     this.watchdogs = new Set();
+    /** Joined (or joining) rooms, by room id. */
+    /** @type {Map<string, Room>} */
+    this.rooms = new Map();
+    /** When the armed keep-alive ping goes out (clock time), so joining a room can bring it forward. */
+    this.pingDueAt = Infinity;
     this.connectNow('connecting');
   }
 
@@ -540,8 +628,65 @@ export class RealtimeClient {
     this.send({ action: 'unsubscribe', channel });
   }
 
+  /**
+   * Join a room: presence, metadata and state, kept up to date on a local copy.
+   * Joining a room already joined returns the same Room (its handlers replaced).
+   * @param {string} roomId  `^[A-Za-z0-9_.:-]{1,128}$`
+   * @param {JoinOptions} [options]
+   * @returns {Room}
+   */
+  join(roomId, options = {}) {
+    if (typeof roomId !== 'string' || !ROOM_ID.test(roomId)) throw new TypeError('join: roomId must match ^[A-Za-z0-9_.:-]{1,128}$');
+    const existing = this.rooms.get(roomId);
+    if (existing) {
+      existing.handlers = options;
+      if (options.member !== undefined) existing.memberData = options.member;
+      return existing;
+    }
+    const channel = roomChannel(roomId);
+    if (this.channels.has(channel)) throw new TypeError(`join: ${channel} is subscribed to as a plain channel; unsubscribe first`);
+    const room = new Room(this, roomId, options);
+    /** @type {Subscription} */
+    const sub = {
+      seq: new ChannelSequencer(channel, null),
+      handlers: {
+        onEvent: (event) => room.takeEvent(event),
+        onGap: (gap) => room.onGap(gap),
+        onError: (error) => room.reportError(error),
+      },
+      ready: true,
+      gap: null,
+      unanswered: 0,
+      truncatedInParts: false,
+      room,
+    };
+    room.sub = sub;
+    this.rooms.set(roomId, room);
+    this.channels.set(channel, sub);
+    this.bringPingForward();
+    room.pump();
+    return room;
+  }
+
+  /**
+   * A room is gone (left, or refused): forget its channel.
+   * @param {Room} room
+   */
+  dropRoom(room) {
+    if (this.rooms.get(room.id) !== room) return;
+    this.rooms.delete(room.id);
+    const sub = this.channels.get(room.channel);
+    if (sub?.room === room) {
+      this.channels.delete(room.channel);
+      this.clearGap(sub);
+      this.pendingHeads.delete(room.channel);
+    }
+  }
+
   /** Close for good: no more reconnects. */
   close() {
+    // Rooms stay (like channels): reconnect() joins them again; what they had in flight is rejected.
+    for (const room of [...this.rooms.values()]) room.onDisconnected(true);
     this.stopped = true;
     this.clearConnectionTimers();
     this.clock.clearTimeout(this.timers.reconnect);
@@ -688,7 +833,8 @@ export class RealtimeClient {
     for (const sub of this.channels.values()) {
       sub.seq.windows = [];
       sub.unanswered = 0;
-      if (sub.ready) this.sendSubscribe(sub);
+      if (sub.room) sub.room.onOpen();
+      else if (sub.ready) this.sendSubscribe(sub);
     }
   }
 
@@ -700,6 +846,7 @@ export class RealtimeClient {
   onLost(reason, code) {
     this.clearConnectionTimers();
     this.forgetWindows();
+    for (const room of [...this.rooms.values()]) room.onDisconnected();
     if (this.stopped) return;
     if (this.clock.now() - this.openedAt >= this.options.stableAfterMs) this.attempt = 0;
     this.scheduleReconnect(reason, code);
@@ -755,21 +902,42 @@ export class RealtimeClient {
     this.onLost(reason);
   }
 
+  /** The keep-alive period: shorter while a room is joined (each ping renews the presence lease). */
+  pingPeriod() {
+    const { pingIntervalMs, roomPingIntervalMs } = this.options;
+    return this.rooms.size > 0 ? Math.min(pingIntervalMs, roomPingIntervalMs) : pingIntervalMs;
+  }
+
   schedulePing() {
+    const period = this.pingPeriod();
+    this.pingDueAt = this.clock.now() + period;
     this.timers.ping = this.clock.setTimeout(() => {
+      this.timers.ping = null;
+      this.pingDueAt = Infinity;
       if (!this.sendPing()) return;
       this.schedulePing();
-    }, this.options.pingIntervalMs);
+    }, period);
+  }
+
+  /** A room was joined: the next ping is due within the room period, not the channel one. */
+  bringPingForward() {
+    if (this.timers.ping === null || this.pingDueAt - this.clock.now() <= this.pingPeriod()) return;
+    this.clock.clearTimeout(this.timers.ping);
+    this.timers.ping = null;
+    this.schedulePing();
   }
 
   /** Send a ping and expect a frame back within pongTimeoutMs. */
   sendPing() {
     if (!this.send({ action: 'ping' })) return false;
-    this.clock.clearTimeout(this.timers.pong);
-    this.timers.pong = this.clock.setTimeout(
-      () => this.kill(`no pong within ${this.options.pongTimeoutMs} ms: the socket is dead`),
-      this.options.pongTimeoutMs,
-    );
+    // An armed deadline stays: pings more often than pongTimeoutMs (a room's) must not push it
+    // back for ever on a socket that answers nothing.
+    if (this.timers.pong === null) {
+      this.timers.pong = this.clock.setTimeout(
+        () => this.kill(`no pong within ${this.options.pongTimeoutMs} ms: the socket is dead`),
+        this.options.pongTimeoutMs,
+      );
+    }
     return true;
   }
 
@@ -793,6 +961,7 @@ export class RealtimeClient {
       this.clock.clearTimeout(this.timers[name]);
       this.timers[name] = null;
     }
+    this.pingDueAt = Infinity;
     this.pendingHeads.clear();
   }
 
@@ -865,7 +1034,16 @@ export class RealtimeClient {
       case 'subscribed':
         return this.onSubscribedFrame(message);
       case 'error':
+        if (typeof message.room === 'string' && this.rooms.has(message.room)) {
+          return /** @type {Room} */ (this.rooms.get(message.room)).onErrorFrame(message);
+        }
         return this.onErrorFrame(message);
+      case 'joined':
+      case 'left':
+      case 'members':
+      case 'updated':
+      case 'patched':
+        return this.rooms.get(message.room)?.onReply(message);
       case undefined:
         // API Gateway's own frames ({"message": "Internal server error", …}): a route failed.
         if (typeof message.message === 'string') this.reportError(new RealtimeError('gateway_error', message.message));
@@ -1063,7 +1241,35 @@ export class RealtimeClient {
     if (cursor) message.cursor = cursor;
     if (!this.send(message)) return;
     sub.seq.openWindow(this.clock.now(), message.cursor !== undefined, message.cursor ?? null, !!how.continuation);
+    this.watchWindow(sub, sub.seq.windows[sub.seq.windows.length - 1]);
+  }
+
+  /**
+   * Send a room's `join` (with `cursor`: a resume, answered by a replay and `joined`
+   * with `resumed: true`). It opens a catch-up window like a subscribe does.
+   * @param {Subscription} sub
+   * @param {{cursor?: string | null, member?: any}} how
+   * @returns {boolean} sent
+   */
+  sendJoin(sub, how) {
+    const room = /** @type {Room} */ (sub.room);
+    /** @type {{action: string, room: string, member?: any, cursor?: string}} */
+    const message = { action: 'join', room: room.id };
+    if (how.member !== undefined && how.member !== null) message.member = how.member;
+    if (how.cursor) message.cursor = how.cursor;
+    if (!this.send(message)) return false;
+    sub.seq.openWindow(this.clock.now(), message.cursor !== undefined, message.cursor ?? null, false);
     const window = sub.seq.windows[sub.seq.windows.length - 1];
+    window.join = true;
+    this.watchWindow(sub, window);
+    return true;
+  }
+
+  /**
+   * @param {Subscription} sub
+   * @param {CatchUpWindow} window
+   */
+  watchWindow(sub, window) {
     const timer = this.clock.setTimeout(() => {
       this.watchdogs.delete(timer);
       this.subscribeUnanswered(sub, window);
@@ -1095,6 +1301,10 @@ export class RealtimeClient {
     if (sub.unanswered > SUBSCRIBE_RETRIES) {
       const text = `no answer to ${sub.unanswered} subscribes in a row; resubscribing at the next reconnect`;
       this.reportError(new RealtimeError('subscribe_unanswered', text, { channel: sub.seq.name }), sub);
+      return;
+    }
+    if (window.join && sub.room) {
+      sub.room.joinUnanswered(window);
       return;
     }
     // A continuation is sent again as it was: the resume cursor may not have reached its cursor.
@@ -1240,4 +1450,1006 @@ function frameText(data) {
 /** @param {unknown} error */
 function errorText(error) {
   return error instanceof Error ? error.message : String(error);
+}
+
+// ---------------------------------------------------------------------------
+// Rooms: presence, metadata and state on a local copy.
+
+/**
+ * A request waiting for its answer. `lost`: it was sent on a connection that died before the
+ * answer came; `retried`: sent again once after a `not_joined`.
+ * @typedef {object} RoomRequest
+ * @property {'patch' | 'update' | 'members' | 'leave'} kind
+ * @property {Record<string, any>} message
+ * @property {(value: any) => void} resolve
+ * @property {(error: RealtimeError) => void} reject
+ * @property {boolean} [lost]
+ * @property {boolean} [retried]
+ */
+
+/** The answer type of each request kind. */
+const ANSWERS = /** @type {const} */ ({ patched: 'patch', updated: 'update', members: 'members', left: 'leave' });
+
+/**
+ * One joined room. Created by `client.join()`; not constructed directly.
+ *
+ * Requests (`patch`, `update`, `setMember`, `loadMembers`, `leave`) go out one at a time per
+ * room, in the order they were made: the protocol has no request ids, and API Gateway may run
+ * two messages of one connection concurrently, so a second request in flight could be
+ * answered first. One at a time, every answer (`patched`, `updated`, `members`, `left`, or an
+ * `error` frame carrying `room`) belongs to the one request in flight.
+ */
+export class Room {
+  /**
+   * @param {RealtimeClient} client
+   * @param {string} id
+   * @param {JoinOptions} options
+   */
+  constructor(client, id, options) {
+    this.client = client;
+    this.id = id;
+    this.channel = roomChannel(id);
+    this.handlers = options;
+    /** @type {any} */
+    this.memberData = options.member;
+    /** @type {Subscription} */
+    this.sub = /** @type {any} */ (null);
+    /** @type {'joining' | 'joined' | 'left' | 'failed'} */
+    this.status = 'joining';
+    /** A snapshot was taken at least once: a rejoin can resume from the cursor. */
+    this.hasCopy = false;
+    /** A `join` is to be sent (at open, after a gap, after `not_joined`). */
+    this.needJoin = true;
+    /** The next join must ask for a snapshot (no cursor): the copy cannot be repaired by events. */
+    this.wantSnapshot = false;
+    /** @type {{cursor: string | null} | null} the join in flight */
+    this.joinSent = null;
+    this.joinErrors = 0;
+    /** Events are held until a snapshot arrives (a fresh join). */
+    this.awaitingSnapshot = true;
+    /** @type {Envelope[]} */
+    this.held = [];
+    /** @type {Map<string, Member>} */
+    this.presence = new Map();
+    /** The latest session of each member whose leave was seen: an older join is stale. */
+    /** @type {Map<string, string>} */
+    this.leftSessions = new Map();
+    /** @type {string | null} */
+    this.membersCursor = null;
+    this.membersComplete = true;
+    this.serverCount = 0;
+    /** @type {string | null} */
+    this.selfId = null;
+    /** @type {Member | null} */
+    this._self = null;
+    this.version = 0;
+    /** @type {any} */
+    this.doc = null;
+    /** @type {Record<string, any>} */
+    this._metadata = {};
+    /** @type {RoomRequest[]} */
+    this.queue = [];
+    /** @type {RoomRequest | null} */
+    this.inFlight = null;
+    /** @type {any} */
+    this.retryTimer = null;
+    /** @type {(value: Room) => void} */
+    let resolveReady = () => {};
+    /** @type {(error: RealtimeError) => void} */
+    let rejectReady = () => {};
+    /** Resolves at the first `joined`; rejects if the join is refused. */
+    this.ready = /** @type {Promise<Room>} */ (
+      new Promise((resolve, reject) => {
+        resolveReady = resolve;
+        rejectReady = reject;
+      })
+    );
+    this.ready.catch(() => {}); // a page that never awaits it gets no unhandled rejection
+    this.resolveReady = resolveReady;
+    this.rejectReady = rejectReady;
+  }
+
+  // -- what the page reads --------------------------------------------------------
+
+  /** True once a `joined` answered and until leave() or a refusal. */
+  get joined() {
+    return this.status === 'joined';
+  }
+
+  /** @returns {{version: number, doc: any}}  the held copy: read it, do not change it */
+  get state() {
+    return { version: this.version, doc: this.doc };
+  }
+
+  /** @returns {Record<string, any>}  the held copy: read it, do not change it */
+  get metadata() {
+    return this._metadata;
+  }
+
+  /** @returns {Member | null}  this connection's member, as last seen */
+  get self() {
+    return (this.selfId !== null ? this.presence.get(this.selfId) : null) ?? this._self;
+  }
+
+  /** Members known now (the first page of `joined` and events; loadMembers() for the rest), by join time. */
+  members() {
+    return [...this.presence.values()].sort((a, b) => a.joinedAt - b.joinedAt || (a.memberId < b.memberId ? -1 : a.memberId > b.memberId ? 1 : 0));
+  }
+
+  /** How many members the room has: exact once every page is loaded, else the server's count kept up by events. */
+  get memberCount() {
+    return this.membersComplete ? this.presence.size : Math.max(this.presence.size, this.serverCount);
+  }
+
+  /** False while the room has more members than `joined` listed and loadMembers() has not fetched them. */
+  get allMembersLoaded() {
+    return this.membersComplete;
+  }
+
+  // -- requests ----------------------------------------------------------------------
+
+  /**
+   * Change the state document: resolves `{version}` (the new room version) on `patched`;
+   * rejects with the error frame as a RealtimeError (`conflict`: `details.paths`,
+   * `details.version`, `details.doc`, the server's current document).
+   * @param {PatchRequest} request
+   * @returns {Promise<{version: number}>}
+   */
+  patch(request) {
+    const { version } = request ?? {};
+    const hasPatch = request && 'patch' in request;
+    const hasOps = request && 'operations' in request;
+    if (!Number.isInteger(version) || hasPatch === hasOps) {
+      return Promise.reject(new TypeError('patch: {version, patch} or {version, operations}'));
+    }
+    /** @type {Record<string, any>} */
+    const message = { action: 'patch', room: this.id, version };
+    if (hasPatch) message.patch = request.patch;
+    else message.operations = request.operations;
+    return this.request('patch', message);
+  }
+
+  /**
+   * A transaction, as Firebase's: `fn` gets a copy of the current document and returns the new
+   * one (or undefined to abort). The difference goes out as a merge patch (JSON Patch
+   * operations when a merge patch cannot say it, e.g. a null value) based on the current
+   * version; on `conflict`, `fn` runs again on the fresh document (the error's, or the local
+   * copy if that is newer), up to `attempts` times in all. So `fn` may run more than once and
+   * must not have side effects.
+   * @param {(doc: any) => any} fn
+   * @param {{attempts?: number}} [options]
+   * @returns {Promise<{committed: boolean, version: number, doc: any}>}  committed false: aborted or nothing to change
+   */
+  async update(fn, options = {}) {
+    const attempts = Math.max(1, options.attempts ?? UPDATE_ATTEMPTS);
+    await this.ready;
+    let base = { version: this.version, doc: this.doc };
+    for (let attempt = 1; ; attempt += 1) {
+      const proposed = fn(cloneJson(base.doc));
+      if (proposed === undefined) return { committed: false, version: base.version, doc: base.doc };
+      const change = diffDocs(base.doc, proposed);
+      if (change === null) return { committed: false, version: base.version, doc: base.doc };
+      try {
+        const { version } = await this.patch({ version: base.version, ...change });
+        return { committed: true, version, doc: applyChange(base.doc, change) };
+      } catch (error) {
+        if (!(error instanceof RealtimeError) || error.code !== 'conflict' || attempt >= attempts) throw error;
+        const fresh = error.details;
+        const fromError = fresh && Number.isInteger(fresh.version) && 'doc' in fresh && fresh.version >= this.version;
+        base = fromError ? { version: fresh.version, doc: fresh.doc } : { version: this.version, doc: this.doc };
+      }
+    }
+  }
+
+  /**
+   * Replace this member's data (everyone sees `presence.update`); resolves the member as stored.
+   * @param {Record<string, any>} data
+   * @returns {Promise<Member>}
+   */
+  async setMember(data) {
+    const self = await this.request('update', { action: 'update', room: this.id, member: data });
+    this.memberData = data;
+    return self;
+  }
+
+  /**
+   * Fetch the members `joined` did not list (it lists the first 100), page by page.
+   * @param {{limit?: number}} [options]  page size, 1..1000
+   * @returns {Promise<Member[]>}  members(), all of them
+   */
+  async loadMembers(options = {}) {
+    while (!this.membersComplete) {
+      /** @type {Record<string, any>} */
+      const message = { action: 'members', room: this.id };
+      if (this.membersCursor) message.cursor = this.membersCursor;
+      if (options.limit) message.limit = options.limit;
+      await this.request('members', message);
+    }
+    return this.members();
+  }
+
+  /**
+   * Leave the room (everyone sees `presence.leave` with reason `left` once no connection of
+   * this member remains). Requests made after it are refused.
+   * @returns {Promise<void>}
+   */
+  leave() {
+    if (this.status === 'left' || this.status === 'failed') return Promise.resolve();
+    return this.request('leave', { action: 'leave', room: this.id });
+  }
+
+  /**
+   * @param {RoomRequest['kind']} kind
+   * @param {Record<string, any>} message
+   * @returns {Promise<any>}
+   */
+  request(kind, message) {
+    if (this.status === 'left' || this.status === 'failed' || this.queue.some((r) => r.kind === 'leave') || this.inFlight?.kind === 'leave') {
+      return Promise.reject(new RealtimeError('not_joined', `${this.channel}: the room was left`, { channel: this.channel }));
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ kind, message, resolve, reject });
+      this.pump();
+    });
+  }
+
+  /** Send what is next: a join if one is due, else the oldest request, one at a time. */
+  pump() {
+    if (this.status === 'left' || this.status === 'failed' || this.client.state !== 'open') return;
+    if (this.joinSent || this.inFlight || this.retryTimer !== null) return;
+    if (this.needJoin) {
+      const cursor = this.hasCopy && !this.wantSnapshot ? this.sub.seq.cursor : null;
+      if (!this.client.sendJoin(this.sub, { cursor, member: this.memberData })) return;
+      this.needJoin = false;
+      this.joinSent = { cursor };
+      if (!cursor) this.awaitingSnapshot = true;
+      return;
+    }
+    if (this.status !== 'joined') return;
+    const next = this.queue.shift();
+    if (!next) return;
+    if (!this.client.send(next.message)) {
+      this.queue.unshift(next);
+      return;
+    }
+    this.inFlight = next;
+  }
+
+  // -- answers ---------------------------------------------------------------------------
+
+  /** @param {Record<string, any>} message */
+  onReply(message) {
+    if (message.type === 'joined') {
+      this.onJoined(message);
+      return;
+    }
+    const kind = ANSWERS[/** @type {keyof typeof ANSWERS} */ (message.type)];
+    const request = this.inFlight;
+    if (!request || request.kind !== kind) return; // an answer to nothing in flight (e.g. after a reconnect)
+    this.inFlight = null;
+    switch (message.type) {
+      case 'patched':
+        this.applyOwnPatch(request.message, message.version);
+        request.resolve({ version: message.version });
+        break;
+      case 'updated':
+        if (message.self) this.takeMember(message.self, 'update');
+        request.resolve(message.self ?? null);
+        break;
+      case 'members':
+        this.takeMembersPage(message);
+        request.resolve({ items: message.items ?? [], nextCursor: message.nextCursor ?? null, hasMore: !!message.hasMore });
+        break;
+      case 'left':
+        request.resolve(undefined);
+        this.finishLeave();
+        return;
+    }
+    this.pump();
+  }
+
+  /** @param {Record<string, any>} message  a `joined` answer */
+  onJoined(message) {
+    const sub = this.sub;
+    // Answers come in the order sent; a gap's subscribe sent meanwhile must not take the join's window.
+    const index = sub.seq.windows.findIndex((w) => w.join);
+    if (index > 0) sub.seq.windows.unshift(...sub.seq.windows.splice(index, 1));
+    // No window left (its watchdog gave up on it): the answer is taken as a fresh join's.
+    if (index === -1) sub.seq.windows.unshift({ sentAt: this.client.clock.now(), resumed: false, evidence: -Infinity, minSeq: Infinity, join: true });
+    const window = sub.seq.windows[0];
+    const resumeSent = !!window?.resumed;
+    this.joinSent = null;
+    this.joinErrors = 0;
+    sub.unanswered = 0;
+    if (message.self && typeof message.self.memberId === 'string') {
+      this.selfId = message.self.memberId;
+      this._self = message.self;
+    }
+    const resumed = message.resumed === true && this.hasCopy;
+    if (!resumed) {
+      // A resume the server answered with a snapshot (the history window passed): the channel
+      // starts again from the snapshot's cursor; what was delivered before is not re-delivered.
+      if (resumeSent && sub.seq.lastSeq !== null) sub.seq.restart();
+      this.applySnapshot(message);
+    }
+    const position = Number.isInteger(message.position) ? message.position : undefined;
+    const { deliver } = sub.seq.subscribed({ cursor: message.cursor, position });
+    this.awaitingSnapshot = false;
+    this.wantSnapshot = false;
+    const wasJoined = this.status === 'joined';
+    this.status = 'joined';
+    const held = this.held;
+    this.held = [];
+    for (const event of held) this.apply(event);
+    this.client.deliver(sub, deliver);
+    this.client.updateGap(sub);
+    this.client.scheduleHeadPing();
+    this.settleLostPatch(resumed);
+    if (!wasJoined) this.resolveReady(this);
+    this.emit('onJoined', { resumed, self: this.self });
+    this.pump();
+  }
+
+  /** @param {Record<string, any>} message */
+  applySnapshot(message) {
+    const state = message.state ?? {};
+    this.version = Number.isInteger(state.version) ? state.version : 0;
+    this.doc = state.doc ?? null;
+    this._metadata = message.metadata ?? {};
+    this.presence = new Map();
+    const members = Array.isArray(message.members) ? [...message.members] : [];
+    if (message.self) members.push(message.self);
+    for (const member of members) this.mergeMember(member);
+    this.membersCursor = typeof message.membersCursor === 'string' ? message.membersCursor : null;
+    this.membersComplete = this.membersCursor === null;
+    this.serverCount = Number.isInteger(message.memberCount) ? message.memberCount : this.presence.size;
+    this.hasCopy = true;
+    this.emit('onPresence', { type: 'snapshot', members: this.members() });
+    this.emit('onMetadata', { version: this.version, metadata: this._metadata, cause: 'snapshot', by: null });
+    this.emit('onState', { version: this.version, doc: this.doc, cause: 'snapshot', paths: [], by: null });
+  }
+
+  /**
+   * A member as a snapshot or a page shows it: kept if at least as new as what is held (a
+   * page's `connections` count is fresher than an event's), and not of a session seen leaving.
+   * @param {Member} member
+   * @returns {boolean} taken
+   */
+  mergeMember(member) {
+    if (!member || typeof member.memberId !== 'string' || typeof member.session !== 'string') return false;
+    const left = this.leftSessions.get(member.memberId);
+    if (left !== undefined && member.session <= left) return false;
+    const held = this.presence.get(member.memberId);
+    if (held && compareSessions(member.session, member.rev, held.session, held.rev) < 0) return false;
+    this.presence.set(member.memberId, { ...member });
+    return true;
+  }
+
+  /**
+   * @param {Member} member
+   * @param {'update'} type
+   */
+  takeMember(member, type) {
+    if (this.mergeMember(member)) this.emit('onPresence', { type, memberId: member.memberId, member: this.presence.get(member.memberId), members: this.members() });
+  }
+
+  /** @param {Record<string, any>} message  a `members` answer */
+  takeMembersPage(message) {
+    const items = Array.isArray(message.items) ? message.items : [];
+    for (const item of items) this.mergeMember(item);
+    this.membersCursor = typeof message.nextCursor === 'string' ? message.nextCursor : null;
+    this.membersComplete = !message.hasMore || this.membersCursor === null;
+    this.emit('onPresence', { type: 'snapshot', members: this.members() });
+  }
+
+  // -- events ------------------------------------------------------------------------------
+
+  /**
+   * An event of `room_{id}`, in seq order, once (the channel machinery sees to that).
+   * @param {Envelope} event
+   */
+  takeEvent(event) {
+    if (this.awaitingSnapshot) {
+      this.held.push(event); // applied on top of the snapshot: the rules make the overlap harmless
+      return;
+    }
+    this.apply(event);
+  }
+
+  /** @param {Envelope} event */
+  apply(event) {
+    const data = event.data && typeof event.data === 'object' ? event.data : {};
+    switch (event.type) {
+      case 'presence.join':
+      case 'presence.update':
+        return this.applyPresence(event.type === 'presence.join' ? 'join' : 'update', data);
+      case 'presence.leave':
+        return this.applyLeave(data);
+      case 'room.metadata':
+      case 'room.state':
+        return this.applyVersioned(event.type, data);
+      default:
+        return; // other events on the channel are not the room's
+    }
+  }
+
+  /**
+   * Join/update: applied only if (session, rev) is newer than what is held, and the session
+   * was not seen leaving.
+   * @param {'join' | 'update'} type
+   * @param {Record<string, any>} data
+   */
+  applyPresence(type, data) {
+    const { memberId, session, rev } = data;
+    if (typeof memberId !== 'string' || typeof session !== 'string' || !Number.isInteger(rev)) return;
+    const left = this.leftSessions.get(memberId);
+    if (left !== undefined && session <= left) return;
+    const held = this.presence.get(memberId);
+    if (held && compareSessions(session, rev, held.session, held.rev) <= 0) return;
+    const sameSession = held?.session === session;
+    /** @type {Member} */
+    const member = {
+      memberId,
+      member: data.member ?? null,
+      connections: sameSession ? held.connections : 1,
+      joinedAt: sameSession ? held.joinedAt : sessionTime(session),
+      session,
+      rev,
+    };
+    this.presence.set(memberId, member);
+    if (!held && type === 'join') this.serverCount += 1;
+    this.emit('onPresence', { type, memberId, member, members: this.members() });
+  }
+
+  /**
+   * Leave: applied only if its session is at least the held one; the session is remembered,
+   * so an older join seen later is ignored.
+   * @param {Record<string, any>} data
+   */
+  applyLeave(data) {
+    const { memberId, session } = data;
+    if (typeof memberId !== 'string' || typeof session !== 'string') return;
+    const left = this.leftSessions.get(memberId);
+    if (left !== undefined && session <= left) return; // seen already
+    this.leftSessions.set(memberId, session);
+    const held = this.presence.get(memberId);
+    if (held && session < held.session) return; // an older session's leave: the member came back since
+    if (held) {
+      this.presence.delete(memberId);
+      this.serverCount = Math.max(0, this.serverCount - 1);
+    } else if (!this.membersComplete) {
+      this.serverCount = Math.max(0, this.serverCount - 1); // one beyond the listed page
+    } else {
+      return; // never listed, nothing to take away
+    }
+    const reason = typeof data.reason === 'string' ? data.reason : 'left';
+    this.emit('onPresence', { type: 'leave', memberId, reason, members: this.members() });
+  }
+
+  /**
+   * State and metadata share one version: local + 1 applies, at or below is already held,
+   * beyond is a gap (the channel is gapless, so it should not happen): rejoin for a snapshot.
+   * @param {'room.metadata' | 'room.state'} type
+   * @param {Record<string, any>} data
+   */
+  applyVersioned(type, data) {
+    const version = data.version;
+    if (!Number.isInteger(version) || version <= this.version) return;
+    if (version > this.version + 1) {
+      this.rejoin(`${this.channel}: version ${version} after ${this.version}`);
+      return;
+    }
+    const by = typeof data.by === 'string' ? data.by : null;
+    if (type === 'room.metadata') {
+      this._metadata = data.metadata ?? {};
+      this.version = version;
+      this.emit('onMetadata', { version, metadata: this._metadata, cause: 'event', by });
+      return;
+    }
+    const change = Array.isArray(data.operations) ? { operations: data.operations } : { patch: data.patch };
+    let doc;
+    try {
+      doc = applyChange(this.doc, change);
+    } catch (error) {
+      this.reportError(new RealtimeError('bad_event', `${this.channel}: version ${version} does not apply: ${errorText(error)}`, { channel: this.channel }));
+      this.rejoin('a state event did not apply');
+      return;
+    }
+    this.doc = doc;
+    this.version = version;
+    this.noticeOwnEvent(data);
+    const paths = Array.isArray(data.paths) ? data.paths : changePaths(change);
+    this.emit('onState', { version, doc, cause: 'event', paths, by });
+  }
+
+  /**
+   * Our patch was confirmed at `version`: apply it now, unless events already did (or are due first).
+   * @param {Record<string, any>} message  the patch request
+   * @param {number} version
+   */
+  applyOwnPatch(message, version) {
+    if (this.awaitingSnapshot || !Number.isInteger(version) || this.version !== version - 1 || message.version !== this.version) return;
+    const change = 'operations' in message ? { operations: message.operations } : { patch: message.patch };
+    let doc;
+    try {
+      doc = applyChange(this.doc, change);
+    } catch {
+      return; // the event brings it
+    }
+    this.doc = doc;
+    this.version = version;
+    this.emit('onState', { version, doc, cause: 'patched', paths: changePaths(change), by: this.selfId });
+  }
+
+  /**
+   * A patch whose answer died with its connection shows up in the replay as its own event
+   * (same base version, same change): then it was applied, once.
+   * @param {Record<string, any>} data  a room.state event's data
+   */
+  noticeOwnEvent(data) {
+    const head = this.queue[0];
+    if (!head?.lost || head.kind !== 'patch' || head.message.version !== data.base) return;
+    if (data.by !== undefined && data.by !== null && this.selfId !== null && data.by !== this.selfId) return;
+    const same = 'operations' in head.message ? jsonEqual(head.message.operations, data.operations) : jsonEqual(head.message.patch, data.patch);
+    if (!same) return;
+    this.queue.shift();
+    head.resolve({ version: data.version });
+  }
+
+  /**
+   * After a rejoin: a patch lost with its connection and not seen in a replay is sent again
+   * when that is safe (the version has not moved past its base); after a snapshot that moved
+   * past it, whether it was applied cannot be told: it is rejected (`outcome_unknown`).
+   * @param {boolean} resumed
+   */
+  settleLostPatch(resumed) {
+    const head = this.queue[0];
+    if (!head?.lost) return;
+    if (head.kind === 'patch' && !resumed && this.version > head.message.version) {
+      this.queue.shift();
+      const text = `${this.channel}: the connection closed before the patch was answered; the room moved on since, so whether it was applied is unknown`;
+      head.reject(new RealtimeError('outcome_unknown', text, { channel: this.channel }));
+      return;
+    }
+    head.lost = false; // sent again by pump()
+  }
+
+  /** @param {string} why */
+  rejoin(why) {
+    if (this.status === 'left' || this.status === 'failed' || this.wantSnapshot) return;
+    void why;
+    this.wantSnapshot = true;
+    this.needJoin = true;
+    this.awaitingSnapshot = true;
+    this.pump();
+  }
+
+  /** @param {GapInfo} gap */
+  onGap(gap) {
+    // Events were skipped: presence and state may be wrong. A snapshot puts them right.
+    if (gap.lost !== false) this.rejoin(`gap ${gap.reason}`);
+  }
+
+  // -- the connection -------------------------------------------------------------------------
+
+  /** The socket opened: join (again), resuming from the cursor if there is a copy. */
+  onOpen() {
+    this.joinSent = null;
+    this.needJoin = true;
+    this.pump();
+  }
+
+  /**
+   * The socket is gone: the join and the request in flight get no answer.
+   * @param {boolean} [final]  the client was closed: reject everything pending
+   */
+  onDisconnected(final = false) {
+    this.joinSent = null;
+    this.needJoin = true;
+    this.client.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.inFlight) {
+      this.inFlight.lost = true;
+      this.queue.unshift(this.inFlight);
+      this.inFlight = null;
+    }
+    // Leaving: the server drops this connection from the room by itself.
+    if (this.queue.some((r) => r.kind === 'leave')) {
+      for (const request of this.queue.splice(0)) {
+        if (request.kind === 'leave') request.resolve(undefined);
+        else request.reject(new RealtimeError('not_joined', `${this.channel}: the room was left`, { channel: this.channel }));
+      }
+      this.finishLeave();
+      return;
+    }
+    if (final) {
+      for (const request of this.queue.splice(0)) request.reject(new RealtimeError('closed', 'the client was closed', { channel: this.channel }));
+    }
+  }
+
+  /**
+   * The join got no answer in subscribeTimeoutMs (the client's watchdog): send it again.
+   * @param {CatchUpWindow} window
+   */
+  joinUnanswered(window) {
+    void window;
+    this.joinSent = null;
+    this.needJoin = true;
+    this.pump();
+  }
+
+  /** @param {Record<string, any>} message  an error frame carrying this room */
+  onErrorFrame(message) {
+    const code = typeof message.code === 'string' ? message.code : 'error';
+    if (code === 'unauthorized') {
+      this.client.onErrorFrame(message); // the token expired: a new connection
+      return;
+    }
+    const error = new RealtimeError(code, message.message ?? code, { channel: this.channel, details: message.details });
+    if (this.joinSent) {
+      this.joinRefused(error);
+      return;
+    }
+    const request = this.inFlight;
+    if (!request) {
+      this.reportError(error);
+      return;
+    }
+    this.inFlight = null;
+    if (code === 'not_joined' && !request.retried && request.kind !== 'leave') {
+      // The server no longer has this connection in the room (its lease ran out): join, then retry once.
+      request.retried = true;
+      this.queue.unshift(request);
+      this.needJoin = true;
+      this.pump();
+      return;
+    }
+    if (code === 'not_joined' && request.kind === 'leave') {
+      request.resolve(undefined);
+      this.finishLeave();
+      return;
+    }
+    request.reject(error);
+    this.pump();
+  }
+
+  /** @param {RealtimeError} error */
+  joinRefused(error) {
+    this.joinSent = null;
+    const index = this.sub.seq.windows.findIndex((w) => w.join);
+    if (index !== -1) this.sub.seq.windows.splice(index, 1);
+    if (/cursor/i.test(error.code)) {
+      // The resume cursor was refused: join afresh for a snapshot.
+      this.sub.seq.restart();
+      this.wantSnapshot = true;
+      this.needJoin = true;
+      this.awaitingSnapshot = true;
+      this.pump();
+      return;
+    }
+    if (error.code === 'unavailable' && this.joinErrors < SUBSCRIBE_RETRIES) {
+      this.joinErrors += 1;
+      this.needJoin = true;
+      this.reportError(error);
+      const { backoff } = this.client.options;
+      this.retryTimer = this.client.clock.setTimeout(() => {
+        this.retryTimer = null;
+        this.pump();
+      }, backoffDelay(this.joinErrors, backoff, this.client.random));
+      return;
+    }
+    this.fail(error);
+  }
+
+  /**
+   * The room cannot be joined (forbidden, invalid, too large, or the server kept failing).
+   * @param {RealtimeError} error
+   */
+  fail(error) {
+    if (this.status === 'left' || this.status === 'failed') return;
+    this.status = 'failed';
+    this.client.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const pending = this.inFlight ? [this.inFlight, ...this.queue] : [...this.queue];
+    this.inFlight = null;
+    this.queue = [];
+    for (const request of pending) request.reject(error);
+    this.rejectReady(error);
+    this.reportError(error);
+    this.client.dropRoom(this);
+  }
+
+  finishLeave() {
+    if (this.status === 'left') return;
+    this.status = 'left';
+    this.client.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    for (const request of this.queue.splice(0)) request.reject(new RealtimeError('not_joined', `${this.channel}: the room was left`, { channel: this.channel }));
+    this.client.dropRoom(this);
+  }
+
+  // -- callbacks ----------------------------------------------------------------------------------
+
+  /**
+   * @param {'onPresence' | 'onState' | 'onMetadata' | 'onJoined'} name
+   * @param {any} change
+   */
+  emit(name, change) {
+    const handler = this.handlers[name];
+    if (typeof handler !== 'function') return;
+    try {
+      handler(change, this);
+    } catch (error) {
+      this.reportError(new RealtimeError('handler_error', `${name} threw: ${errorText(error)}`, { channel: this.channel }));
+    }
+  }
+
+  /** @param {RealtimeError} error */
+  reportError(error) {
+    this.handlers.onError?.(error, this);
+    this.client.options.onError?.(error);
+  }
+}
+
+/**
+ * Order of two (session, rev) pairs: sessions as strings (they start with the join time,
+ * zero-padded), then revs. Negative: a is older.
+ * @param {string} aSession
+ * @param {number} aRev
+ * @param {string} bSession
+ * @param {number} bRev
+ */
+export function compareSessions(aSession, aRev, bSession, bRev) {
+  if (aSession !== bSession) return aSession < bSession ? -1 : 1;
+  return (aRev ?? 0) - (bRev ?? 0);
+}
+
+/** @param {string} session  `{joinedAt:013d}.{hex}` */
+function sessionTime(session) {
+  const ms = Number.parseInt(session.slice(0, 13), 10);
+  return Number.isFinite(ms) ? ms : 0;
+}
+
+// ---------------------------------------------------------------------------
+// JSON documents: merge patch (RFC 7386), JSON Patch (RFC 6902), diffs.
+
+/** @param {any} value */
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/**
+ * @template T
+ * @param {T} value
+ * @returns {T}
+ */
+function cloneJson(value) {
+  return value === undefined ? value : JSON.parse(JSON.stringify(value));
+}
+
+/**
+ * Equality of JSON values (object key order does not matter).
+ * @param {any} a
+ * @param {any} b
+ * @returns {boolean}
+ */
+export function jsonEqual(a, b) {
+  if (a === b) return true;
+  if (Array.isArray(a)) return Array.isArray(b) && a.length === b.length && a.every((item, i) => jsonEqual(item, b[i]));
+  if (isPlainObject(a) && isPlainObject(b)) {
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((key) => Object.hasOwn(b, key) && jsonEqual(a[key], b[key]));
+  }
+  return false;
+}
+
+/**
+ * RFC 7386: `patch` applied to `target`, returning a new value (neither argument is changed).
+ * @param {any} target
+ * @param {any} patch
+ */
+export function applyMergePatch(target, patch) {
+  if (!isPlainObject(patch)) return cloneJson(patch);
+  /** @type {Record<string, any>} */
+  const result = isPlainObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = applyMergePatch(result[key], value);
+  }
+  return result;
+}
+
+/** @param {string} token */
+const escapePointer = (token) => token.replace(/~/g, '~0').replace(/\//g, '~1');
+
+/**
+ * @param {string} pointer  RFC 6901
+ * @returns {string[]}
+ */
+function parsePointer(pointer) {
+  if (pointer === '') return [];
+  if (typeof pointer !== 'string' || !pointer.startsWith('/')) throw new Error(`bad JSON pointer ${JSON.stringify(pointer)}`);
+  return pointer
+    .slice(1)
+    .split('/')
+    .map((token) => token.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+/**
+ * @param {any[]} array
+ * @param {string} token
+ * @param {boolean} appending  '-' (and length) allowed
+ */
+function arrayIndex(array, token, appending) {
+  if (appending && token === '-') return array.length;
+  if (!/^(0|[1-9][0-9]*)$/.test(token)) throw new Error(`bad array index ${token}`);
+  const index = Number(token);
+  if (index > array.length || (!appending && index === array.length)) throw new Error(`array index ${index} out of range`);
+  return index;
+}
+
+/**
+ * RFC 6902: `operations` applied to a copy of `doc`; throws when one does not apply.
+ * @param {any} doc
+ * @param {any[]} operations
+ */
+export function applyJsonPatch(doc, operations) {
+  let root = cloneJson(doc);
+  /** @param {string[]} tokens */
+  const parentOf = (tokens) => {
+    let node = root;
+    for (const token of tokens.slice(0, -1)) {
+      if (Array.isArray(node)) node = node[arrayIndex(node, token, false)];
+      else if (isPlainObject(node) && Object.hasOwn(node, token)) node = node[token];
+      else throw new Error(`no ${token} on the path`);
+    }
+    if (node === null || typeof node !== 'object') throw new Error('the path goes through a value that is not a container');
+    return node;
+  };
+  /** @param {string} path */
+  const get = (path) => {
+    let node = root;
+    for (const token of parsePointer(path)) {
+      if (Array.isArray(node)) node = node[arrayIndex(node, token, false)];
+      else if (isPlainObject(node) && Object.hasOwn(node, token)) node = node[token];
+      else throw new Error(`nothing at ${path}`);
+    }
+    return node;
+  };
+  /** @param {string} path @param {any} value */
+  const add = (path, value) => {
+    const tokens = parsePointer(path);
+    if (tokens.length === 0) {
+      root = value;
+      return;
+    }
+    const parent = parentOf(tokens);
+    const last = tokens[tokens.length - 1];
+    if (Array.isArray(parent)) parent.splice(arrayIndex(parent, last, true), 0, value);
+    else parent[last] = value;
+  };
+  /** @param {string} path */
+  const remove = (path) => {
+    const tokens = parsePointer(path);
+    if (tokens.length === 0) throw new Error('cannot remove the whole document');
+    const parent = parentOf(tokens);
+    const last = tokens[tokens.length - 1];
+    if (Array.isArray(parent)) parent.splice(arrayIndex(parent, last, false), 1);
+    else if (Object.hasOwn(parent, last)) delete parent[last];
+    else throw new Error(`nothing at ${path}`);
+  };
+  for (const op of operations) {
+    switch (op?.op) {
+      case 'add':
+        add(op.path, cloneJson(op.value));
+        break;
+      case 'remove':
+        remove(op.path);
+        break;
+      case 'replace':
+        get(op.path);
+        if (op.path === '') root = cloneJson(op.value);
+        else {
+          remove(op.path);
+          add(op.path, cloneJson(op.value));
+        }
+        break;
+      case 'move': {
+        const value = get(op.from);
+        remove(op.from);
+        add(op.path, value);
+        break;
+      }
+      case 'copy':
+        add(op.path, cloneJson(get(op.from)));
+        break;
+      case 'test':
+        if (!jsonEqual(get(op.path), op.value)) throw new Error(`test failed at ${op.path}`);
+        break;
+      default:
+        throw new Error(`unknown operation ${JSON.stringify(op?.op)}`);
+    }
+  }
+  return root;
+}
+
+/**
+ * @param {any} doc
+ * @param {{patch?: any, operations?: any[]}} change
+ */
+function applyChange(doc, change) {
+  return Array.isArray(change.operations) ? applyJsonPatch(doc, change.operations) : applyMergePatch(doc, change.patch);
+}
+
+/**
+ * The merge patch taking `before` to `after` (it may not round-trip: a null value in `after`
+ * reads as a removal; diffDocs checks).
+ * @param {any} before
+ * @param {any} after
+ */
+export function mergePatchDiff(before, after) {
+  if (!isPlainObject(before) || !isPlainObject(after)) return cloneJson(after);
+  /** @type {Record<string, any>} */
+  const patch = {};
+  for (const key of Object.keys(before)) if (!Object.hasOwn(after, key)) patch[key] = null;
+  for (const [key, value] of Object.entries(after)) {
+    if (!Object.hasOwn(before, key)) patch[key] = cloneJson(value);
+    else if (!jsonEqual(before[key], value)) patch[key] = mergePatchDiff(before[key], value);
+  }
+  return patch;
+}
+
+/**
+ * JSON Patch operations taking `before` to `after`: objects member by member, anything else replaced whole.
+ * @param {any} before
+ * @param {any} after
+ * @param {string} [path]
+ * @returns {any[]}
+ */
+export function jsonPatchDiff(before, after, path = '') {
+  if (isPlainObject(before) && isPlainObject(after)) {
+    const ops = [];
+    for (const key of Object.keys(before)) if (!Object.hasOwn(after, key)) ops.push({ op: 'remove', path: `${path}/${escapePointer(key)}` });
+    for (const [key, value] of Object.entries(after)) {
+      const at = `${path}/${escapePointer(key)}`;
+      if (!Object.hasOwn(before, key)) ops.push({ op: 'add', path: at, value: cloneJson(value) });
+      else ops.push(...jsonPatchDiff(before[key], value, at));
+    }
+    return ops;
+  }
+  return jsonEqual(before, after) ? [] : [{ op: 'replace', path, value: cloneJson(after) }];
+}
+
+/**
+ * What to send to take `before` to `after`: `{patch}` (a merge patch) when it says exactly
+ * that, else `{operations}`; null when nothing changes.
+ * @param {any} before
+ * @param {any} after
+ * @returns {{patch: any} | {operations: any[]} | null}
+ */
+export function diffDocs(before, after) {
+  const next = cloneJson(after);
+  if (jsonEqual(before, next)) return null;
+  const patch = mergePatchDiff(before, next);
+  if (jsonEqual(applyMergePatch(before, patch), next)) return { patch };
+  return { operations: jsonPatchDiff(before, next) };
+}
+
+/**
+ * The JSON Pointers a change touches: a merge patch's leaves, the operations' paths.
+ * @param {{patch?: any, operations?: any[]}} change
+ * @returns {string[]}
+ */
+export function changePaths(change) {
+  if (Array.isArray(change.operations)) return change.operations.map((op) => String(op?.path ?? ''));
+  /** @type {string[]} */
+  const paths = [];
+  /** @param {any} value @param {string} at */
+  const walk = (value, at) => {
+    if (isPlainObject(value) && Object.keys(value).length > 0) {
+      for (const [key, child] of Object.entries(value)) walk(child, `${at}/${escapePointer(key)}`);
+    } else paths.push(at);
+  };
+  walk(change.patch, '');
+  return paths;
 }

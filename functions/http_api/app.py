@@ -1,4 +1,4 @@
-"""Producer and history routes: thin adapters over realtime_transport.Feeds."""
+"""Producer, history and room routes: thin adapters over realtime_transport.Feeds and rooms.Rooms."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import http_bodies
 import http_errors
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -22,14 +22,37 @@ from realtime_transport.models.http import (
     FEED_ID_PATTERN,
     ControlRequest,
     HistoryResponse,
+    Member,
+    MembersResponse,
+    MetadataRequest,
+    MetadataResponse,
     PublishEventRequest,
     PublishResponse,
+    RoomResponse,
+    RoomStateView,
+    StatePatchRequest,
+    StateResponse,
 )
 from realtime_transport.observability import logger, metrics
+from realtime_transport.rooms.room import ROOM_ID_PATTERN, etag_of
+from realtime_transport.rooms.service import Rooms, author
 
 FeedId = Annotated[str, Path(pattern=FEED_ID_PATTERN, description="Feed id; the channel is feed_{feedId}.")]
 
-feeds = Feeds(Realtime())
+RoomId = Annotated[str, Path(pattern=ROOM_ID_PATTERN.pattern, description="Room id; the channel is room_{roomId}.")]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        # RFC 9110, section 13.1.1; a bare version is taken too. Bounded: a version is below 2**53.
+        pattern=r'^(\*|"[0-9]{1,16}"|[0-9]{1,16})$',
+        description='The room\'s ETag, `"<version>"` (a bare version is taken too), or `*`: the change '
+        "applies only if the room is at that version, else 412.",
+    ),
+]
+
+realtime = Realtime()
+feeds = Feeds(realtime)
+rooms = Rooms(realtime)
 app = APIGatewayHttpResolver(enable_validation=True)
 http_bodies.install(app)
 http_errors.register(app, max_body_bytes=feeds.realtime.settings.max_event_bytes)
@@ -98,6 +121,122 @@ def read_history(
         feedId, app.current_event.headers.get("authorization"), required=feeds.realtime.settings.require_history_token
     )
     page = feeds.history(feedId, limit=limit, cursor=cursor)
+    return HistoryResponse(
+        items=page.items, next_cursor=page.next_cursor, has_more=page.has_more, truncated=page.truncated
+    )
+
+
+# --- rooms ----------------------------------------------------------------------------------
+
+ETAG_HEADER: dict[str, OpenAPIResponseHeader] = {
+    "ETag": {"description": 'The room\'s version after the request, `"<version>"`.', "schema": {"type": "string"}}
+}
+
+
+def _with_etag(description: str, model: type[Any]) -> OpenAPIResponse:
+    return {"description": description, "headers": ETAG_HEADER, "content": {JSON: {"model": model}}}
+
+
+def _tagged(body: Any, version: int) -> Response[Any]:
+    return Response(status_code=HTTPStatus.OK, content_type=JSON, body=body, headers={"ETag": etag_of(version)})
+
+
+def _author() -> str | None:
+    """The producer's IAM identity, when API Gateway authorized the request with IAM (ProducerAuth=IAM)."""
+    iam = app.current_event.request_context.authorizer.iam
+    return author(iam.user_arn, iam.user_id)
+
+
+@app.get(
+    "/rooms/<roomId>",
+    summary="Read a room: metadata, state and member count of one version",
+    responses={
+        200: _with_etag("The room (version 0 and empty when nobody changed it).", RoomResponse),
+        **http_errors.ROOM_READ_ERRORS,
+    },
+)
+def get_room(roomId: RoomId) -> Response[RoomResponse]:
+    view = rooms.get(roomId)
+    body = RoomResponse(
+        room_id=view.room_id,
+        metadata=view.metadata,
+        state=RoomStateView(version=view.version, doc=view.doc),
+        member_count=view.member_count,
+    )
+    return _tagged(body, view.version)
+
+
+@app.put(
+    "/rooms/<roomId>/metadata",
+    summary="Replace a room's metadata",
+    responses={
+        200: _with_etag("Stored (or already so: the version is unchanged).", MetadataResponse),
+        **http_errors.METADATA_ERRORS,
+    },
+)
+def put_room_metadata(roomId: RoomId, request: MetadataRequest, if_match: IfMatch = None) -> Response[MetadataResponse]:
+    result = rooms.set_metadata(roomId, request.metadata, if_match=if_match, by=_author())
+    return _tagged(MetadataResponse(room_id=roomId, version=result.version, metadata=result.metadata), result.version)
+
+
+@app.get(
+    "/rooms/<roomId>/members",
+    summary="List a room's members, a page at a time",
+    responses={
+        200: {"description": "A page of members.", "content": {JSON: {"model": MembersResponse}}},
+        **http_errors.MEMBERS_ERRORS,
+    },
+)
+def list_room_members(
+    roomId: RoomId,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=1024, description="nextCursor of the previous page.")] = None,
+) -> MembersResponse:
+    page = rooms.members(roomId, limit=limit, cursor=cursor)
+    return MembersResponse(
+        items=[Member.model_validate(item.to_dict()) for item in page.items],
+        next_cursor=page.next_cursor,
+        has_more=page.has_more,
+    )
+
+
+@app.patch(
+    "/rooms/<roomId>/state",
+    summary="Patch a room's state document (JSON Merge Patch or JSON Patch, from a version)",
+    responses={
+        200: _with_etag("Applied (or it changed nothing: the version is unchanged).", StateResponse),
+        **http_errors.STATE_ERRORS,
+    },
+)
+def patch_room_state(roomId: RoomId, request: StatePatchRequest, if_match: IfMatch = None) -> Response[StateResponse]:
+    result = rooms.patch(
+        roomId,
+        request.version,
+        merge_patch=request.patch,
+        operations=request.operations_as_json(),
+        if_match=if_match,
+        by=_author(),
+    )
+    return _tagged(StateResponse(version=result.version, doc=result.doc), result.version)
+
+
+@app.get(
+    "/rooms/<roomId>/events",
+    summary="Read a room's history (its channel room_{roomId}), oldest first, from a cursor",
+    responses={
+        200: {"description": "A page of history.", "content": {JSON: {"model": HistoryResponse}}},
+        **http_errors.ROOM_HISTORY_ERRORS,
+    },
+)
+def read_room_history(
+    roomId: RoomId,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=256, description="nextCursor of the previous page.")] = None,
+) -> HistoryResponse:
+    rooms.authorize_reader(
+        roomId, app.current_event.headers.get("authorization"), required=realtime.settings.require_history_token
+    )
+    page = rooms.history(roomId, limit=limit, cursor=cursor)
     return HistoryResponse(
         items=page.items, next_cursor=page.next_cursor, has_more=page.has_more, truncated=page.truncated
     )

@@ -15,10 +15,17 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
+from pydantic import BaseModel
 
-from realtime_transport import errors
-from realtime_transport.models.http import ErrorDetail, ErrorResponse, GatewayError
+from realtime_transport import errors, rooms
+from realtime_transport.models.http import (
+    ErrorDetail,
+    ErrorResponse,
+    GatewayError,
+    PreconditionFailedResponse,
+    StateConflictResponse,
+)
 from realtime_transport.observability import logger, metrics
 
 _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
@@ -26,6 +33,10 @@ _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
     errors.InvalidInput: HTTPStatus.UNPROCESSABLE_ENTITY,
     errors.EventTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     errors.IdempotencyConflict: HTTPStatus.CONFLICT,
+    rooms.StateConflict: HTTPStatus.CONFLICT,
+    rooms.PreconditionFailed: HTTPStatus.PRECONDITION_FAILED,
+    rooms.RoomTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    rooms.PatchTestFailed: HTTPStatus.UNPROCESSABLE_ENTITY,
     errors.Unauthorized: HTTPStatus.UNAUTHORIZED,
     errors.Forbidden: HTTPStatus.FORBIDDEN,
     errors.StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
@@ -33,6 +44,13 @@ _STATUS: dict[type[errors.RealtimeError], HTTPStatus] = {
 }
 # Validation errors that mean the body is not a JSON object at all: a 400, not a 422.
 _MALFORMED = {"json_invalid", "json_not_object"}
+# What a body over the cap is called, by route: each names what it would have been.
+_TOO_LARGE_CODES = {"/metadata": rooms.MetadataTooLarge.code, "/state": rooms.StateTooLarge.code}
+# RFC 5789, section 3.1: Accept-Patch names the patch formats a resource takes. PATCH
+# /rooms/{roomId}/state takes one JSON body (version plus a merge patch or JSON Patch), so only
+# application/json: application/merge-patch+json and application/json-patch+json would each
+# declare a body that is the patch alone, which this route's body is not.
+ACCEPT_PATCH = "application/json"
 
 
 def error_response(
@@ -42,7 +60,10 @@ def error_response(
     details: list[ErrorDetail] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    body = ErrorResponse(error=code, message=message, details=details or [])
+    return error_body(status, ErrorResponse(error=code, message=message, details=details or []), headers)
+
+
+def error_body(status: HTTPStatus, body: BaseModel, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
@@ -72,23 +93,28 @@ def _validation_details(exc: RequestValidationError) -> list[ErrorDetail]:
     return details
 
 
-def _too_large(size: int, limit: int) -> Response:
+def _too_large(path: str, size: int, limit: int) -> Response:
     metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
+    code = next(
+        (c for suffix, c in _TOO_LARGE_CODES.items() if path.startswith("/rooms/") and path.endswith(suffix)), None
+    )
     return error_response(
         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        "event_too_large",
+        code or errors.EventTooLarge.code,
         f"request body is {size} bytes; the limit is {limit}",
         [ErrorDetail(field="body", location="body", problem=f"is larger than {limit} bytes")],
     )
 
 
-def _unsupported_media_type(content_type: str) -> Response:
+def _unsupported_media_type(method: str, content_type: str) -> Response:
     metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
     return error_response(
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
         f"content-type {content_type!r} is not accepted; send application/json",
         [ErrorDetail(field="content-type", location="header", problem="must be application/json")],
+        # RFC 5789, section 2.2: a PATCH refused for its media type SHOULD say which it takes.
+        headers={"Accept-Patch": ACCEPT_PATCH} if method.upper() == "PATCH" else None,
     )
 
 
@@ -98,7 +124,7 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
         # Size first: a body over the cap is refused as such, whatever else is wrong with it.
         size = int(app.context.get(http_bodies.BODY_SIZE, 0))
         if size > max_body_bytes:
-            return _too_large(size, max_body_bytes)
+            return _too_large(app.current_event.path, size, max_body_bytes)
         details = _validation_details(exc)
         malformed = any(error.get("type") in _MALFORMED for error in exc.errors())
         status = HTTPStatus.BAD_REQUEST if malformed else HTTPStatus.UNPROCESSABLE_ENTITY
@@ -109,7 +135,7 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     @app.exception_handler(http_bodies.UnreadableBody)
     def unreadable_body(exc: http_bodies.UnreadableBody) -> Response:
         if exc.size is not None and exc.size > max_body_bytes:
-            return _too_large(exc.size, max_body_bytes)
+            return _too_large(app.current_event.path, exc.size, max_body_bytes)
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
         return error_response(
             HTTPStatus.BAD_REQUEST,
@@ -120,11 +146,12 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
 
     @app.exception_handler(http_bodies.UnsupportedMediaType)
     def unsupported_media_type(exc: http_bodies.UnsupportedMediaType) -> Response:
-        return _unsupported_media_type(exc.content_type)
+        return _unsupported_media_type(app.current_event.http_method, exc.content_type)
 
     @app.exception_handler(RequestUnsupportedContentType)
     def unsupported_content_type(_exc: RequestUnsupportedContentType) -> Response:
-        return _unsupported_media_type(app.current_event.headers.get("content-type", ""))
+        event = app.current_event
+        return _unsupported_media_type(event.http_method, event.headers.get("content-type", ""))
 
     @app.exception_handler(errors.RealtimeError)
     def domain_error(exc: errors.RealtimeError) -> Response:
@@ -134,6 +161,25 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
         if isinstance(exc, errors.IdempotencyConflict):
             metrics.add_metric(name="IdempotencyConflicts", unit="Count", value=1)
         details = [ErrorDetail(field=exc.field, location="request", problem=exc.message)] if exc.field else []
+        if isinstance(exc, rooms.StateConflict):
+            metrics.add_metric(name="RoomConflicts", unit="Count", value=1)
+            conflict = StateConflictResponse(
+                error=exc.code,
+                message=exc.message,
+                details=[ErrorDetail(field="version", location="body", problem=exc.message)],
+                version=exc.version,
+                doc=exc.doc,
+                conflicts=exc.conflicts,
+            )
+            return error_body(status, conflict)
+        if isinstance(exc, rooms.PreconditionFailed):
+            failed = PreconditionFailedResponse(
+                error=exc.code,
+                message=exc.message,
+                details=[ErrorDetail(field="if-match", location="header", problem=exc.message)],
+                version=exc.version,
+            )
+            return error_body(status, failed)
         return error_response(status, exc.code, exc.message, details)
 
     register_unrouted(app, routes_of=app)
@@ -174,19 +220,25 @@ def register_unrouted(resolver: APIGatewayHttpResolver, routes_of: APIGatewayHtt
 
 
 def error_responses(
-    descriptions: Mapping[int, str], *, by_api_gateway: Collection[int] = ()
+    descriptions: Mapping[int, str],
+    *,
+    by_api_gateway: Collection[int] = (),
+    models: Mapping[int, type[ErrorResponse]] | None = None,
+    headers: Mapping[int, dict[str, OpenAPIResponseHeader]] | None = None,
 ) -> dict[int, OpenAPIResponse]:
-    """OpenAPI responses for error statuses: ErrorResponse bodies, or GatewayError for the
-    statuses API Gateway answers itself on that route."""
-    return {
-        status: {
+    """OpenAPI responses for error statuses: ErrorResponse bodies (or the subclass `models`
+    names for the status), or GatewayError for the statuses API Gateway answers itself on that route."""
+    responses: dict[int, OpenAPIResponse] = {}
+    for status, description in descriptions.items():
+        model = GatewayError if status in by_api_gateway else (models or {}).get(status, ErrorResponse)
+        response: OpenAPIResponse = {
             "description": description,
-            "content": {
-                content_types.APPLICATION_JSON: {"model": GatewayError if status in by_api_gateway else ErrorResponse}
-            },
+            "content": {content_types.APPLICATION_JSON: {"model": model}},
         }
-        for status, description in descriptions.items()
-    }
+        if headers and status in headers:
+            response["headers"] = headers[status]
+        responses[status] = response
+    return responses
 
 
 _BODY_400 = (
@@ -224,17 +276,103 @@ HISTORY_ERRORS = error_responses(
         503: "`unavailable`: DynamoDB is unavailable after retries.",
     }
 )
+_IAM_403 = (
+    "From API Gateway, not the function (when deployed with ProducerAuth=IAM): the request "
+    "is not signed (SigV4) by a principal allowed execute-api:Invoke."
+)
+_ROOM_ID_422 = "`validation_error`: roomId does not match ^[A-Za-z0-9_.:-]{1,128}$ (details name it)."
+_ROOM_BODY_422 = (
+    "`validation_error`: a field is missing, not recognised or invalid, roomId does not match its "
+    "pattern, If-Match is not an ETag of the room, or a number is too large (details name each); "
+    "`invalid_request`: the body holds text that is not valid Unicode"
+)
+_ROOM_503 = "`unavailable`: DynamoDB is unavailable after retries, or the room kept changing under the request; retry."
+_ROOM_WRITE_503 = (
+    "`unavailable`: DynamoDB is unavailable after retries, or the room kept changing under the "
+    "change for too many attempts; nothing was written, retry."
+)
+_ROOM_412 = (
+    "`precondition_failed`: If-Match names another version than the room's; `version` is the current "
+    "one. Nothing was written."
+)
+_ROOM_415 = "`unsupported_media_type`: the Content-Type is not application/json."
+_ACCEPT_PATCH_HEADER: dict[str, OpenAPIResponseHeader] = {
+    "Accept-Patch": {"description": "The media type this route takes (RFC 5789).", "schema": {"type": "string"}}
+}
+ROOM_READ_ERRORS = error_responses(
+    {403: _IAM_403, 422: _ROOM_ID_422, 503: "`unavailable`: DynamoDB is unavailable after retries."},
+    by_api_gateway={403},
+)
+MEMBERS_ERRORS = error_responses(
+    {
+        403: _IAM_403,
+        422: "`validation_error`: roomId, limit or cursor is invalid; `invalid_request`: the cursor is not "
+        "one this route gave out (details name it).",
+        503: "`unavailable`: DynamoDB is unavailable after retries.",
+    },
+    by_api_gateway={403},
+)
+METADATA_ERRORS = error_responses(
+    {
+        400: _BODY_400,
+        403: _IAM_403,
+        412: _ROOM_412,
+        413: "`metadata_too_large`: the metadata is over 16 KiB as compact JSON, or the body is over "
+        "MaxEventBytes and not valid.",
+        415: _ROOM_415,
+        422: _ROOM_BODY_422 + ".",
+        503: _ROOM_WRITE_503,
+    },
+    by_api_gateway={403},
+    models={412: PreconditionFailedResponse},
+)
+STATE_ERRORS = error_responses(
+    {
+        400: _BODY_400,
+        403: _IAM_403,
+        409: "`conflict`: a path the patch changes was changed after its `version` (or that version is "
+        'older than the room remembers: conflicts `[""]`); the body carries the current `version` and '
+        "`doc` and the `conflicts` (JSON Pointers). Nothing was written.",
+        412: _ROOM_412,
+        413: "`state_too_large`: the patch or the document after it is over 64 KiB as compact JSON, or the "
+        "body is over MaxEventBytes and not valid.",
+        415: "`unsupported_media_type`: the Content-Type is not application/json; Accept-Patch names it.",
+        422: _ROOM_BODY_422 + "; `patch_test_failed`: a JSON Patch `test` operation does not hold; "
+        "`invalid_request`: an operation is malformed or cannot apply to the document (a missing path, "
+        "an index out of range), or the result would not be an object.",
+        503: _ROOM_WRITE_503,
+    },
+    by_api_gateway={403},
+    models={409: StateConflictResponse, 412: PreconditionFailedResponse},
+    headers={415: _ACCEPT_PATCH_HEADER},
+)
+ROOM_HISTORY_ERRORS = error_responses(
+    {
+        400: "`invalid_cursor`: the cursor is malformed, forged, or from another channel.",
+        401: "`unauthorized`: the Authorization header is missing (where required), not Bearer, or its token is "
+        "malformed, forged or expired.",
+        403: "`forbidden`: the token's channels do not include this room's (room_{roomId}).",
+        422: "`validation_error`: roomId, limit or cursor is invalid (details name it).",
+        500: "`configuration_error`: the deployment cannot read its signing secret.",
+        503: "`unavailable`: DynamoDB is unavailable after retries.",
+    }
+)
 API_DESCRIPTION = """\
 Every error the function answers is JSON in one shape, ErrorResponse:
 `{"error": code, "message": text, "details": [{"field", "location", "problem"}]}`.
+Two room errors add fields to it: a 409 `conflict` carries the room's current `version`, `doc`
+and the `conflicts` (JSON Pointers), a 412 `precondition_failed` its current `version`.
 A path this document does not list answers 404 (`not_found`), and another method on a listed
 path 405 (`method_not_allowed`, with an Allow header), in that same shape. A refused request
 stores nothing.
 
+Rooms: one version counts every change of a room's state and metadata; the ETag of a room is
+`"<version>"`, and `If-Match` with it (or `*`) makes a change strict compare-and-set.
+
 API Gateway answers some requests itself before the function runs, with `{"message": text}`
-(GatewayError): 403 on the producer routes without a valid SigV4 signature (ProducerAuth=IAM),
-413 for a body over 10 MB, 429 when throttled, and 500, 503 or 504 when the function fails or
-times out.
+(GatewayError): 403 on the producer and room routes (all but room history) without a valid
+SigV4 signature (ProducerAuth=IAM), 413 for a body over 10 MB, 429 when throttled, and 500,
+503 or 504 when the function fails or times out.
 """
 
 

@@ -17,6 +17,21 @@ def feed_channel_name(feed_id: str) -> str:
     return f"feed_{feed_id}"
 
 
+def authorize_channel_reader(realtime: Realtime, channel: str, authorization: str | None, *, required: bool) -> None:
+    """Check a browser's `Authorization: Bearer <subscriber token>` for reading `channel`'s history.
+
+    A header that is present is always checked, even where it is not required.
+    """
+    if not authorization:
+        if required:
+            raise Unauthorized("Authorization: Bearer <token> is required", field="authorization")
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer <token>'", field="authorization")
+    tokens.verify(realtime.secret, token.strip()).require(channel)
+
+
 class Feeds:
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
@@ -53,18 +68,8 @@ class Feeds:
         )
 
     def authorize_reader(self, feed_id: str, authorization: str | None, *, required: bool) -> None:
-        """Check a browser's `Authorization: Bearer <subscriber token>` for this feed's channel.
-
-        A header that is present is always checked, even where it is not required.
-        """
-        if not authorization:
-            if required:
-                raise Unauthorized("Authorization: Bearer <token> is required", field="authorization")
-            return
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization must be 'Bearer <token>'", field="authorization")
-        tokens.verify(self.realtime.secret, token.strip()).require(feed_channel_name(feed_id))
+        """Check a browser's `Authorization: Bearer <subscriber token>` for this feed's channel."""
+        authorize_channel_reader(self.realtime, feed_channel_name(feed_id), authorization, required=required)
 
     def history(self, feed_id: str, *, limit: int = 100, cursor: str | None = None) -> HistoryPage:
         return self.channel(feed_id).history(limit=limit, cursor=cursor)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from .envelope import Event
 
@@ -74,3 +75,169 @@ class GatewayError(BaseModel):
     """What API Gateway itself answers when it refuses a request before the function runs."""
 
     message: str = Field(description='e.g. "Forbidden".')
+
+
+# --- rooms ---------------------------------------------------------------------------------
+
+# A room's version: one counter for every committed change of its state and metadata. Strict:
+# `"3"`, `3.0` and `true` are not versions. Bounded by what a JavaScript client reads exactly.
+Version = Annotated[int, Field(strict=True, ge=0, le=2**53 - 1)]
+# RFC 6901: "" (the whole document) or "/"-separated reference tokens, "~" escaped as ~0 or ~1.
+JsonPointer = Annotated[str, StringConstraints(pattern=r"^(/([^~/]|~[01])*)*$")]
+
+
+class RoomStateView(_Body):
+    version: Version = Field(description="The room's version; the ETag is its quoted value.")
+    doc: dict[str, Any] = Field(description="The shared state document (a JSON object).")
+
+
+class RoomResponse(_Body):
+    """A room as one consistent read shows it (state and metadata of one version)."""
+
+    room_id: str
+    metadata: dict[str, Any]
+    state: RoomStateView
+    member_count: int = Field(ge=0, description="Members present, those in their grace period included.")
+
+
+class MetadataRequest(_Body):
+    """The room's new metadata, replacing the old (a JSON object of at most 16 KiB as compact JSON)."""
+
+    metadata: dict[str, Any]
+
+
+class MetadataResponse(_Body):
+    room_id: str
+    version: Version = Field(description="The room's version after the change (unchanged when nothing changed).")
+    metadata: dict[str, Any]
+
+
+class _Operation(BaseModel):
+    # RFC 6902, section 4: members an operation does not define "MUST be ignored"; they are
+    # dropped, so neither stored nor published.
+    model_config = ConfigDict(extra="ignore")
+
+    path: JsonPointer
+
+
+class AddOperation(_Operation):
+    op: Literal["add"]
+    value: Any
+
+
+class RemoveOperation(_Operation):
+    op: Literal["remove"]
+
+
+class ReplaceOperation(_Operation):
+    op: Literal["replace"]
+    value: Any
+
+
+class MoveOperation(_Operation):
+    op: Literal["move"]
+    from_: JsonPointer = Field(alias="from")
+
+
+class CopyOperation(_Operation):
+    op: Literal["copy"]
+    from_: JsonPointer = Field(alias="from")
+
+
+class TestOperation(_Operation):
+    op: Literal["test"]
+    value: Any
+
+
+JsonPatchOperation = Annotated[
+    AddOperation | RemoveOperation | ReplaceOperation | MoveOperation | CopyOperation | TestOperation,
+    Field(discriminator="op"),
+]
+
+
+_CHANGES = {"patch": "an object", "operations": "an array"}
+
+
+def _one_change_schema(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one of the two, and neither null."""
+    properties = schema["properties"]
+    for name in _CHANGES:
+        options = properties[name].pop("anyOf")
+        properties[name].pop("default", None)
+        properties[name].update(next(option for option in options if option.get("type") != "null"))
+    schema["oneOf"] = [{"required": [name]} for name in _CHANGES]
+
+
+class StatePatchRequest(_Body):
+    """A change of the state document computed from `version`: exactly one of `patch` and `operations`.
+
+    It applies when no path it changes was changed after `version` (a stale version that
+    touched nothing anyone else touched is fine); otherwise the answer is a 409 with the
+    current version and document. `If-Match` asks for strict compare-and-set instead.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_one_change_schema)
+
+    version: Version = Field(description="The version the change was computed from.")
+    # Optional only in Python: absent is allowed, null is refused below (and not in the schema).
+    patch: dict[str, Any] | None = Field(
+        None, description="An RFC 7396 JSON Merge Patch (an object: the document stays an object)."
+    )
+    operations: list[JsonPatchOperation] | None = Field(
+        None, description="RFC 6902 JSON Patch operations, applied all or none (`test` included)."
+    )
+
+    @model_validator(mode="after")
+    def _one_change(self) -> StatePatchRequest:
+        given = [name for name in _CHANGES if name in self.model_fields_set]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "one_change", "give exactly one of patch (a merge patch) and operations (a JSON Patch)"
+            )
+        if getattr(self, given[0]) is None:
+            raise PydanticCustomError("one_change", f"{given[0]} must be {_CHANGES[given[0]]}, not null")
+        return self
+
+    def operations_as_json(self) -> list[dict[str, Any]] | None:
+        """The operations as RFC 6902 objects (only the members each operation defines)."""
+        if self.operations is None:
+            return None
+        return [op.model_dump(by_alias=True) for op in self.operations]
+
+
+class StateResponse(_Body):
+    version: Version = Field(description="The room's version after the patch (unchanged when it changed nothing).")
+    doc: dict[str, Any]
+
+
+class Member(_Body):
+    """A member of a room: a token's `sub`, present through one or more connections."""
+
+    member_id: str = Field(description="The token's `sub`.")
+    member: dict[str, Any] = Field(description="The member's data (a JSON object of at most 1 KiB; {} when none).")
+    connections: int = Field(ge=0, description="Open connections of the member in the room (0 in the grace period).")
+    joined_at: int = Field(description="Epoch milliseconds of the join that created this session.")
+    session: str = Field(description="Changes at each new join after a leave; ordered as time.")
+    rev: int = Field(ge=1, description="1 at the join, +1 at each change of the member's data.")
+
+
+class MembersResponse(_Body):
+    items: list[Member]
+    next_cursor: str | None = Field(description="Opaque; pass it back as `cursor` for the next page (null: none).")
+    has_more: bool
+
+
+class StateConflictResponse(ErrorResponse):
+    """`conflict`: the patch overlaps changes made after its version. Nothing was written."""
+
+    version: Version = Field(description="The room's current version.")
+    doc: dict[str, Any] = Field(description="The current document, to recompute the change from.")
+    conflicts: list[str] = Field(
+        description='JSON Pointers changed since the patch\'s version ("": the whole document).'
+    )
+
+
+class PreconditionFailedResponse(ErrorResponse):
+    """`precondition_failed`: If-Match named another version. Nothing was written."""
+
+    version: Version = Field(description="The room's current version.")

@@ -1,7 +1,8 @@
-// The operations dashboard: feeds, live events, counters, pause, test producer forms.
+// The operations dashboard: feeds, live events, counters, pause, test producer forms, and a room
+// view (members live, metadata, the shared state document, a patch box).
 // Plain ES module over web/realtime-client.js; no build step, nothing fetched from elsewhere.
 
-import { connect } from './realtime-client.js';
+import { connect, RealtimeError } from './realtime-client.js';
 
 const HISTORY_ON_OPEN = 50;
 const MAX_ROWS = 2000;
@@ -37,6 +38,21 @@ const ui = {
   table: /** @type {HTMLTableElement} */ ($('events-table')),
   empty: $('empty'),
   theme: $('theme'),
+  roomForm: /** @type {HTMLFormElement} */ ($('room-form')),
+  roomInput: /** @type {HTMLInputElement} */ ($('room-input')),
+  roomView: $('room-view'),
+  roomName: $('room-name'),
+  roomStatus: $('room-status'),
+  roomVersion: $('room-version'),
+  roomMemberCount: $('room-member-count'),
+  roomMembers: $('room-members'),
+  roomActivity: $('room-activity'),
+  roomState: $('room-state'),
+  roomMetadata: $('room-metadata'),
+  leaveRoom: $('leave-room'),
+  patchForm: /** @type {HTMLFormElement} */ ($('patch-form')),
+  patchInput: /** @type {HTMLTextAreaElement} */ ($('patch-input')),
+  patchResult: $('patch-result'),
 };
 const tbody = /** @type {HTMLTableSectionElement} */ (ui.table.tBodies[0]);
 /** The envelope behind each table row, for its expandable JSON. */
@@ -44,14 +60,20 @@ const tbody = /** @type {HTMLTableSectionElement} */ (ui.table.tBodies[0]);
 const rowEvents = new WeakMap();
 
 /**
- * @typedef {{ws: string, api: string, token: string, tokenFromQuery: boolean}} Config
+ * @typedef {{ws: string, api: string, token: string, tokenFromQuery: boolean, name: string}} Config
  */
+
+const MAX_ACTIVITY = 50;
 
 const page = {
   /** @type {Config} */
-  config: { ws: '', api: '', token: '', tokenFromQuery: false },
+  config: { ws: '', api: '', token: '', tokenFromQuery: false, name: 'dashboard' },
   /** @type {string[]} */
   feeds: [],
+  /** @type {string | null} the room shown (one at a time) */
+  roomId: null,
+  /** @type {import('./realtime-client.js').Room | null} */
+  room: null,
   /** @type {import('./realtime-client.js').RealtimeClient | null} */
   client: null,
   /** @type {string | (() => Promise<string>) | null} the token the client uses; the forms send it too */
@@ -77,7 +99,9 @@ function initialConfig() {
       api: (query.get('api') || (served ? location.origin : '')).replace(/\/+$/, ''),
       token,
       tokenFromQuery: token !== '',
+      name: query.get('name') || 'dashboard',
     },
+    room: FEED_ID.test(query.get('room') ?? '') ? /** @type {string} */ (query.get('room')) : null,
     feeds: (query.get('feeds') ?? '')
       .split(',')
       .map((id) => id.trim())
@@ -94,9 +118,12 @@ function isSameOrigin(api) {
   }
 }
 
-/** The local stack hands out a dev token at /dev/token. */
+/** The local stack hands out a dev token at /dev/token: feeds and rooms, and room writes (patches). */
 async function fetchDevToken() {
-  const response = await fetch(new URL('/dev/token', location.origin), { cache: 'no-store' });
+  const url = new URL('/dev/token', location.origin);
+  for (const pattern of ['feed_*', 'room_*']) url.searchParams.append('channels', pattern);
+  url.searchParams.append('write', 'room_*');
+  const response = await fetch(url, { cache: 'no-store' });
   if (!response.ok) throw new Error(`/dev/token answered HTTP ${response.status}`);
   const body = await response.json();
   if (!body || typeof body.token !== 'string' || !body.token) throw new Error('/dev/token gave no token');
@@ -108,6 +135,8 @@ function syncAddressBar() {
   const query = new URLSearchParams(location.search);
   if (page.feeds.length) query.set('feeds', page.feeds.join(','));
   else query.delete('feeds');
+  if (page.roomId) query.set('room', page.roomId);
+  else query.delete('room');
   const search = query.toString().replace(/%2C/gi, ',');
   history.replaceState(null, '', `${location.pathname}${search ? `?${search}` : ''}${location.hash}`);
 }
@@ -173,6 +202,8 @@ function openClient(token) {
   });
   page.client = client;
   for (const feedId of page.feeds) follow(feedId);
+  page.room = null;
+  if (page.roomId) enterRoom(page.roomId);
 }
 
 /**
@@ -292,6 +323,205 @@ function renderFeedOptions() {
   for (const form of [ui.sendForm, ui.controlForm]) {
     const input = /** @type {HTMLInputElement} */ (form.elements.namedItem('feedId'));
     if (!input.value && page.feeds.length) input.value = page.feeds[0];
+  }
+}
+
+// --- the room view ---------------------------------------------------------------------
+
+/** @param {string} roomId */
+function joinRoom(roomId) {
+  if (!FEED_ID.test(roomId)) {
+    ui.roomInput.setCustomValidity('letters, digits and _ . : - (up to 128)');
+    ui.roomInput.reportValidity();
+    return;
+  }
+  ui.roomInput.setCustomValidity('');
+  if (page.roomId === roomId && page.room) return;
+  if (page.room) void page.room.leave().catch(() => {});
+  page.roomId = roomId;
+  ui.roomActivity.replaceChildren();
+  syncAddressBar();
+  enterRoom(roomId);
+}
+
+/** @param {string} roomId */
+function enterRoom(roomId) {
+  ui.roomView.hidden = false;
+  ui.roomName.textContent = `room_${roomId}`;
+  ui.patchResult.textContent = '';
+  setRoomStatus('joining');
+  const client = page.client;
+  if (!client) return;
+  const label = `room_${roomId}`;
+  /** @type {import('./realtime-client.js').Room} */
+  const room = client.join(roomId, {
+    member: { name: page.config.name },
+    onJoined: ({ resumed }) => {
+      if (page.room !== room) return;
+      setRoomStatus('joined');
+      if (resumed) addActivity('joined', 'rejoined: repaired from the replay');
+    },
+    onPresence: (change) => {
+      if (page.room !== room) return;
+      renderMembers(room);
+      if (change.type === 'join') addActivity('presence.join', `${change.memberId} joined ${dataText(change.member?.member)}`, change.memberId);
+      else if (change.type === 'update') addActivity('presence.update', `${change.memberId} is now ${dataText(change.member?.member)}`, change.memberId);
+      else if (change.type === 'leave') addActivity('presence.leave', `${change.memberId} left (${change.reason})`, change.memberId);
+    },
+    onState: (change) => {
+      if (page.room !== room) return;
+      renderRoomState(room);
+      if (change.cause !== 'snapshot') addActivity('room.state', `v${change.version} ${change.paths.join(' ') || '/'}${change.by ? ` by ${change.by}` : ''}`);
+    },
+    onMetadata: (change) => {
+      if (page.room !== room) return;
+      renderRoomState(room);
+      if (change.cause !== 'snapshot') addActivity('room.metadata', `v${change.version} metadata${change.by ? ` by ${change.by}` : ''}`);
+    },
+    onEvent: (event) => {
+      if (page.room !== room) return;
+      if (page.paused) {
+        page.held.push({ feedId: label, event });
+        renderBuffered();
+      } else {
+        addRow(label, event);
+      }
+    },
+    onError: (error) => {
+      if (page.room !== room) return;
+      if (!room.joined) setRoomStatus(`failed: ${error.code}`, 'failed');
+      showError(`${label}: ${error.code}: ${error.message}`);
+    },
+  });
+  page.room = room;
+  if (room.joined) {
+    setRoomStatus('joined');
+    renderMembers(room);
+    renderRoomState(room);
+  }
+}
+
+function leaveRoom() {
+  const room = page.room;
+  page.room = null;
+  page.roomId = null;
+  ui.roomView.hidden = true;
+  ui.roomView.dataset.status = 'none';
+  syncAddressBar();
+  if (room) void room.leave().catch(() => {});
+}
+
+/**
+ * @param {string} text
+ * @param {string} [status]  data-status: joined, joining, failed
+ */
+function setRoomStatus(text, status = text) {
+  ui.roomStatus.textContent = text;
+  ui.roomView.dataset.status = status;
+}
+
+/** @param {import('./realtime-client.js').Room} room */
+function renderMembers(room) {
+  const selfId = room.self?.memberId;
+  ui.roomMembers.replaceChildren(
+    ...room.members().map((member) => {
+      const item = document.createElement('li');
+      item.dataset.memberId = member.memberId;
+      item.dataset.connections = String(member.connections);
+      const who = document.createElement('span');
+      who.className = 'who';
+      who.textContent = member.memberId;
+      item.appendChild(who);
+      if (member.memberId === selfId) {
+        const you = document.createElement('span');
+        you.className = 'you';
+        you.textContent = 'you';
+        item.appendChild(you);
+      }
+      const data = document.createElement('span');
+      data.className = 'data';
+      data.textContent = dataText(member.member);
+      data.title = `${member.connections} connection(s), session ${member.session}, rev ${member.rev}`;
+      item.appendChild(data);
+      return item;
+    }),
+  );
+  ui.roomMemberCount.textContent = `${room.memberCount}${room.allMembersLoaded ? '' : '+'}`;
+}
+
+/** @param {import('./realtime-client.js').Room} room */
+function renderRoomState(room) {
+  const { version, doc } = room.state;
+  ui.roomVersion.textContent = String(version);
+  ui.roomState.dataset.version = String(version);
+  ui.roomState.textContent = JSON.stringify(doc, null, 2);
+  ui.roomMetadata.textContent = JSON.stringify(room.metadata, null, 2);
+}
+
+/**
+ * @param {string} type  the event type (or 'joined')
+ * @param {string} text
+ * @param {string} [memberId]
+ */
+function addActivity(type, text, memberId) {
+  const item = document.createElement('li');
+  item.dataset.type = type;
+  if (memberId) item.dataset.member = memberId;
+  const time = document.createElement('span');
+  time.className = 't';
+  time.textContent = new Date().toISOString().slice(11, 19);
+  item.append(time, text);
+  item.title = text;
+  ui.roomActivity.insertBefore(item, ui.roomActivity.firstChild);
+  while (ui.roomActivity.children.length > MAX_ACTIVITY) ui.roomActivity.lastElementChild?.remove();
+}
+
+/** @param {any} data */
+function dataText(data) {
+  if (data === null || data === undefined) return '';
+  const text = JSON.stringify(data);
+  return text.length > PREVIEW_CHARS ? `${text.slice(0, PREVIEW_CHARS)}…` : text;
+}
+
+/** @param {SubmitEvent} submit */
+async function onSendPatch(submit) {
+  submit.preventDefault();
+  const room = page.room;
+  const result = ui.patchResult;
+  result.className = 'result mono';
+  delete result.dataset.outcome;
+  if (!room || !room.joined) {
+    result.className = 'result mono bad';
+    result.textContent = 'not in a room yet';
+    return;
+  }
+  let patch;
+  try {
+    patch = JSON.parse(ui.patchInput.value);
+  } catch (error) {
+    result.className = 'result mono bad';
+    result.dataset.outcome = 'invalid';
+    result.textContent = `not JSON: ${error instanceof Error ? error.message : error}`;
+    return;
+  }
+  const version = room.state.version;
+  result.textContent = `sending at version ${version}…`;
+  try {
+    const answer = await room.patch({ version, patch });
+    result.className = 'result mono ok';
+    result.dataset.outcome = 'patched';
+    result.textContent = `patched: version ${answer.version}`;
+  } catch (error) {
+    result.className = 'result mono bad';
+    const code = error instanceof RealtimeError ? error.code : 'error';
+    result.dataset.outcome = code;
+    if (code === 'conflict') {
+      const details = /** @type {RealtimeError} */ (error).details ?? {};
+      const paths = Array.isArray(details.paths) ? details.paths.join(', ') : '?';
+      result.textContent = `conflict at ${paths}: changed since version ${version} (now ${details.version ?? '?'}); look at the document and send again`;
+    } else {
+      result.textContent = `${code}: ${error instanceof Error ? error.message : error}`;
+    }
   }
 }
 
@@ -578,6 +808,7 @@ function onConnect(submit) {
     api: String(data.get('api') ?? '').trim().replace(/\/+$/, ''),
     token,
     tokenFromQuery: token !== '',
+    name: page.config.name,
   };
   clearTable();
   page.client?.close();
@@ -605,6 +836,15 @@ function wire() {
     if (page.feeds.includes(id)) ui.feedInput.value = '';
   });
   ui.feedInput.addEventListener('input', () => ui.feedInput.setCustomValidity(''));
+  ui.roomForm.addEventListener('submit', (submit) => {
+    submit.preventDefault();
+    const id = ui.roomInput.value.trim();
+    if (id) joinRoom(id);
+    if (page.roomId === id) ui.roomInput.value = '';
+  });
+  ui.roomInput.addEventListener('input', () => ui.roomInput.setCustomValidity(''));
+  ui.leaveRoom.addEventListener('click', leaveRoom);
+  ui.patchForm.addEventListener('submit', onSendPatch);
   ui.connectionForm.addEventListener('submit', onConnect);
   ui.sendForm.addEventListener('submit', onSendEvent);
   ui.controlForm.addEventListener('submit', onSendControl);
@@ -660,8 +900,9 @@ function wire() {
 }
 
 function main() {
-  const { config, feeds } = initialConfig();
+  const { config, feeds, room } = initialConfig();
   page.config = config;
+  page.roomId = room;
   wire();
   for (const feedId of feeds) {
     if (!page.feeds.includes(feedId)) {

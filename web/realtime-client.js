@@ -135,6 +135,7 @@
  * @property {(change: StateChange, room: Room) => void} [onState]
  * @property {(change: MetadataChange, room: Room) => void} [onMetadata]
  * @property {(info: {resumed: boolean, self: Member | null}, room: Room) => void} [onJoined]  every `joined` answer
+ * @property {(event: Envelope, room: Room) => void} [onEvent]  every event of `room_{id}` as it is taken, in seq order, once
  * @property {(error: RealtimeError, room: Room) => void} [onError]  errors not answering a request of this room
  */
 
@@ -1849,6 +1850,7 @@ export class Room {
    * @param {Envelope} event
    */
   takeEvent(event) {
+    this.emit('onEvent', event);
     if (this.awaitingSnapshot) {
       this.held.push(event); // applied on top of the snapshot: the rules make the overlap harmless
       return;
@@ -2171,7 +2173,7 @@ export class Room {
   // -- callbacks ----------------------------------------------------------------------------------
 
   /**
-   * @param {'onPresence' | 'onState' | 'onMetadata' | 'onJoined'} name
+   * @param {'onPresence' | 'onState' | 'onMetadata' | 'onJoined' | 'onEvent'} name
    * @param {any} change
    */
   emit(name, change) {

@@ -334,3 +334,86 @@ def test_an_empty_batch_does_nothing(fanout: Any, api: Any) -> None:
     result = fanout.fanout.deliver([])
     assert result.records == 0 and result.channels == {} and result.report.delivered == 0
     assert api.received == []
+
+
+# --- gone connections and presence --------------------------------------------------------------------
+
+
+def test_a_gone_room_member_enters_its_grace_period_and_its_connection_is_deleted(
+    fanout: Any, store: ConnectionStore, api: Any
+) -> None:
+    from realtime_transport.rooms.presence import Presence
+
+    registry = fanout.fanout.presence  # wired by Fanout.from_settings
+    presence = Presence(registry.realtime, "R")
+    connect(store, "gone", FEED_42)
+    connect(store, "alive", FEED_42)
+    presence.join("gone", "alice")
+    presence.join("alive", "bob")
+    api.script = {"gone": [410]}
+
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
+
+    assert store.connection("gone") is None and store.subscriptions("gone") == []
+    # Still listed (its grace period: a reload comes back without a leave), with no connection left.
+    alice = presence.member("alice")
+    assert alice is not None and alice.connections == 0
+    assert sorted(member.member_id for member in presence.members().items) == ["alice", "bob"]
+    # The grace period is on the sweeper's index: once it is over, the sweeper deletes alice (reason
+    # `disconnected`, as stored), and nobody else.
+    grace = registry.realtime.settings.presence_grace_seconds
+    report = registry.sweep(time.time() + grace + 1, lambda connection_id: time.time())
+    assert report.deleted == [("R", "alice")]
+    assert presence.member("alice") is None and presence.member("bob") is not None
+    assert sorted(seqs(api, "alive")) == [17, 18]  # feed_42's events
+
+
+class _Presence:
+    """Records when connection_gone runs (was the connection still stored?); fails if told to."""
+
+    def __init__(self, store: ConnectionStore, error: Exception | None = None) -> None:
+        self.store = store
+        self.error = error
+        self.calls: list[tuple[str, bool]] = []
+
+    def connection_gone(self, connection_id: str) -> list[str]:
+        self.calls.append((connection_id, self.store.connection(connection_id) is not None))
+        if self.error is not None:
+            raise self.error
+        return ["R"]
+
+
+def test_a_gone_connection_leaves_its_rooms_before_it_is_deleted(fanout: Any, store: ConnectionStore, api: Any) -> None:
+    fanout.fanout.presence = spy = _Presence(store)
+    connect(store, "gone", FEED_42)
+    api.script = {"gone": [410]}
+
+    event = sample_event("dynamodb_stream_insert")
+    result = fanout.fanout.deliver(event["Records"])
+
+    assert spy.calls == [("gone", True)]  # it left while its items (memberships included) were still there
+    assert result.deleted == ["gone"] and result.left_rooms == {"gone": ["R"]}
+    assert store.connection("gone") is None
+
+
+def test_a_failure_to_leave_rooms_never_fails_the_batch_and_keeps_the_connection(
+    fanout: Any, store: ConnectionStore, api: Any
+) -> None:
+    fanout.fanout.presence = spy = _Presence(store, StoreUnavailable("connections table: throttled"))
+    connect(store, "gone", FEED_42, FEED_7)
+    connect(store, "alive", FEED_42, FEED_7)
+    api.script = {"gone": [410]}
+
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
+
+    assert spy.calls == [("gone", True)]
+    # Kept: deleting it would strand its memberships; it answers 410 again next time (or the sweeper
+    # finds its leases over) and leaves then.
+    assert store.connection("gone") is not None
+    assert store.subscriptions("gone") != []
+    assert sorted(seqs(api, "alive")) == [3, 17, 18]
+
+    api.script = {"gone": [410]}
+    spy.error = None
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
+    assert spy.calls[-1] == ("gone", True) and store.connection("gone") is None

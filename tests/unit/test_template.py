@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -46,7 +47,9 @@ from realtime_transport.live import LiveService
 from realtime_transport.models.items import Kind, idempotency_item, position_item
 from realtime_transport.models.stream import StreamRecord
 from realtime_transport.models.websocket import ClientMessage
-from realtime_transport.rooms.outbox import room_change
+from realtime_transport.rooms import PresenceRegistry, Room, room_channel_name
+from realtime_transport.rooms.outbox import RoomOutbox, room_change
+from realtime_transport.rooms.presence_outbox import PresenceOutbox
 from realtime_transport.settings import Settings
 from tests.conftest import TABLE_NAMES
 
@@ -1092,7 +1095,6 @@ def test_presence_sweeper_function_policy_is_exactly_what_sweeping_needs(templat
         # re-checked against the item, then renewed, or left (membership deleted, member updated),
         # a member deleted with its count shard in one transaction (Delete + Update)
         ("dynamodb:GetItem", arn_of("ConnectionsTable")),
-        ("dynamodb:Query", arn_of("ConnectionsTable")),
         ("dynamodb:UpdateItem", arn_of("ConnectionsTable")),
         ("dynamodb:DeleteItem", arn_of("ConnectionsTable")),
         # the probe: GET @connections/{id}
@@ -1491,12 +1493,111 @@ def _exercise_every_function(template: dict[str, Any], requests: DynamoDBRequest
         websocket_requests - grants(template, "WebSocketFunction")
     )
 
-    # FanoutFunction: subscribers by channel, then the gone connection c2 forgotten.
-    fanout = Fanout(ConnectionStore(clients.dynamodb(), TABLE_NAMES["ConnectionsTable"]), _Pusher(gone={"c2"}))
-    record = _stream_record("INSERT", position_item(channel.key, 6, Kind.EVENT, 1, 4102444800, event_json))
+    # WebSocketFunction, rooms (what its room actions call): a join that creates the member (a
+    # transaction), a second tab, update, members, a patch, a ping's heartbeat, a leave that deletes
+    # the member (a transaction), and a $disconnect that starts a grace period.
+    registry = PresenceRegistry(realtime)
+    rooms = Room(realtime, "R")
+    for connection_id, token in (("r1", "alice"), ("r2", "alice"), ("r3", "bob"), ("r4", "bob"), ("c2", "carl")):
+        if connection_id != "c2":
+            live.connect(connection_id, tokens.issue(realtime.secret, sub=token, channels=["feed_*", "room_*"]))
+        rooms.presence.join(connection_id, token, {"name": connection_id})
+    rooms.presence.update("r1", "alice", {"name": "Alice"})
+    rooms.presence.members(limit=1)
+    rooms.patch(0, merge_patch={"title": "T"})
+    registry.heartbeat("r1")
+    rooms.presence.leave("r3")
+    rooms.presence.leave("r1")
+    rooms.presence.leave("r2")  # alice's last tab: deleted
+    registry.connection_gone("c2")  # $disconnect (before the connection's items are deleted)
+    live.disconnect("c2")
+    room_requests = requests.take()
+    assert ("dynamodb:UpdateItem", arn_of("ConnectionsTable")) in room_requests, "heartbeats and tabs"
+    assert room_requests <= grants(template, "WebSocketFunction"), room_requests - grants(template, "WebSocketFunction")
+    assert websocket_requests | room_requests == dynamodb_grants(template, "WebSocketFunction"), "nothing unused"
+    assert [m.member_id for m in rooms.presence.members().items] == ["bob", "carl"], "r4 is in, carl in grace"
+
+    # HttpApiFunction, rooms: the snapshot (with the member count), metadata, a patch, members, history.
+    rooms.get()
+    rooms.set_metadata({"topic": "t"}, if_match="*")
+    rooms.patch(rooms.state().version, merge_patch={"n": 1})
+    rooms.presence.members(limit=10)
+    realtime.channel(room_channel_name("R")).history(limit=10)
+    http_requests = requests.take()
+    assert ("dynamodb:Query", arn_of("ConnectionsTable")) in http_requests
+    assert http_requests <= grants(template, "HttpApiFunction"), http_requests - grants(template, "HttpApiFunction")
+
+    # FanoutFunction: subscribers by channel, then the gone connection r4 leaves its room
+    # (`disconnected`: a grace period) and is forgotten.
+    fanout = Fanout(
+        ConnectionStore(clients.dynamodb(), TABLE_NAMES["ConnectionsTable"]),
+        _Pusher(gone={"r4"}),
+        presence=PresenceRegistry(realtime),
+    )
+    live.handle("r4", json.dumps({"action": "subscribe", "channel": "room_R"}))
+    requests.take()
+    record = _stream_record(
+        "INSERT", position_item(realtime.channel("room_R").key, 1, Kind.EVENT, 1, 4102444800, event_json)
+    )
     result = fanout.deliver([record])
-    assert result.deleted == ["c2"]
+    assert result.deleted == ["r4"] and result.left_rooms == {"r4": ["R"]}
     fanout_requests = requests.take()
     assert fanout_requests and fanout_requests <= grants(template, "FanoutFunction"), fanout_requests - grants(
         template, "FanoutFunction"
     )
+    assert fanout_requests == dynamodb_grants(template, "FanoutFunction"), "nothing unused"
+
+    # PresenceSweeperFunction: grace periods over (bob, after r4's 410; carl; r5's member), a live
+    # lease renewed (r6); then, later still, leases over (probe: gone).
+    other = Room(realtime, "S").presence
+    for connection_id in ("r5", "r6"):
+        other.join(connection_id, connection_id)
+    registry.connection_gone("r5")
+    requests.take()
+    far = time.time() + 3600
+    report = PresenceRegistry(realtime).sweep(far, lambda connection_id: None if connection_id != "r6" else far)
+    assert report.deleted and report.renewed == 1, report
+    sweeper_requests = requests.take()
+    assert sweeper_requests <= grants(template, "PresenceSweeperFunction"), sweeper_requests - grants(
+        template, "PresenceSweeperFunction"
+    )
+    report = PresenceRegistry(realtime).sweep(far + 3600, lambda connection_id: None)
+    assert report.timed_out, report
+    timeout_requests = requests.take()
+    assert timeout_requests <= grants(template, "PresenceSweeperFunction"), timeout_requests - grants(
+        template, "PresenceSweeperFunction"
+    )
+    assert sweeper_requests | timeout_requests == dynamodb_grants(template, "PresenceSweeperFunction")
+
+    # RoomsOutboxFunction: a room change and a presence change, each published on room_R.
+    room_item = {
+        "pk": {"S": "transport#room#R"},
+        "sk": {"N": "0"},
+        "kind": {"S": "room"},
+        "lastChange": {
+            "S": json.dumps({"version": 9, "kind": "room.metadata", "metadata": {}, "paths": [], "by": None})
+        },
+    }
+    member_image = {
+        "pk": {"S": "room#transport#R"},
+        "sk": {"S": "member#carol"},
+        "memberId": {"S": "carol"},
+        "member": {"S": "{}"},
+        "session": {"S": "0001700000000000.abcd1234"},
+        "rev": {"N": "1"},
+        "joinedAt": {"N": "1700000000000"},
+    }
+    member_record = _keyed_record("INSERT", "room#transport#R", "member#carol")
+    member_record["dynamodb"]["NewImage"] = member_image
+    member_record["dynamodb"]["SequenceNumber"] = "2"
+    outbox_records = [_stream_record("MODIFY", room_item), member_record]
+    assert not RoomOutbox(realtime).publish(outbox_records).failed
+    assert not PresenceOutbox(realtime).publish(outbox_records).failed
+    outbox_requests = requests.take()
+    assert outbox_requests == dynamodb_grants(template, "RoomsOutboxFunction"), outbox_requests ^ dynamodb_grants(
+        template, "RoomsOutboxFunction"
+    )
+
+
+def dynamodb_grants(template: dict[str, Any], logical_id: str) -> set[tuple[str, str]]:
+    return {(action, resource) for action, resource in grants(template, logical_id) if action.startswith("dynamodb:")}

@@ -6,11 +6,16 @@ One stream batch is worked out whole before Powertools' `BatchProcessor` sees it
 2. group them by channel, in `seq` order (positions can commit out of order by a few ms);
 3. read each channel's subscribers once, every page of the `by-channel` index;
 4. deliver every connection its frames in order, all connections at once (`Pusher.send_many`);
-5. delete connections that answered 410, with their subscriptions, at once.
+5. connections that answered 410 leave their rooms (`connection_gone`: reason `disconnected`,
+   so a member whose only socket vanished enters its grace period), then are deleted with
+   their subscriptions, all at once.
 
 Only a failure to read a channel's subscribers fails that channel's records (they land in
 `batchItemFailures` and come back); a connection that cannot be reached is given up alone
-and never fails the batch, so nobody else gets the events twice because of it.
+and never fails the batch, so nobody else gets the events twice because of it. Nor does a
+failure to leave a gone connection's rooms: that connection is then kept (not deleted), so it
+answers 410 again next time and leaves then, or its room leases run out and the presence
+sweeper takes it out; deleting it now would strand its memberships' members.
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ class Deliverer(Protocol):
     def send_many(self, plan: Mapping[str, Sequence[bytes]], *, budget_s: float | None = None) -> DeliveryReport: ...
 
 
+class GonePresence(Protocol):
+    """What the fan-out needs of presence (`rooms.presence.PresenceRegistry`)."""
+
+    def connection_gone(self, connection_id: str) -> list[str]: ...
+
+
 @dataclass
 class ChannelBatch:
     """One channel's events in this batch, in seq order, and who was subscribed."""
@@ -70,6 +81,9 @@ class FanoutResult:
     channels: dict[str, ChannelBatch]
     report: DeliveryReport
     deleted: list[str] = field(default_factory=list)
+    # gone connection -> the rooms it left (`disconnected`); one whose leave failed is not deleted
+    left_rooms: dict[str, list[str]] = field(default_factory=dict)
+    presence_failures: list[str] = field(default_factory=list)
 
     @property
     def failed_channels(self) -> set[str]:
@@ -94,9 +108,12 @@ class Fanout:
         page_size: int = 1000,
         store_workers: int = 8,
         cursors: CursorCodec | None = None,
+        presence: GonePresence | None = None,
     ) -> None:
         self.connections = connections
         self.pusher = pusher
+        # A gone connection leaves its rooms first (None: no rooms, as in tests of delivery alone).
+        self.presence = presence
         # Signs each live frame's cursor (one HMAC per event, not per connection).
         self.cursors = cursors
         self._page_size = page_size
@@ -106,13 +123,17 @@ class Fanout:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Fanout:
         from .clients import dynamodb
+        from .realtime import Realtime
+        from .rooms.presence import PresenceRegistry
         from .settings import get_settings
 
         settings = settings or get_settings()
+        secret = signing_secret(settings)
         return cls(
             ConnectionStore(dynamodb(), settings.connections_table_name),
             Pusher.from_settings(settings),
-            cursors=CursorCodec(signing_secret(settings)),
+            cursors=CursorCodec(secret),
+            presence=PresenceRegistry(Realtime(settings=settings, secret=secret)),
         )
 
     def _frame(self, channel: str, record: StreamRecord) -> bytes:
@@ -154,12 +175,14 @@ class Fanout:
             report = self.pusher.send_many(plan, budget_s=max(0.0, deadline - time.monotonic()))
         delivered_at = now_ms()
 
-        deleted = [
-            connection_id
-            for connection_id, outcome in zip(report.gone, self._map(self._forget, report.gone), strict=True)
-            if outcome is None
-        ]
-        result = FanoutResult(records=len(parsed), channels=channels, report=report, deleted=deleted)
+        result = FanoutResult(records=len(parsed), channels=channels, report=report)
+        for connection_id, forgotten in zip(report.gone, self._map(self._forget, report.gone), strict=True):
+            if isinstance(forgotten, _PresenceFailed):
+                result.presence_failures.append(connection_id)
+            elif isinstance(forgotten, list):
+                result.deleted.append(connection_id)
+                if forgotten:
+                    result.left_rooms[connection_id] = forgotten
         self._record(result, delivered_at)
         return result
 
@@ -174,7 +197,19 @@ class Fanout:
             return exc
         return list(dict.fromkeys(ids))
 
-    def _forget(self, connection_id: str) -> StoreUnavailable | None:
+    def _forget(self, connection_id: str) -> list[str] | _PresenceFailed | StoreUnavailable:
+        """Leave the gone connection's rooms, then delete it: the rooms it left, or what failed."""
+        rooms: list[str] = []
+        if self.presence is not None:
+            try:
+                rooms = self.presence.connection_gone(connection_id)
+            except Exception as exc:  # presence must never fail delivery's batch
+                # Kept, not deleted: its memberships stay, so a later 410 or the sweeper ends them.
+                logger.warning(
+                    "a gone connection could not leave its rooms",
+                    extra={"connection_id": connection_id, "error": str(exc)},
+                )
+                return _PresenceFailed(str(exc))
         try:
             self.connections.delete_connection(connection_id)
         except StoreUnavailable as exc:
@@ -183,7 +218,7 @@ class Fanout:
                 "could not delete a gone connection", extra={"connection_id": connection_id, "error": str(exc)}
             )
             return exc
-        return None
+        return rooms
 
     def _map(self, function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
         """Table reads and deletes of a batch side by side (boto3 clients are thread-safe)."""
@@ -199,6 +234,8 @@ class Fanout:
         metrics.add_metric(name="Deliveries", unit=MetricUnit.Count, value=report.delivered)
         metrics.add_metric(name="DeliveryFailures", unit=MetricUnit.Count, value=len(report.failed))
         metrics.add_metric(name="GoneConnections", unit=MetricUnit.Count, value=len(report.gone))
+        if result.presence_failures:
+            metrics.add_metric(name="GonePresenceFailures", unit=MetricUnit.Count, value=len(result.presence_failures))
         if result.failed_channels:
             metrics.add_metric(
                 name="SubscriberLookupFailures", unit=MetricUnit.Count, value=len(result.failed_channels)
@@ -222,6 +259,7 @@ class Fanout:
             },
             "delivered": report.delivered,
             "gone": len(report.gone),
+            "rooms_left": sum(len(rooms) for rooms in result.left_rooms.values()),
             "failed": len(report.failed),
             "retries": report.retries,
             "delivery_ms": round(report.elapsed_ms, 1),
@@ -232,6 +270,13 @@ class Fanout:
             logger.error("fanout batch: subscribers unreadable", extra=summary)
         else:
             logger.info("fanout batch", extra=summary)
+
+
+@dataclass(frozen=True)
+class _PresenceFailed:
+    """`connection_gone` raised: the connection was kept."""
+
+    error: str
 
 
 def _by_channel(records: Iterable[StreamRecord]) -> dict[str, ChannelBatch]:

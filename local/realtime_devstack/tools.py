@@ -1,4 +1,9 @@
-"""Terminal tools: `publish` an event over HTTP, `tail` channels over the WebSocket."""
+"""Terminal tools: `publish` an event over HTTP, `tail` channels over the WebSocket.
+
+`tail` prints each event as a JSON line, except a room's own events (presence and room
+changes on a `room_{id}` channel), which read better as one line of text each; see
+`format_room_event`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 from urllib.parse import quote, urlsplit
 
 DEFAULT_HTTP_URL = "http://127.0.0.1:3000"
@@ -80,6 +85,44 @@ REORDER = 0.3  # how long an event the heads say exists may take to arrive live
 SUBSCRIBE_TIMEOUT = 10.0  # a catch-up silent this long is taken as lost
 
 
+# The events a room publishes on its channel (`room_{id}`): presence and room changes.
+ROOM_EVENT_TYPES = frozenset({"presence.join", "presence.update", "presence.leave", "room.metadata", "room.state"})
+_PREVIEW_CHARS = 120
+
+
+def _compact(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 1] + "…"
+
+
+def format_room_event(event: dict[str, Any]) -> str | None:
+    """One readable line for a room event, or None when `event` is not one (it prints as JSON).
+
+    `room_R #12 presence.join alice rev 1 {"name":"Ada"} (session …)`,
+    `room_R #13 presence.leave alice: disconnected (session …)`,
+    `room_R #14 room.metadata v5 by ops {"title":"Q3"}`,
+    `room_R #15 room.state v6 /cards/a /title by bob (base 5)`.
+    """
+    channel, kind, data = event.get("channel"), event.get("type"), event.get("data")
+    if not isinstance(channel, str) or not channel.startswith("room_") or kind not in ROOM_EVENT_TYPES:
+        return None
+    if not isinstance(data, dict):
+        return None
+    head = f"{channel} #{event.get('seq')} {kind}"
+    by = f" by {data['by']}" if data.get("by") else ""
+    if kind == "presence.leave":
+        return f"{head} {data.get('memberId')}: {data.get('reason', 'left')} (session {data.get('session')})"
+    if kind in ("presence.join", "presence.update"):
+        member = _compact(data.get("member"))
+        return f"{head} {data.get('memberId')} rev {data.get('rev')} {member} (session {data.get('session')})"
+    if kind == "room.metadata":
+        return f"{head} v{data.get('version')}{by} {_compact(data.get('metadata'))}"
+    paths = data.get("paths")
+    shown = " ".join(str(path) or "/" for path in paths) if isinstance(paths, list) and paths else "/"
+    base = f" (base {data['base']})" if data.get("base") is not None else ""
+    return f"{head} v{data.get('version')} {shown}{by}{base}"
+
+
 @dataclass
 class _ChannelState:
     cursor: str | None = None
@@ -118,8 +161,10 @@ class Tail:
         ping_interval: float = PING_INTERVAL,
         head_check: float = HEAD_CHECK,
         reorder: float = REORDER,
+        room_events: Literal["text", "json"] = "text",
     ) -> None:
         self.url = url
+        self.room_events = room_events
         self.token = token
         self.out = out
         self.channels = {name: _ChannelState(cursor=cursor) for name in channels}
@@ -173,10 +218,15 @@ class Tail:
 
     # --- channels ---------------------------------------------------------------------------------
 
+    def _print(self, event: dict[str, Any]) -> None:
+        """A room's own events as a line of text (unless `room_events="json"`), the rest as JSON."""
+        line = format_room_event(event) if self.room_events == "text" else None
+        self.out.write((line if line is not None else json.dumps(event)) + "\n")
+
     def _emit(self, state: _ChannelState) -> None:
         while state.last_seq + 1 in state.pending:
             state.last_seq += 1
-            self.out.write(json.dumps(state.pending.pop(state.last_seq)) + "\n")
+            self._print(state.pending.pop(state.last_seq))
         self.out.flush()
         self._adopt_cursors(state)
 
@@ -235,7 +285,7 @@ class Tail:
             state.last_seq += 1
             event = state.pending.pop(state.last_seq, None)
             if event is not None:
-                self.out.write(json.dumps(event) + "\n")
+                self._print(event)
         self._emit(state)
         cursor = message.get("cursor")
         if isinstance(cursor, str) and (resolved is None or resolved >= state.cursor_seq):

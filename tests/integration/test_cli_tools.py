@@ -283,3 +283,50 @@ def test_tail_pings_after_a_subscribe_is_answered_and_periodically() -> None:
         assert 2 <= ws.pings() <= 4
 
     asyncio.run(scenario())
+
+
+# --- tail prints a room's own events as text -------------------------------------------------------
+
+ROOM_CHANNEL = "room_board-1"
+
+
+def room_envelope(seq: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    room = {"source": "room"}
+    return {"id": f"r{seq}", "channel": ROOM_CHANNEL, "seq": seq, "type": type_, "data": data, "metadata": room}
+
+
+def test_tail_prints_room_events_readably_and_other_events_as_json() -> None:
+    async def scenario() -> None:
+        out = io.StringIO()
+        tail = Tail("ws://unused", "token", [ROOM_CHANNEL], "c0", out, ping_interval=0, head_check=0)
+        ws = ScriptedSocket()
+        await tail._subscribe(ws, ROOM_CHANNEL)
+        session = "0001733050000000.ab12cd34"
+        ada = {"memberId": "ada", "session": session}
+        state = {"version": 6, "patch": {"cards": {"a": 1}, "title": "x"}, "paths": ["/cards/a", "/title"], "base": 5}
+        frames = [
+            room_envelope(1, "presence.join", {**ada, "member": {"name": "Ada"}, "rev": 1}),
+            room_envelope(2, "presence.update", {**ada, "member": {"name": "Ada", "away": True}, "rev": 2}),
+            room_envelope(3, "room.metadata", {"version": 5, "metadata": {"title": "Q3"}, "paths": [], "by": "ops"}),
+            room_envelope(4, "room.state", {**state, "by": "bob"}),
+            room_envelope(5, "presence.leave", {**ada, "reason": "disconnected"}),
+            room_envelope(6, "note.added", {"text": "not a room event"}),
+        ]
+        await tail._on_message(ws, {"type": "events", "channel": ROOM_CHANNEL, "events": frames, "cursor": "c6"})
+        lines = out.getvalue().splitlines()
+        assert lines[:5] == [
+            f'room_board-1 #1 presence.join ada rev 1 {{"name":"Ada"}} (session {session})',
+            f'room_board-1 #2 presence.update ada rev 2 {{"name":"Ada","away":true}} (session {session})',
+            'room_board-1 #3 room.metadata v5 by ops {"title":"Q3"}',
+            "room_board-1 #4 room.state v6 /cards/a /title by bob (base 5)",
+            f"room_board-1 #5 presence.leave ada: disconnected (session {session})",
+        ]
+        assert json.loads(lines[5])["type"] == "note.added", "anything else stays a JSON line"
+
+        raw = io.StringIO()
+        options: dict[str, Any] = {"ping_interval": 0, "head_check": 0}
+        as_json = Tail("ws://unused", "token", [ROOM_CHANNEL], "c0", raw, **options, room_events="json")
+        await as_json._on_message(ws, {"type": "event", "channel": ROOM_CHANNEL, "event": frames[0], "cursor": "c1"})
+        assert json.loads(raw.getvalue())["data"]["memberId"] == "ada"
+
+    asyncio.run(scenario())

@@ -2,14 +2,17 @@
 
 Real requests over real HTTP against `realtime-transport dev`; for each answer, its status is
 listed for that operation and its body validates against the schema documented for that status
-(`$ref`s resolved within the document). Paths the document does not list answer 404, and other
-methods on a listed path answer 405, both in the documented error shape.
+(`$ref`s resolved within the document), and it carries the headers documented for it (the
+rooms' ETag, equal to the version it states; no ETag where none is documented). Paths the document does not list answer 404, and other methods on a listed
+path answer 405, both in the documented error shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from http.client import HTTPConnection
 from typing import Any
 
 import pytest
+import websockets
 from jsonschema import Draft202012Validator
 
 from realtime_transport import tokens
@@ -37,6 +41,18 @@ NOT_REACHABLE_LOCALLY = {
     ("post", "/feeds/{feedId}/control", 503),
     ("get", "/feeds/{feedId}/events", 500),
     ("get", "/feeds/{feedId}/events", 503),
+    *{
+        (method, template, status)
+        for method, template in [
+            ("get", "/rooms/{roomId}"),
+            ("put", "/rooms/{roomId}/metadata"),
+            ("get", "/rooms/{roomId}/members"),
+            ("patch", "/rooms/{roomId}/state"),
+        ]
+        for status in (403, 503)
+    },
+    ("get", "/rooms/{roomId}/events", 500),
+    ("get", "/rooms/{roomId}/events", 503),
 }
 
 
@@ -82,6 +98,16 @@ class Contract:
         assert str(answer.status) in responses, f"{method} {template} sent {answer.status}, not in {sorted(responses)}"
         documented = responses[str(answer.status)]["content"]["application/json"]["schema"]
         self.validate(documented, answer.body)
+        # Headers both ways: each the document lists for this answer is sent, and the ETag is the
+        # version the body states; an answer the document gives no ETag sends none.
+        headers = responses[str(answer.status)].get("headers", {})
+        for name in headers:
+            assert name.lower() in answer.headers, (method, template, answer.status, name, answer.headers)
+        if "ETag" in headers:
+            version = answer.body["state"]["version"] if "state" in answer.body else answer.body["version"]
+            assert answer.headers["etag"] == f'"{version}"', answer.headers
+        else:
+            assert "etag" not in answer.headers, (method, template, answer.status, answer.headers)
         self.seen.add((method.lower(), template, answer.status))
 
 
@@ -218,6 +244,126 @@ def test_history_tokens(contract: Contract, stack: Stack, authorization: str, st
     assert answer.status == status
 
 
+# --- rooms ---------------------------------------------------------------------------------
+
+
+def room() -> str:
+    return f"oa-room-{uuid.uuid4().hex[:10]}"
+
+
+def body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_reading_a_room(contract: Contract, stack: Stack) -> None:
+    path = f"/rooms/{room()}"
+    answer = exchange(contract, stack, "GET", path)
+    assert answer.status == 200 and answer.body["state"] == {"version": 0, "doc": {}}
+    assert answer.headers["etag"] == '"0"' and answer.body["memberCount"] == 0
+    assert exchange(contract, stack, "GET", "/rooms/" + "x" * 129).status == 422
+
+
+def test_room_metadata(contract: Contract, stack: Stack) -> None:
+    path = f"/rooms/{room()}/metadata"
+    answer = exchange(contract, stack, "PUT", path, body({"metadata": {"topic": "roadmap"}}), **JSON)
+    assert (answer.status, answer.headers["etag"]) == (200, '"1"')
+    assert exchange(contract, stack, "PUT", path, body({"metadata": {"n": 2}}), if_match='"1"', **JSON).status == 200
+    stale = exchange(contract, stack, "PUT", path, body({"metadata": {"n": 3}}), if_match='"1"', **JSON)
+    assert (stale.status, stale.body["version"]) == (412, 2)
+    assert exchange(contract, stack, "PUT", path, body({"metadata": {"a": "x" * 17_000}}), **JSON).status == 413
+    assert exchange(contract, stack, "PUT", path, body({"metadata": [1]}), **JSON).status == 422
+    assert exchange(contract, stack, "PUT", path, body({"metadata": {}}), if_match="W/x", **JSON).status == 422
+    assert exchange(contract, stack, "PUT", path, b'{"metadata": ', **JSON).status == 400
+    assert exchange(contract, stack, "PUT", path, body({"metadata": {}}), content_type="text/plain").status == 415
+    assert exchange(contract, stack, "GET", path.rsplit("/", 1)[0]).body["metadata"] == {"n": 2}
+
+
+def test_room_state(contract: Contract, stack: Stack) -> None:
+    path = f"/rooms/{room()}/state"
+    answer = exchange(contract, stack, "PATCH", path, body({"version": 0, "patch": {"title": "Q3"}}), **JSON)
+    assert (answer.status, answer.body, answer.headers["etag"]) == (200, {"version": 1, "doc": {"title": "Q3"}}, '"1"')
+    # Stale: fine where nothing changed since, a 409 where something did.
+    assert (
+        exchange(contract, stack, "PATCH", path, body({"version": 0, "patch": {"owner": "ana"}}), **JSON).status == 200
+    )
+    conflict = exchange(contract, stack, "PATCH", path, body({"version": 0, "patch": {"title": "Q4"}}), **JSON)
+    assert (conflict.status, conflict.body["conflicts"], conflict.body["version"]) == (409, ["/title"], 2)
+    operations = {"version": 2, "operations": [{"op": "test", "path": "/title", "value": "Q4"}]}
+    failed = exchange(contract, stack, "PATCH", path, body(operations), **JSON)
+    assert (failed.status, failed.body["error"]) == (422, "patch_test_failed")
+    stale = exchange(contract, stack, "PATCH", path, body({"version": 2, "patch": {"a": 1}}), if_match='"1"', **JSON)
+    assert (stale.status, stale.body["version"]) == (412, 2)
+    big = body({"version": 2, "patch": {"a": "x" * 66_000}})
+    assert exchange(contract, stack, "PATCH", path, big, **JSON).status == 413
+    assert exchange(contract, stack, "PATCH", path, body({"version": "2", "patch": {}}), **JSON).status == 422
+    assert exchange(contract, stack, "PATCH", path, body({"version": 2, "patch": {}, "x": 1}), **JSON).status == 422
+    assert exchange(contract, stack, "PATCH", path, b"[]", **JSON).status == 400
+    merge = exchange(
+        contract, stack, "PATCH", path, body({"version": 2, "patch": {}}), content_type="application/merge-patch+json"
+    )
+    assert (merge.status, merge.headers["accept-patch"]) == (415, "application/json")
+    assert exchange(contract, stack, "GET", path.rsplit("/", 1)[0]).body["state"]["version"] == 2
+
+
+async def _joined(stack: Stack, room_id: str, member_id: str) -> Any:
+    token = tokens.issue(SECRET, sub=member_id, channels=["room_*"])
+    ws = await websockets.connect(f"{stack.ws_url}?token={token}")
+    await ws.send(json.dumps({"action": "join", "room": room_id, "member": {"name": member_id}}))
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        if frame.get("type") in {"joined", "error"} and frame.get("room") == room_id:
+            assert frame["type"] == "joined", frame
+            return ws
+
+
+def test_room_members(contract: Contract, stack: Stack) -> None:
+    room_id = room()
+    path = f"/rooms/{room_id}/members"
+
+    async def scenario() -> None:
+        sockets = [await _joined(stack, room_id, f"member-{n}") for n in range(3)]
+        try:
+            first = exchange(contract, stack, "GET", f"{path}?limit=2")
+            assert first.status == 200 and first.body["hasMore"] is True
+            rest = exchange(contract, stack, "GET", f"{path}?cursor={first.body['nextCursor']}")
+            ids = [m["memberId"] for m in first.body["items"] + rest.body["items"]]
+            assert ids == ["member-0", "member-1", "member-2"] and rest.body["nextCursor"] is None
+            assert exchange(contract, stack, "GET", f"/rooms/{room_id}").body["memberCount"] == 3
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    asyncio.run(scenario())
+    for query in ("limit=0", "limit=1001", "cursor=not-a-cursor"):
+        assert exchange(contract, stack, "GET", f"{path}?{query}").status == 422
+
+
+def test_room_history(contract: Contract, stack: Stack) -> None:
+    room_id = room()
+    path = f"/rooms/{room_id}/events"
+    exchange(contract, stack, "PATCH", f"/rooms/{room_id}/state", body({"version": 0, "patch": {"a": 1}}), **JSON)
+    # The rooms outbox publishes the change from the table's stream, shortly after the write.
+    deadline = time.monotonic() + 15
+    while not (page := exchange(contract, stack, "GET", path)).body["items"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(e["type"], e["data"]["version"]) for e in page.body["items"]] == [("room.state", 1)]
+    assert exchange(contract, stack, "GET", f"{path}?cursor=not-a-cursor").status == 400
+    assert exchange(contract, stack, "GET", f"{path}?limit=0").status == 422
+
+
+ROOM_TOKENS = [
+    (f"Bearer {tokens.issue(SECRET, sub='contract', channels=['room_*'])}", 200),
+    (f"Bearer {tokens.issue(SECRET, sub='contract', channels=['feed_*'])}", 403),
+    ("Bearer not-a-token", 401),
+]
+
+
+@pytest.mark.parametrize(("authorization", "status"), ROOM_TOKENS)
+def test_room_history_tokens(contract: Contract, stack: Stack, authorization: str, status: int) -> None:
+    answer = exchange(contract, stack, "GET", f"/rooms/{room()}/events", authorization=authorization)
+    assert answer.status == status
+
+
 UNROUTED = [
     ("GET", "/nowhere"),
     ("GET", "/feeds/42"),
@@ -226,6 +372,11 @@ UNROUTED = [
     ("DELETE", "/feeds/42/events"),
     ("PATCH", "/feeds/42/control"),
     ("POST", "/openapi.json"),
+    ("GET", "/rooms"),
+    ("DELETE", "/rooms/r"),
+    ("POST", "/rooms/r/state"),
+    ("GET", "/rooms/r/state"),
+    ("PATCH", "/rooms/r/metadata"),
 ]
 
 
@@ -246,6 +397,13 @@ def test_every_documented_status_is_sent(document: dict[str, Any], stack: Stack)
     test_history(contract, stack)
     for authorization, status in TOKENS:
         test_history_tokens(contract, stack, authorization, status)
+    test_reading_a_room(contract, stack)
+    test_room_metadata(contract, stack)
+    test_room_state(contract, stack)
+    test_room_members(contract, stack)
+    test_room_history(contract, stack)
+    for authorization, status in ROOM_TOKENS:
+        test_room_history_tokens(contract, stack, authorization, status)
     assert exchange(contract, stack, "GET", "/openapi.json").status == 200
     documented = {
         (method, template, int(status))

@@ -1,4 +1,5 @@
-"""WebSocket routes: $connect (token check), $disconnect, subscribe, unsubscribe, ping, $default.
+"""WebSocket routes: $connect (token check), $disconnect, subscribe, unsubscribe, ping, the room
+actions (join, leave, members, update, patch), $default.
 
 Powertools has no WebSocket resolver: dispatch on the route key, with its parser models.
 """

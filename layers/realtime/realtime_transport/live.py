@@ -1,4 +1,5 @@
-"""Live subscriptions over the WebSocket: connect, subscribe with catch-up, unsubscribe, ping.
+"""Live subscriptions over the WebSocket: connect, subscribe with catch-up, unsubscribe, ping;
+the room actions (join, leave, members, update, patch) are `live_rooms.py`'s.
 
 Every reply goes out through the management API (`Pusher`), like the fan-out's
 events, so a client sees one ordered stream of frames per connection.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -28,6 +29,7 @@ from .delivery import DeliveryFailed
 from .errors import Forbidden, RealtimeError, StoreUnavailable, Unauthorized
 from .limits import FRAME_BYTES
 from .models.websocket import (
+    ACTIONS,
     ErrorMessage,
     Ping,
     Pong,
@@ -38,8 +40,10 @@ from .models.websocket import (
     client_message,
     packed_frames,
 )
+from .models.websocket import RoomMessage as _RoomMessage
 from .observability import logger
 from .realtime import Realtime
+from .rooms.errors import PreconditionFailed, StateConflict
 
 
 class Pusher(Protocol):
@@ -61,7 +65,7 @@ def _error_for(exc: ValidationError) -> tuple[str, str]:
     if kind in {"union_tag_not_found", "model_attributes_type", "model_type"}:
         return "invalid_message", "message must be a JSON object with an 'action'"
     if kind == "union_tag_invalid":
-        return "unknown_action", "action must be one of subscribe, unsubscribe, ping"
+        return "unknown_action", f"action must be one of {', '.join(ACTIONS)}"
     field = loc[-1] if loc else "message"
     if field == "channel":
         return "invalid_channel", f"channel: {first['msg']}"
@@ -93,8 +97,11 @@ class Deadline:
 
 class LiveService:
     def __init__(self, realtime: Realtime, pusher: Pusher) -> None:
+        from .live_rooms import LiveRooms
+
         self.realtime = realtime
         self.pusher = pusher
+        self.rooms = LiveRooms(self)
 
     # --- connection life cycle -------------------------------------------------------------
 
@@ -110,11 +117,24 @@ class LiveService:
                 channels=claims.channels,
                 token_expires_at=claims.exp,
                 connected_at_ms=now_ms(),
+                write=claims.write,
             )
         )
         return claims
 
     def disconnect(self, connection_id: str) -> None:
+        """`$disconnect`: the connection's rooms start their grace period, then its items go.
+
+        If presence cannot be updated now, nothing is deleted: the connection's room leases then
+        expire and the presence sweeper takes it out of its rooms (`$disconnect` is best effort on
+        AWS anyway, so that path exists regardless)."""
+        try:
+            self.rooms.registry.connection_gone(connection_id)
+        except StoreUnavailable as exc:
+            logger.warning(
+                "presence not updated at disconnect", extra={"connection_id": connection_id, "error": str(exc)}
+            )
+            return
         self.realtime.connections.delete_connection(connection_id)
 
     # --- messages ------------------------------------------------------------------------------
@@ -137,13 +157,18 @@ class LiveService:
                 self.realtime.connections.unsubscribe(connection_id, channel.key)
                 self.pusher.send(connection_id, _frame(Unsubscribed(channel=channel.name)))
             elif isinstance(message, Ping):
+                self._heartbeat(connection_id)
                 self.pusher.send(connection_id, _frame(Pong(heads=self._heads(connection_id))))
+            else:
+                self.rooms.handle(connection_id, message, self._claims(connection_id), deadline)
         except DeliveryFailed as exc:
             # The client cannot be reached right now; it resubscribes with its cursor when it can.
             logger.warning("reply not delivered", extra={"connection_id": connection_id, "reason": str(exc)})
         except RealtimeError as exc:
             channel_name = message.channel if isinstance(message, Subscribe | Unsubscribe) else None
-            self._send_error(connection_id, exc.code, exc.message, channel_name)
+            room = message.room if isinstance(message, _RoomMessage) else None
+            details = _details_of(exc)
+            self._send_error(connection_id, exc.code, exc.message, channel_name, room=room, details=details)
 
     def _channel(self, name: str) -> Channel:
         return self.realtime.channel(name)
@@ -159,13 +184,27 @@ class LiveService:
             logger.warning("heads unreadable for a pong", extra={"connection_id": connection_id, "error": str(exc)})
             return None
 
-    def _subscribe(self, connection_id: str, message: Subscribe, deadline: Deadline) -> None:
+    def _heartbeat(self, connection_id: str) -> None:
+        """A ping renews the connection's room leases (presence's heartbeat); a pong must still
+        answer when that fails, it is also the client's liveness check."""
+        try:
+            self.rooms.registry.heartbeat(connection_id)
+        except StoreUnavailable as exc:
+            logger.warning("room leases not renewed", extra={"connection_id": connection_id, "error": str(exc)})
+
+    def _claims(self, connection_id: str) -> tokens.Claims:
+        """The claims the connection's token carried at the handshake, while they are valid."""
         connection = self.realtime.connections.connection(connection_id)
         if connection is None:
             raise Unauthorized("connection is not registered; reconnect")
         if connection.token_expires_at + 5 < time.time():
             raise Unauthorized("token has expired; reconnect with a new one")
-        claims = tokens.Claims(sub=connection.sub, exp=connection.token_expires_at, channels=connection.channels)
+        return tokens.Claims(
+            sub=connection.sub, exp=connection.token_expires_at, channels=connection.channels, write=connection.write
+        )
+
+    def _subscribe(self, connection_id: str, message: Subscribe, deadline: Deadline) -> None:
+        claims = self._claims(connection_id)
         channel = self._channel(message.channel)
         # Refused before anything is read: a forbidden channel leaks nothing, not even existence.
         claims.require(channel.name)
@@ -175,9 +214,9 @@ class LiveService:
         # through the fan-out, and everything before it comes from history (duplicates are
         # dropped by seq on the client).
         self.realtime.connections.subscribe(connection_id, channel.key)
-        self.pusher.send(connection_id, _frame(self._catch_up(connection_id, channel, message.cursor, deadline)))
+        self.pusher.send(connection_id, _frame(self.catch_up(connection_id, channel, message.cursor, deadline)))
 
-    def _catch_up(self, connection_id: str, channel: Channel, cursor: str | None, deadline: Deadline) -> Subscribed:
+    def catch_up(self, connection_id: str, channel: Channel, cursor: str | None, deadline: Deadline) -> Subscribed:
         """Send the events after `cursor` (up to the history window), packed into as few messages
         as fit; the answer names where it got to, and says `hasMore` if time ran short first."""
         if cursor is None:
@@ -214,5 +253,24 @@ class LiveService:
             has_more=True,
         )
 
-    def _send_error(self, connection_id: str, code: str, message: str, channel: str | None = None) -> None:
-        self.pusher.send(connection_id, _frame(ErrorMessage(code=code, message=message, channel=channel)))
+    def _send_error(
+        self,
+        connection_id: str,
+        code: str,
+        message: str,
+        channel: str | None = None,
+        *,
+        room: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        error = ErrorMessage(code=code, message=message, channel=channel, room=room, details=details)
+        self.pusher.send(connection_id, _frame(error))
+
+
+def _details_of(exc: RealtimeError) -> dict[str, Any] | None:
+    """What a client needs to act on an error without another read (a conflict's fresh state)."""
+    if isinstance(exc, StateConflict):
+        return {"paths": exc.conflicts, "version": exc.version, "doc": exc.doc}
+    if isinstance(exc, PreconditionFailed):
+        return {"version": exc.version}
+    return None

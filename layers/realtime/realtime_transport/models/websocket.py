@@ -12,6 +12,10 @@ from pydantic.alias_generators import to_camel
 from .envelope import Event
 
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
+RoomId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Cursor = Annotated[str, Field(min_length=1, max_length=256)]
+# Sizes are the library's to check (rooms.presence, rooms.room): it names the limit it enforces.
+JsonObject = dict[str, Any]
 
 
 class _In(BaseModel):
@@ -33,8 +37,46 @@ class Ping(_In):
     action: Literal["ping"]
 
 
-ClientMessage = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="action")]
-client_message: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientMessage)
+class Join(_In):
+    action: Literal["join"]
+    room: RoomId
+    member: JsonObject | None = None
+    # A reconnect: replay the room's channel from here instead of sending a snapshot.
+    cursor: Cursor | None = None
+
+
+class Leave(_In):
+    action: Literal["leave"]
+    room: RoomId
+
+
+class Members(_In):
+    action: Literal["members"]
+    room: RoomId
+    cursor: Cursor | None = None
+    limit: Annotated[int, Field(strict=True, ge=1, le=1000)] = 100
+
+
+class Update(_In):
+    action: Literal["update"]
+    room: RoomId
+    member: JsonObject
+
+
+class Patch(_In):
+    action: Literal["patch"]
+    room: RoomId
+    # Strict: "3" or 3.0 or true is not a version (the library refuses negatives).
+    version: Annotated[int, Field(strict=True)]
+    patch: JsonObject | None = None
+    operations: list[Any] | None = None
+
+
+RoomMessage = Join | Leave | Members | Update | Patch
+ClientMessages = Subscribe | Unsubscribe | Ping | Join | Leave | Members | Update | Patch
+ClientMessage = Annotated[ClientMessages, Field(discriminator="action")]
+client_message: TypeAdapter[ClientMessages] = TypeAdapter(ClientMessage)
+ACTIONS = ("subscribe", "unsubscribe", "ping", "join", "leave", "members", "update", "patch")
 
 
 class Subscribed(BaseModel):
@@ -68,7 +110,72 @@ class ErrorMessage(BaseModel):
     code: str
     message: str
     channel: str | None = None  # the channel of the subscribe/unsubscribe it answers, when known
+    room: str | None = None  # the room of the room action it answers, when known
     details: dict[str, Any] | None = None
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class MemberView(_Out):
+    """A member as every answer shows it; `session` and `rev` order its presence events."""
+
+    member_id: str
+    member: dict[str, Any]
+    connections: int
+    joined_at: int
+    session: str
+    rev: int
+
+
+class StateView(BaseModel):
+    version: int
+    doc: dict[str, Any]
+
+
+class Joined(_Out):
+    """The answer to `join`. The connection is subscribed to the room's channel first; a
+    snapshot is read after `cursor`, so it reflects every event up to it (and maybe later ones:
+    room events apply idempotently). `resumed`: the missed events were replayed from the join's
+    cursor instead, and no snapshot is sent."""
+
+    type: Literal["joined"] = "joined"
+    room: str
+    self_: MemberView = Field(alias="self")
+    cursor: str
+    resumed: bool = False
+    truncated: bool = False
+    members: list[MemberView] | None = None
+    members_cursor: str | None = None
+    member_count: int | None = None
+    metadata: dict[str, Any] | None = None
+    state: StateView | None = None
+
+
+class Left(BaseModel):
+    type: Literal["left"] = "left"
+    room: str
+
+
+class MembersPageMessage(_Out):
+    type: Literal["members"] = "members"
+    room: str
+    items: list[MemberView]
+    next_cursor: str | None = None
+    has_more: bool = False
+
+
+class Updated(_Out):
+    type: Literal["updated"] = "updated"
+    room: str
+    self_: MemberView = Field(alias="self")
+
+
+class Patched(BaseModel):
+    type: Literal["patched"] = "patched"
+    room: str
+    version: int
 
 
 class EventMessage(BaseModel):

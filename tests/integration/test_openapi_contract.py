@@ -3,8 +3,9 @@
 Real requests over real HTTP against `realtime-transport dev`; for each answer, its status is
 listed for that operation and its body validates against the schema documented for that status
 (`$ref`s resolved within the document), and it carries the headers documented for it (the
-rooms' ETag, equal to the version it states; no ETag where none is documented). Paths the document does not list answer 404, and other methods on a listed
-path answer 405, both in the documented error shape.
+rooms' ETag, equal to the version it states; no ETag where none is documented). Paths the
+document does not list answer 404, and other methods on a listed path answer 405, both in the
+documented error shape.
 """
 
 from __future__ import annotations

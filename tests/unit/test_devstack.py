@@ -1177,3 +1177,309 @@ def test_dev_flags_for_faults_ttls_and_timeouts(monkeypatch: pytest.MonkeyPatch)
     ):
         with pytest.raises(SystemExit):
             parsed(*bad)
+
+
+# --- rooms: starting positions, prefix filters, schedules, lost $disconnects, presence options ---------------
+
+
+def test_the_prefix_rule_filters_member_items_by_sort_key() -> None:
+    pattern = parse_filter_criteria(
+        {"Filters": [{"Pattern": '{"dynamodb": {"Keys": {"sk": {"S": [{"prefix": "member#"}]}}}}'}]}
+    )
+
+    def keyed(sk: str, event_name: str = "MODIFY") -> dict[str, Any]:
+        return {"eventName": event_name, "dynamodb": {"Keys": {"pk": {"S": "room#transport#R"}, "sk": {"S": sk}}}}
+
+    assert passes(pattern, keyed("member#alice")) and passes(pattern, keyed("member#", "REMOVE"))
+    for sk in ("count#3", "meta", "room#transport#R", "xmember#alice", "Member#alice"):
+        assert not passes(pattern, keyed(sk)), sk
+    assert not passes(pattern, {"eventName": "INSERT", "dynamodb": {"Keys": {"sk": {"N": "5"}}}})
+
+
+def test_a_trim_horizon_mapping_reads_what_was_written_before_it_started(moto_server: str, tmp_path: Path) -> None:
+    import boto3
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=moto_server)
+    template.create_tables(dynamodb, {"EventsTable": "trim-events"})
+    # Written before either poller starts: TRIM_HORIZON reads it, LATEST skips it.
+    dynamodb.put_item(TableName="trim-events", Item={"pk": {"S": "c"}, "sk": {"N": "1"}, "kind": {"S": "event"}})
+    stream_arn = dynamodb.describe_table(TableName="trim-events")["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", endpoint_url=moto_server)
+    got: dict[str, list[int]] = {"TRIM_HORIZON": [], "LATEST": []}
+    pollers = []
+    for position, seen in got.items():
+
+        def invoke(event: dict[str, Any], seen: list[int] = seen) -> dict[str, Any]:
+            seen.extend(int(r["dynamodb"]["Keys"]["sk"]["N"]) for r in event["Records"])
+            return {"batchItemFailures": []}
+
+        mapping = EventSourceMapping(settings=mapping_settings(starting_position=position), invoke=invoke)
+        poller = StreamPoller(mapping, streams, stream_arn, interval=0.01)
+        assert poller.iterator_type == position
+        poller.start()
+        pollers.append(poller)
+    try:
+        dynamodb.put_item(TableName="trim-events", Item={"pk": {"S": "c"}, "sk": {"N": "2"}, "kind": {"S": "event"}})
+        wait_for(lambda: 2 in got["TRIM_HORIZON"] and 2 in got["LATEST"])
+    finally:
+        for poller in pollers:
+            poller.stop()
+    assert got == {"TRIM_HORIZON": [1, 2], "LATEST": [2]}
+
+
+def test_a_schedule_fires_at_start_then_at_its_rate_without_waiting_for_a_running_invocation() -> None:
+    import threading
+
+    from realtime_devstack.scheduler import ScheduleTimer
+
+    release = threading.Event()
+    events: list[dict[str, Any]] = []
+
+    def invoke(event: dict[str, Any]) -> None:
+        events.append(event)
+        if len(events) == 1:
+            release.wait(10)  # the first invocation runs long (a sweeper looping inside)
+
+    schedule: template.Schedule = {
+        "function": "SweeperFunction",
+        "event": "Sweep",
+        "type": "ScheduleV2",
+        "expression": "rate(1 minute)",
+        "rate_seconds": 60,
+        "input": None,
+        "enabled": True,
+    }
+    timer = ScheduleTimer(schedule, invoke, interval=0.05)
+    assert ScheduleTimer(schedule, invoke).interval == 60  # the template's rate by default
+    timer.start()
+    try:
+        wait_for(lambda: len(events) >= 3)  # at start, then on time while the first still runs
+        assert not release.is_set() and timer.running >= 1
+        assert events[0] == {}  # ScheduleV2 without Input
+    finally:
+        release.set()
+        timer.stop()
+    wait_for(lambda: timer.running == 0)
+    assert timer.errors == 0 and timer.completed == timer.invocations
+
+
+SCHEDULE_TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Parameters:
+  PresenceGraceSeconds: {Type: Number, Default: 10}
+  PresenceLeaseSeconds: {Type: Number, Default: 30}
+  PresenceSweepSeconds: {Type: Number, Default: 10}
+Globals:
+  Function:
+    Environment:
+      Variables:
+        EVENTS_TABLE_NAME: !Ref EventsTable
+        PRESENCE_GRACE_SECONDS: !Ref PresenceGraceSeconds
+        PRESENCE_LEASE_SECONDS: !Ref PresenceLeaseSeconds
+        PRESENCE_SWEEP_SECONDS: !Ref PresenceSweepSeconds
+Resources:
+  EventsTable:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      AttributeDefinitions: [{AttributeName: pk, AttributeType: S}, {AttributeName: sk, AttributeType: N}]
+      KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+      BillingMode: PAY_PER_REQUEST
+  SweeperFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: functions/sweeper/
+      Handler: app.lambda_handler
+      Timeout: 20
+      Events:
+        Sweep: {Type: ScheduleV2, Properties: {ScheduleExpression: rate(1 minute)}}
+  HttpFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: functions/http/
+      Handler: app.lambda_handler
+      Events:
+        Ping: {Type: HttpApi, Properties: {Path: /ping, Method: GET}}
+"""
+
+# Records that it started (its remaining time, the presence settings), then runs until released.
+SWEEPER_STUB = """
+import json, os, pathlib, time
+
+HERE = pathlib.Path(__file__).parent
+
+
+def lambda_handler(event, context):
+    names = ("PRESENCE_GRACE_SECONDS", "PRESENCE_LEASE_SECONDS", "PRESENCE_SWEEP_SECONDS")
+    started = {"remaining": context.get_remaining_time_in_millis(), "env": {n: os.environ[n] for n in names}}
+    (HERE / "started.tmp").write_text(json.dumps(started))
+    (HERE / "started.tmp").replace(HERE / "started.json")  # whole, for a reader polling for it
+    while not (HERE / "release").exists() and context.get_remaining_time_in_millis() > 1000:
+        time.sleep(0.02)
+    (HERE / "done").write_text("yes")
+    return {"passes": 1}
+"""
+
+
+def test_the_stack_runs_schedules_from_the_start_beside_other_functions(tmp_path: Path, restored_environ: None) -> None:
+    from moto.moto_api._internal.models import moto_api_backend
+
+    (tmp_path / "template.yaml").write_text(SCHEDULE_TEMPLATE)
+    sweeper = write_function(tmp_path / "functions" / "sweeper", SWEEPER_STUB)
+    ping = 'def lambda_handler(event, context):\n    return {"statusCode": 200, "body": "{}"}\n'
+    write_function(tmp_path / "functions" / "http", ping)
+    stack = LocalStack(
+        StackOptions(
+            port=0,
+            template_path=tmp_path / "template.yaml",
+            web_dir=tmp_path,
+            presence_grace_seconds=2,
+            presence_lease_seconds=3.5,
+            presence_sweep_seconds=1,
+        )
+    )
+
+    async def scenario() -> None:
+        await stack.start()
+        try:
+            (timer,) = stack.schedules
+            assert (timer.name, timer.interval) == ("SweeperFunction", 60.0)
+            started = await async_wait_for(lambda: (sweeper / "started.json").exists())  # first run: at start
+            assert started
+            run = json.loads((sweeper / "started.json").read_text())
+            assert 15_000 < run["remaining"] <= 20_000  # the template's Timeout
+            assert run["env"] == {
+                "PRESENCE_GRACE_SECONDS": "2",
+                "PRESENCE_LEASE_SECONDS": "3.5",
+                "PRESENCE_SWEEP_SECONDS": "1",
+            }
+            # While the scheduled invocation runs on, other functions answer.
+            assert await asyncio.to_thread(http_get, stack.url + "/ping") == (200, {})
+            assert not (sweeper / "done").exists()
+            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats")
+            assert stats["schedules"]["SweeperFunction"]["running"] == 1
+            (sweeper / "release").write_text("")
+            await async_wait_for(lambda: (sweeper / "done").exists())
+            await async_wait_for(lambda: timer.completed == 1)
+            assert stack.presence_settings() == {
+                "PRESENCE_GRACE_SECONDS": "2",
+                "PRESENCE_LEASE_SECONDS": "3.5",
+                "PRESENCE_SWEEP_SECONDS": "1",
+            }
+        finally:
+            await stack.stop()
+            moto_api_backend.reset()
+
+    asyncio.run(scenario())
+
+
+def test_presence_settings_default_to_the_templates_parameters() -> None:
+    stack = LocalStack(StackOptions(port=0))
+    assert stack.presence_settings() == {
+        "PRESENCE_GRACE_SECONDS": "10",
+        "PRESENCE_LEASE_SECONDS": "30",
+        "PRESENCE_SWEEP_SECONDS": "10",
+    }
+
+
+def test_a_lost_disconnect_leaves_the_socket_gone_for_the_management_api(websocket_code: Path) -> None:
+    from realtime_devstack import faithful
+
+    async def scenario() -> None:
+        async with serve(websocket_code) as served:
+            client = management_client(served.url)
+            ws = await connect(served.ws_url + "?token=good")
+            await async_wait_for(lambda: len(served.registry) == 1)
+            connection_id = served.registry.all()[0].connection_id
+            ws.transport.abort()  # no close frame
+            await async_wait_for(lambda: len(served.registry) == 0)
+            with pytest.raises(client.exceptions.GoneException):
+                await asyncio.to_thread(client.get_connection, ConnectionId=connection_id)
+            await async_wait_for(lambda: served.gateway.lost_disconnects == 1)
+            assert served.gateway.disconnects == 0
+
+    faithful.configure(faithful.Faults(disconnect_lost_rate=1.0))
+    try:
+        asyncio.run(scenario())
+        assert faithful.injected() == {"lost:$disconnect": 1}
+    finally:
+        faithful.reset()
+    assert events_of(websocket_code, "$disconnect") == []  # never invoked
+    assert len(events_of(websocket_code, "$connect")) == 1
+
+
+def test_a_dropped_socket_is_gone_for_the_management_api_at_once(websocket_code: Path) -> None:
+    async def scenario() -> None:
+        async with serve(websocket_code) as served:
+            client = management_client(served.url)
+            async with connect(served.ws_url + "?token=good") as ws:
+                await async_wait_for(lambda: len(served.registry) == 1)
+                (connection,) = served.registry.all()
+                assert served.gateway.drop_connections() == 1
+                # Before its receive loop has seen the end: already gone, as on API Gateway.
+                assert served.registry.get(connection.connection_id) is None
+                with pytest.raises(client.exceptions.GoneException):
+                    await asyncio.to_thread(client.get_connection, ConnectionId=connection.connection_id)
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+            await async_wait_for(lambda: events_of(websocket_code, "$disconnect"))  # (not lost: no fault)
+
+    asyncio.run(scenario())
+
+
+def test_dev_flags_for_presence_and_the_lost_disconnect_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    from realtime_devstack.faithful import Faults
+
+    def parsed(*flags: str) -> Any:
+        return cli.build_parser().parse_args(["dev", *flags])
+
+    monkeypatch.delenv(cli.FAITHFUL_ENV, raising=False)
+    for flag in ("disconnect:lost:1.0", "$disconnect:lost:1"):
+        assert cli.faults_from_args(parsed("--fault", flag)) == Faults(disconnect_lost_rate=1.0), flag
+    assert cli.faults_from_args(parsed("--fault", "disconnect:lost:0.25", "--fault", "PutItem:lost:0.1")) == Faults(
+        disconnect_lost_rate=0.25, lost_response_rates={"PutItem": 0.1}
+    )
+    args = parsed("--presence-grace-seconds", "2", "--presence-lease-seconds", "3.5", "--presence-sweep-seconds", "1")
+    assert (args.presence_grace_seconds, args.presence_lease_seconds, args.presence_sweep_seconds) == (2.0, 3.5, 1.0)
+    assert parsed().presence_grace_seconds is None  # the template's
+    for bad in (
+        ["--fault", "disconnect:ThrottlingException:0.1"],
+        ["--fault", "disconnect:lost:1.5"],
+        ["--presence-lease-seconds", "0"],
+        ["--presence-sweep-seconds", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            parsed(*bad)
+
+
+def test_token_command_and_dev_token_carry_write_patterns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, restored_environ: None
+) -> None:
+    from moto.moto_api._internal.models import moto_api_backend
+
+    from realtime_transport.secrets import DEVELOPMENT_SECRET
+
+    monkeypatch.delenv("REALTIME_TOKEN_SECRET", raising=False)
+    assert cli.main(["token", "--channels", "room_*", "--write", "room_a", "--write", "room_b"]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), DEVELOPMENT_SECRET, algorithms=["HS256"])
+    assert (claims["channels"], claims["write"]) == (["room_*"], ["room_a", "room_b"])
+    cli.main(["token", "--channels", "feed_*"])
+    assert "write" not in jwt.decode(capsys.readouterr().out.strip(), DEVELOPMENT_SECRET, algorithms=["HS256"])
+
+    (tmp_path / "template.yaml").write_text(SCHEDULE_TEMPLATE.split("  SweeperFunction:")[0])
+    stack = LocalStack(StackOptions(port=0, template_path=tmp_path / "template.yaml", web_dir=tmp_path))
+
+    async def scenario() -> None:
+        await stack.start()
+        try:
+            _, body = await asyncio.to_thread(http_get, stack.url + "/dev/token?channels=room_*&write=room_*")
+            claims = jwt.decode(body["token"], DEVELOPMENT_SECRET, algorithms=["HS256"])
+            assert (claims["channels"], claims["write"]) == (["room_*"], ["room_*"])
+            _, body = await asyncio.to_thread(http_get, stack.url + "/dev/token")
+            claims = jwt.decode(body["token"], DEVELOPMENT_SECRET, algorithms=["HS256"])
+            assert claims["channels"] == ["feed_*"] and "write" not in claims
+        finally:
+            await stack.stop()
+            moto_api_backend.reset()
+
+    asyncio.run(scenario())

@@ -42,7 +42,12 @@ _unread: dict[int, bytes] = {}
 
 
 def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """Up to `count` JSON lines, never blocking past the deadline.
+    """Up to `count` JSON lines, never blocking past the deadline."""
+    return [json.loads(line) for line in read_text_lines(process, count, timeout)]
+
+
+def read_text_lines(process: subprocess.Popen[str], count: int, timeout: float = 30) -> list[str]:
+    """Up to `count` lines, never blocking past the deadline.
 
     Reads the pipe itself: a buffered readline() would keep lines that arrived together
     (a packed catch-up prints several at once) where select() never reports them.
@@ -50,14 +55,14 @@ def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 30) 
     assert process.stdout is not None
     fd = process.stdout.fileno()
     data = _unread.pop(process.pid, b"")
-    lines: list[dict[str, Any]] = []
+    lines: list[str] = []
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
             while b"\n" in data and len(lines) < count:
                 line, data = data.split(b"\n", 1)
-                lines.append(json.loads(line))
+                lines.append(line.decode())
             if len(lines) >= count or time.monotonic() >= deadline:
                 break
             if selector.select(timeout=max(0.0, deadline - time.monotonic())):
@@ -127,6 +132,64 @@ def test_tail_prints_a_catch_up_once_and_in_order_however_it_is_packed(stack: St
         http.post(f"/feeds/{feed_id}/events", {"eventId": "b20", "type": "t", "payload": 20})
         assert [e["seq"] for e in read_lines(tail, 1)] == [21]
         assert read_lines(tail, 1, timeout=1) == [], "nothing twice"
+    finally:
+        tail.terminate()
+        tail.wait(timeout=10)
+
+
+def test_tail_prints_a_rooms_events_readably(stack: Stack, http: Http) -> None:
+    """`tail room_R` is a plain subscriber of the room's channel: presence changes (from a member's
+    WebSocket actions) and room changes (from the HTTP routes) print as one line of text each."""
+    room = f"tail-{uuid.uuid4().hex[:8]}"
+    channel = f"room_{room}"
+    status, history = http.get(f"/rooms/{room}/events")
+    assert status == 200, history
+    tail = start_tail(stack, channel, "--cursor", history["nextCursor"])
+
+    async def next_line() -> str:
+        lines = await asyncio.to_thread(read_text_lines, tail, 1)
+        assert lines, f"tail printed nothing; stderr: {tail.stderr}"
+        return lines[0]
+
+    async def scenario() -> None:
+        import websockets
+
+        from realtime_transport.secrets import DEVELOPMENT_SECRET
+        from realtime_transport.tokens import issue
+
+        secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
+        token = issue(secret.encode(), sub="ada", channels=["room_*"])
+        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
+
+            async def ask(message: dict[str, Any], answer: str) -> dict[str, Any]:
+                await ws.send(json.dumps({**message, "room": room}))
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                    if frame.get("type") in (answer, "error"):
+                        assert frame["type"] == answer, frame
+                        return frame
+
+            # One change at a time, each printed before the next: presence and room events come
+            # from two streams, so their relative order is not the test's to assume.
+            joined = await ask({"action": "join", "member": {"name": "Ada"}}, "joined")
+            session = joined["self"]["session"]
+            assert await next_line() == f'{channel} #1 presence.join ada rev 1 {{"name":"Ada"}} (session {session})'
+            await ask({"action": "update", "member": {"name": "Al"}}, "updated")
+            assert await next_line() == f'{channel} #2 presence.update ada rev 2 {{"name":"Al"}} (session {session})'
+            status, body = http.request("PUT", f"/rooms/{room}/metadata", {"metadata": {"title": "Q3"}})
+            assert status == 200, body
+            assert await next_line() == f'{channel} #3 room.metadata v{body["version"]} {{"title":"Q3"}}'
+            patch = {"cards": {"a": "todo"}, "title": "x"}
+            status, body = http.request("PATCH", f"/rooms/{room}/state", {"version": body["version"], "patch": patch})
+            assert status == 200, body
+            line = await next_line()
+            assert line.startswith(f"{channel} #4 room.state v{body['version']} "), line
+            assert "/cards/a" in line and "/title" in line, line
+            await ask({"action": "leave"}, "left")
+            assert await next_line() == f"{channel} #5 presence.leave ada: left (session {session})"
+
+    try:
+        asyncio.run(scenario())
     finally:
         tail.terminate()
         tail.wait(timeout=10)

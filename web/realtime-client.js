@@ -619,10 +619,17 @@ export class RealtimeClient {
     return () => this.unsubscribeIfCurrent(channel, options);
   }
 
-  /** @param {string} channel */
+  /**
+   * Stop following a channel. A room's channel is left instead (room.leave()).
+   * @param {string} channel
+   */
   unsubscribe(channel) {
     const sub = this.channels.get(channel);
     if (!sub) return;
+    if (sub.room) {
+      void sub.room.leave().catch(() => {});
+      return;
+    }
     this.channels.delete(channel);
     this.clearGap(sub);
     this.pendingHeads.delete(channel);

@@ -426,6 +426,13 @@ describe('leaving and keep-alive', () => {
     await assert.rejects(room.patch({ version: 3, patch: { n: 5 } }), { code: 'not_joined' });
   });
 
+  test('unsubscribing from the room channel leaves the room', () => {
+    const { client, socket } = inRoom();
+    client.unsubscribe(CHANNEL);
+    assert.deepEqual(sentActions(socket(), 'leave'), [{ action: 'leave', room: ROOM }]);
+    assert.equal(sentActions(socket(), 'unsubscribe').length, 0, 'the server unsubscribes on leave');
+  });
+
   test('pings every roomPingIntervalMs while a room is joined, every pingIntervalMs otherwise', async () => {
     const { client, socket, clock } = harness({ headCheckMs: 0 });
     assert.equal(DEFAULTS.roomPingIntervalMs, 10_000);

@@ -75,7 +75,12 @@ def settings_factory() -> Callable[..., Any]:
     from realtime_transport import Settings
 
     def make(**overrides: Any) -> Settings:
-        values = {"EVENTS_TABLE_NAME": TABLE_NAMES["EventsTable"], **overrides}
+        # Both tables the `aws` fixture creates (Room.get() reads the member count from the connections table).
+        values = {
+            "EVENTS_TABLE_NAME": TABLE_NAMES["EventsTable"],
+            "CONNECTIONS_TABLE_NAME": TABLE_NAMES["ConnectionsTable"],
+            **overrides,
+        }
         return Settings.model_validate(values)
 
     return make

@@ -176,16 +176,22 @@ def test_a_lease_that_ran_out_is_a_timeout_unless_the_socket_was_active(rt: Real
     assert events.new() == []
 
 
-def test_heartbeat_moves_every_lease_of_the_connection(rt: Realtime) -> None:
+def test_heartbeat_moves_every_lease_of_the_connection(rt: Realtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from realtime_transport import clock
+
     registry = PresenceRegistry(rt)
     for room_id in ("A", "B"):
         Presence(rt, room_id).join("c1", "alice")
+    Presence(rt, "C").join("c2", "bob")
     before = {m.room_key: m.deadline for m in registry.store.memberships("c1")}
-    time.sleep(0.01)  # let the clock move, so the renewal is visible (not an assertion on time)
+    started = clock.now_ms()
+    monkeypatch.setattr(clock, "now_ms", lambda: started + 5_000)  # the library's clock, 5 s on
     assert registry.heartbeat("c1") == 2
     after = {m.room_key: m.deadline for m in registry.store.memberships("c1")}
     assert after.keys() == before.keys() and all(after[k] > before[k] for k in before)
     assert registry.heartbeat("nobody") == 0
+    other = registry.store.memberships("c2")
+    assert len(other) == 1 and other[0].deadline < min(after.values()), "another connection's lease is untouched"
 
 
 # --- member data ------------------------------------------------------------------------------
@@ -363,38 +369,48 @@ def test_twenty_concurrent_joins_leave_exactly_the_right_members_and_count(
 def test_a_join_racing_the_sweepers_delete_never_loses_the_member_nor_the_count(
     rt: Realtime, aws: Any, faithful: Any
 ) -> None:
+    """Each member in its grace period is rejoined while the sweeper deletes it (the sweeper's own
+    conditional delete, on the faithful substrate): whichever goes first, the member ends present
+    with its new connection, and counted once."""
     presence, registry = Presence(rt, "R"), PresenceRegistry(rt)
-    members = [f"m{i}" for i in range(8)]
+    members = [f"m{i:02d}" for i in range(16)]
+    sessions = {}
     for member_id in members:
-        presence.join(f"old-{member_id}", member_id)
+        sessions[member_id] = presence.join(f"old-{member_id}", member_id).session
         registry.connection_gone(f"old-{member_id}")  # all in their grace period
-    faithful(seed=7, transaction_window_ms=30, request_jitter_ms=5)
+    assert presence.count() == len(members)
+    faithful(seed=7, transaction_window_ms=20, request_jitter_ms=6)
     after_grace = time.time() + rt.settings.presence_grace_seconds + 1
-    start = threading.Barrier(len(members) + 1)
+    start = threading.Barrier(2 * len(members))
 
     def rejoin(member_id: str) -> Any:
         start.wait()
         return presence.join(f"new-{member_id}", member_id)
 
-    def sweep() -> Any:
+    def sweep_delete(member_id: str) -> bool:
         start.wait()
-        return registry.sweep(after_grace, probe=lambda _: None)
+        return presence.store.delete_member(presence.key, member_id, due_by=after_grace)
 
-    with ThreadPoolExecutor(len(members) + 1) as pool:
-        sweeping = pool.submit(sweep)
-        rejoined = list(pool.map(rejoin, members))
-        report = sweeping.result()
+    with ThreadPoolExecutor(2 * len(members)) as pool:
+        deletes = {m: pool.submit(sweep_delete, m) for m in members}
+        rejoins = {m: pool.submit(rejoin, m) for m in members}
+        deleted = {m for m, f in deletes.items() if f.result()}
+        rejoined = {m: f.result() for m, f in rejoins.items()}
     faithful()
     items = member_items(aws)
     assert sorted(items) == members, "every member rejoined: none may be missing"
     for member_id in members:
         assert items[member_id]["connections"]["SS"] == [f"new-{member_id}"]
+        assert "deadline" not in items[member_id]
+        # Deleted first: the join created it anew (a leave, then a join); else the grace simply ended.
+        expected_new_session = member_id in deleted
+        assert (rejoined[member_id].session != sessions[member_id]) == expected_new_session
     assert presence.count() == len(members), "the count is never off by one"
-    assert {r.member_id for r in rejoined} == set(members)
-    # Whatever the sweeper deleted was recreated with a new session (a leave, then a join).
-    swept = {member_id for _, member_id in report.deleted}
-    for result in rejoined:
-        assert (result.rev == 1) or result.member_id not in swept
+    assert 0 < len(deleted) < len(members), f"both orders must have happened: {sorted(deleted)}"
+
+    # And the sweep itself, now that nobody is leaving: nothing is due, nothing is deleted.
+    assert registry.sweep(after_grace, probe=lambda _: None).deleted == []
+    assert presence.count() == len(members)
 
 
 # --- the connections table's other items ------------------------------------------------------

@@ -239,6 +239,7 @@ def test_metadata_changes_never_conflict_with_state(realtime: Any) -> None:
         "roomId": "r2",
         "metadata": {"topic": "roadmap"},
         "state": {"version": 3, "doc": {"a": 1, "b": 2}},
+        "memberCount": 0,
         "etag": '"3"',
     }
 

@@ -2,9 +2,11 @@
 benchmarks start, talk to over real sockets, and stop with Ctrl-C (SIGINT).
 
 ``start(*args)`` passes its arguments to ``dev``: ``start("--faithful", "--seed", "7")`` for AWS's
-failure modes, ``--fault OP:CODE:RATE``, ``--history-ttl-seconds N``, ``--writer-timeout-seconds N``.
+failure modes, ``--fault OP:CODE:RATE``, ``--fault disconnect:lost:1.0`` (no ``$disconnect``: a
+vanished socket), ``--history-ttl-seconds N``, ``--writer-timeout-seconds N``, and
+``--presence-grace-seconds N``, ``--presence-lease-seconds N``, ``--presence-sweep-seconds N``.
 ``StackProcess.stats()`` reads the stack's counters (management API calls, invocations, timeouts,
-injected faults)."""
+stream batches, schedules, ``$disconnect`` invoked and lost, injected faults)."""
 
 from __future__ import annotations
 

@@ -402,14 +402,7 @@ class LocalStack:
                 name: {"invocations": host.invocations, "timeouts": host.timeouts, "cold_starts": host.cold_starts}
                 for name, host in self.functions.items()
             },
-            "streams": {
-                poller.mapping.name: {
-                    "invocations": poller.mapping.invocations,
-                    "timeouts": poller.mapping.timeouts,
-                    "dead_letters": len(poller.mapping.dead_letters),
-                }
-                for poller in self.pollers
-            },
+            "streams": self._stream_stats(),
             "schedules": {
                 timer.name: {
                     "invocations": timer.invocations,
@@ -427,6 +420,22 @@ class LocalStack:
             "ttl_deleted": self.sweeper.deleted if self.sweeper is not None else 0,
             "faults": faithful.injected(),
         }
+
+    def _stream_stats(self) -> dict[str, dict[str, Any]]:
+        """Per function, summed over its mappings (the rooms outbox has two), and per mapping (its event)."""
+        found: dict[str, dict[str, Any]] = {}
+        for poller in self.pollers:
+            mapping = poller.mapping
+            counts = {
+                "invocations": mapping.invocations,
+                "timeouts": mapping.timeouts,
+                "dead_letters": len(mapping.dead_letters),
+            }
+            entry = found.setdefault(mapping.name, {"invocations": 0, "timeouts": 0, "dead_letters": 0, "mappings": {}})
+            for name, value in counts.items():
+                entry[name] += value
+            entry["mappings"][str(mapping.settings["event"])] = counts
+        return found
 
     async def _serve_stats(self, _request: web.Request) -> web.Response:
         return web.json_response(self.stats(), headers={"Cache-Control": "no-store"})

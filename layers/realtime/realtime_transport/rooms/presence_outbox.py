@@ -14,8 +14,8 @@ changes of `outbox.py`:
 
 A leave's `reason` is the OldImage's `leaveReason`, except when DynamoDB's TTL deleted the item:
 such a record carries `userIdentity` `{"type": "Service", "principalId": "dynamodb.amazonaws.com"}`
-("Change data capture for DynamoDB Streams" / "Using DynamoDB Streams and Time to Live"; Record,
-DynamoDB Streams API reference: userIdentity), and the member timed out.
+(DynamoDB Streams API reference, "Record": userIdentity, and "Identity"; see also "Change data
+capture for DynamoDB Streams" on TTL deletions in the stream), and the member timed out.
 
 - Exactly once: each event carries the idempotency key
   `presence:{session}:{rev | "leave"}:{sha256(memberId) hex[:24]}`, so a retried record (Lambda

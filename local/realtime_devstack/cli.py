@@ -319,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=_publish)
 
     tail = commands.add_parser(
-        "tail", help="print channels' events as JSON lines, in order, resuming after a dropped connection"
+        "tail",
+        help="print channels' events in order (JSON lines; a room's own events one readable line each), "
+        "resuming after a dropped connection",
     )
     tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. feed_42")
     tail.add_argument("--url", default="ws://127.0.0.1:3000/ws", help="WebSocket URL (default the local stack)")

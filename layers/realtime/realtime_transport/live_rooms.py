@@ -105,15 +105,22 @@ class LiveRooms:
         if message.cursor is not None:
             replayed = self.live.catch_up(connection_id, channel, message.cursor, deadline)
             if not replayed.truncated and not replayed.has_more:
-                return Joined(room=room.id, self_=member_view(me), cursor=replayed.cursor, resumed=True)
+                return Joined(
+                    room=room.id,
+                    self_=member_view(me),
+                    cursor=replayed.cursor,
+                    position=replayed.position,
+                    resumed=True,
+                )
             truncated = True
-        cursor = channel.history(limit=1).next_cursor  # the head, read before the snapshot
+        head = channel.history(limit=1)  # the head, read before the snapshot
         snapshot = room.get()
         page = presence.members(limit=FIRST_PAGE)
         return Joined(
             room=room.id,
             self_=member_view(me),
-            cursor=cursor,
+            cursor=head.next_cursor,
+            position=head.position,
             truncated=truncated,
             members=[member_view(m) for m in page.items],
             members_cursor=page.next_cursor if page.has_more else None,

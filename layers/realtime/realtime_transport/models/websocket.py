@@ -144,6 +144,8 @@ class Joined(_Out):
     room: str
     self_: MemberView = Field(alias="self")
     cursor: str
+    # As in `subscribed`: every position of room_R up to here is resolved (sent or a tombstone).
+    position: int = 0
     resumed: bool = False
     truncated: bool = False
     members: list[MemberView] | None = None

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from . import tokens
 from .channel import MAX_PAGE, Channel
-from .clock import now_ms
+from .clock import Deadline, now_ms
 from .connections import Connection
 from .delivery import DeliveryFailed
 from .errors import Forbidden, RealtimeError, StoreUnavailable, Unauthorized
@@ -74,25 +74,8 @@ def _error_for(exc: ValidationError) -> tuple[str, str]:
     return "invalid_message", f"{field}: {first['msg']}"
 
 
-# Of the invocation's remaining time, what a catch-up leaves for its `subscribed` and the return.
-_RESERVE_MS = 1500
-_RESERVE_SHARE = 0.2
 # A pong reports at most this many channels' heads (one consistent GetItem each).
 MAX_HEADS = 100
-
-
-class Deadline:
-    """When a handler must stop sending: the function's remaining time less a reserve."""
-
-    def __init__(self, remaining_ms: Callable[[], int] | None) -> None:
-        if remaining_ms is None:
-            self._at = None
-            return
-        left = remaining_ms()
-        self._at = time.monotonic() + max(0.0, left - max(_RESERVE_MS, left * _RESERVE_SHARE)) / 1000
-
-    def passed(self) -> bool:
-        return self._at is not None and time.monotonic() >= self._at
 
 
 class LiveService:

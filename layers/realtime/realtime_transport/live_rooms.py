@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from . import tokens
-    from .live import Deadline, LiveService
+    from .clock import Deadline
+    from .live import LiveService
 
 # Members in a `joined` snapshot; the client pages for the rest with `members`.
 FIRST_PAGE = 100

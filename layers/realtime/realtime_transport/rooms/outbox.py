@@ -14,22 +14,23 @@ DynamoDB": partial batch responses), so:
   records fails, every later record of that room in the batch is reported failed without being
   published, so nothing overtakes it; other rooms go on.
 
-Only the wiring is missing (a function with this consumer and its event source mapping,
-filtered on `kind = room`); this module is the whole behaviour, tested on its own.
+`functions/rooms_outbox` runs it (and `presence_outbox.py`) on the tables' streams; the loop
+both share is `publish_in_order`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RealtimeError
 from .room import room_channel_name
 from .store import KIND
 
 if TYPE_CHECKING:
+    from ..clock import Deadline
     from ..realtime import Realtime
 
 _PUBLISHED_EVENTS = {"INSERT", "MODIFY"}
@@ -50,11 +51,15 @@ class RoomChange:
     def idempotency_key(self) -> str:
         return f"room:v{self.version}"
 
+    @property
+    def order_key(self) -> Hashable:
+        return self.room_id
+
 
 @dataclass
 class OutboxResult:
-    published: list[RoomChange] = field(default_factory=list)
-    duplicates: list[RoomChange] = field(default_factory=list)
+    published: list[Any] = field(default_factory=list)  # the changes (RoomChange, PresenceChange)
+    duplicates: list[Any] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # sequence numbers, for batchItemFailures
 
     def batch_item_failures(self) -> dict[str, list[dict[str, str]]]:
@@ -86,31 +91,59 @@ def room_change(record: Any, namespace: str) -> RoomChange | None:
     )
 
 
+class Change(Protocol):
+    """What an outbox publishes: one stream record's event on its room's channel."""
+
+    @property
+    def sequence_number(self) -> str: ...
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def order_key(self) -> Hashable:
+        """Changes with one key are published in stream order (a room's versions; a member's changes)."""
+        ...
+
+
+def publish_in_order(realtime: Realtime, changes: Iterable[Change], deadline: Deadline | None = None) -> OutboxResult:
+    """Publish each change on `room_{id}`, in stream order; report what must come again.
+
+    After a change fails, every later change with its `order_key` is reported failed without
+    being published, so nothing overtakes it; other keys go on. When `deadline` passes, every
+    change not yet published is reported failed: a function that ran into its Timeout would
+    instead fail the whole batch with nothing reported, and bisect it.
+    """
+    result = OutboxResult()
+    blocked: set[Hashable] = set()
+    for change in changes:
+        if change.order_key in blocked or (deadline is not None and deadline.passed()):
+            result.failed.append(change.sequence_number)
+            continue
+        try:
+            published = realtime.channel(room_channel_name(change.room_id)).publish(
+                type=change.kind,
+                data=change.data,
+                metadata={"source": "room"},
+                idempotency_key=change.idempotency_key,
+            )
+        except RealtimeError:
+            blocked.add(change.order_key)
+            result.failed.append(change.sequence_number)
+            continue
+        (result.duplicates if published.duplicate else result.published).append(change)
+    return result
+
+
 class RoomOutbox:
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
 
-    def publish(self, records: Iterable[Any]) -> OutboxResult:
+    def publish(self, records: Iterable[Any], deadline: Deadline | None = None) -> OutboxResult:
         """Publish every room change of a stream batch, in order; report what must come again."""
-        result = OutboxResult()
-        blocked: set[str] = set()  # rooms with a failed record earlier in this batch
-        for record in records:
-            change = room_change(record, self.realtime.name)
-            if change is None:
-                continue
-            if change.room_id in blocked:
-                result.failed.append(change.sequence_number)
-                continue
-            try:
-                published = self.realtime.channel(room_channel_name(change.room_id)).publish(
-                    type=change.kind,
-                    data=change.data,
-                    metadata={"source": "room"},
-                    idempotency_key=change.idempotency_key,
-                )
-            except RealtimeError:
-                blocked.add(change.room_id)
-                result.failed.append(change.sequence_number)
-                continue
-            (result.duplicates if published.duplicate else result.published).append(change)
-        return result
+        changes = (room_change(record, self.realtime.name) for record in records)
+        return publish_in_order(self.realtime, (c for c in changes if c is not None), deadline)

@@ -46,6 +46,7 @@ async def run_member(
     async with websockets.connect(f"{url}?token={token}", max_queue=None, open_timeout=60) as ws:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         await ws.send(json.dumps({"action": "join", "room": room, "member": {"n": member.name}}))
+        heartbeat = asyncio.create_task(_ping_every(ws, 10.0))  # as the browser client does in a room
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not done.is_set():
             try:
@@ -71,7 +72,17 @@ async def run_member(
                     member.apply(event)
             if member.complete_at is None and len(member.seen) >= total:
                 member.complete_at = time.monotonic()
-                return
+                break
+        # Stay (and ping) until everyone is complete: a member that leaves early is a presence change.
+        await done.wait() if member.complete_at is not None else None
+        heartbeat.cancel()
+
+
+async def _ping_every(ws: Any, seconds: float) -> None:
+    """The presence heartbeat: a connection that stops pinging is taken out of the room."""
+    while True:
+        await asyncio.sleep(seconds)
+        await ws.send(json.dumps({"action": "ping"}))
 
 
 async def storm(url: str, count: int, timeout: float) -> tuple[list[Member], float]:
@@ -84,6 +95,12 @@ async def storm(url: str, count: int, timeout: float) -> tuple[list[Member], flo
         asyncio.create_task(run_member(m, url, room, start_at + n * spread, count, done, timeout))
         for n, m in enumerate(members)
     ]
+    deadline = time.monotonic() + timeout + 10
+    while time.monotonic() < deadline and not all(m.complete_at is not None for m in members):
+        if all(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.2)
+    done.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return members, start_at
 

@@ -21,6 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from realtime_transport import Realtime
+from realtime_transport.clock import Deadline
 from realtime_transport.errors import ConfigurationError
 from realtime_transport.observability import logger, metrics
 from realtime_transport.rooms.presence import PresenceRegistry
@@ -87,7 +88,9 @@ def sweep_until_out_of_time(context: Any, interval_s: float, *, sleep: Any = tim
         started = time.monotonic()
         passes += 1
         try:
-            report = registry.sweep(clock(), probe)
+            # A pass under load (many expired leases, a slow management API) must not run the
+            # invocation into its Timeout: it stops with the reserve left, the rest stays due.
+            report = registry.sweep(clock(), probe, Deadline(context.get_remaining_time_in_millis))
         except Exception as exc:  # one bad pass (DynamoDB, the management API): the next one retries
             failures.append(exc)
             logger.exception("presence sweep failed", extra={"pass": passes})

@@ -20,6 +20,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from realtime_transport import Realtime
+from realtime_transport.clock import Deadline
 from realtime_transport.observability import logger, metrics
 from realtime_transport.rooms.outbox import OutboxResult, RoomOutbox
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
@@ -29,10 +30,13 @@ rooms = RoomOutbox(realtime)
 presence = PresenceOutbox(realtime)
 
 
-def publish(records: list[dict[str, Any]]) -> OutboxResult:
-    """Both outboxes over one batch; the failed sequence numbers of both, in stream order."""
-    room_result = rooms.publish(records)
-    presence_result = presence.publish(records)
+def publish(records: list[dict[str, Any]], deadline: Deadline | None = None) -> OutboxResult:
+    """Both outboxes over one batch; the failed sequence numbers of both, in stream order.
+
+    With `deadline`, what was not published in time is reported failed instead of running the
+    invocation into its Timeout (which would fail, retry and bisect the whole batch)."""
+    room_result = rooms.publish(records, deadline)
+    presence_result = presence.publish(records, deadline)
     failed = set(room_result.failed) | set(presence_result.failed)
     order = [str((record.get("dynamodb") or {}).get("SequenceNumber", "")) for record in records]
     return OutboxResult(
@@ -46,7 +50,7 @@ def publish(records: list[dict[str, Any]]) -> OutboxResult:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, str]]]:
     records: list[dict[str, Any]] = event.get("Records") or []
-    result = publish(records)
+    result = publish(records, Deadline(context.get_remaining_time_in_millis))
     metrics.add_metric(name="RoomEventsPublished", unit=MetricUnit.Count, value=len(result.published))
     metrics.add_metric(name="RoomEventsReplayed", unit=MetricUnit.Count, value=len(result.duplicates))
     if result.failed:

@@ -46,7 +46,7 @@ class _Registry:
         self.failures = failures
         self.passes: list[float] = []
 
-    def sweep(self, now: float, probe: Any) -> Any:
+    def sweep(self, now: float, probe: Any, deadline: Any = None) -> Any:
         self.passes.append(now)
         if len(self.passes) <= self.failures:
             raise RuntimeError("connections table: throttled")

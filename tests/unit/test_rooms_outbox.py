@@ -147,3 +147,28 @@ def test_a_function_killed_between_a_change_and_its_event_still_publishes_it_onc
         ("room.state", 1),
         ("room.state", 2),
     ]
+
+
+class AfterCalls:
+    """A deadline that passes after `n` checks (the invocation's time running out mid-batch)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def passed(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_an_outbox_out_of_time_reports_the_rest_instead_of_timing_out(realtime: Realtime, aws: Any) -> None:
+    change_some_rooms(realtime)
+    records = stream_records(aws)
+
+    first = RoomOutbox(realtime).publish(records, AfterCalls(2))  # type: ignore[arg-type]
+
+    assert len(first.published) == 2 and len(first.failed) == 3
+    numbers = [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert first.failed == sorted(first.failed, key=numbers.index), "reported in stream order"
+    retry = records[min(numbers.index(n) for n in first.failed) :]
+    assert RoomOutbox(realtime).publish(retry).failed == []
+    assert [e.data["version"] for e in room_events(realtime, "board")] == [1, 2, 3, 4]

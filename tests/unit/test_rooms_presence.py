@@ -176,6 +176,30 @@ def test_a_lease_that_ran_out_is_a_timeout_unless_the_socket_was_active(rt: Real
     assert events.new() == []
 
 
+class PassesAfter:
+    """A deadline that passes after `n` checks: the sweeper's invocation running out of time."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def passed(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_a_sweep_out_of_time_stops_and_leaves_the_rest_due(rt: Realtime) -> None:
+    presence, registry = Presence(rt, "R"), PresenceRegistry(rt)
+    for n in range(3):
+        presence.join(f"c{n}", f"m{n}")
+    now = time.time() + rt.settings.presence_lease_seconds + 1
+
+    first = registry.sweep(now, lambda _: None, PassesAfter(1))  # type: ignore[arg-type]
+
+    assert first.stopped and len(first.timed_out) == 1 and presence.count() == 2
+    second = registry.sweep(now, lambda _: None)
+    assert not second.stopped and len(second.timed_out) == 2 and presence.count() == 0
+
+
 def test_heartbeat_moves_every_lease_of_the_connection(rt: Realtime, monkeypatch: pytest.MonkeyPatch) -> None:
     from realtime_transport import clock
 

@@ -76,6 +76,7 @@ from .presence_store import (
 )
 
 if TYPE_CHECKING:
+    from ..clock import Deadline
     from ..realtime import Realtime
 
 MAX_MEMBER_BYTES = 1024  # compact UTF-8 JSON
@@ -149,6 +150,7 @@ class SweepReport:
     timed_out: list[tuple[str, str]] = field(default_factory=list)  # (roomId, connectionId): gone or silent
     renewed: int = 0  # memberships whose connection was still active: lease moved on
     errors: int = 0  # entries left for the next pass (store or probe failure)
+    stopped: bool = False  # the pass ran out of the invocation's time; the rest waits for the next
 
 
 def _store(realtime: Realtime) -> PresenceStore:
@@ -329,7 +331,7 @@ class PresenceRegistry:
                 rooms.append(room_id)
         return rooms
 
-    def sweep(self, now: float, probe: Probe) -> SweepReport:
+    def sweep(self, now: float, probe: Probe, deadline: Deadline | None = None) -> SweepReport:
         """One pass over the 16 shards of the `by-deadline` index: what is due at `now` (epoch s).
 
         - a member whose grace period ended and that still has no connection is deleted
@@ -339,6 +341,7 @@ class PresenceRegistry:
           longer than the lease -> `leave(..., "timeout")` (no grace: the lease waited longer);
           otherwise the lease is renewed to lastActiveAt + lease.
         The index is eventually consistent, so each decision is re-checked against the item.
+        A pass stops when `deadline` passes; what it did not reach is still due at the next one.
         """
         lease = self.realtime.settings.presence_lease_seconds
         report = SweepReport()
@@ -350,6 +353,9 @@ class PresenceRegistry:
                 report.errors += 1
                 continue
             for entry in due:
+                if deadline is not None and deadline.passed():
+                    report.stopped = True
+                    return report
                 report.examined += 1
                 try:
                     if entry.pk.startswith(ROOM_PREFIX) and entry.sk.startswith(MEMBER_PREFIX):

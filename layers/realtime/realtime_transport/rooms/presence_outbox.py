@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RealtimeError
-from .outbox import OutboxResult
+from .outbox import OutboxResult, publish_in_order
 from .presence_store import MEMBER_PREFIX, split_room_key
-from .room import room_channel_name
 
 if TYPE_CHECKING:
+    from ..clock import Deadline
     from ..realtime import Realtime
 
 JOIN = "presence.join"
@@ -64,6 +63,10 @@ class PresenceChange:
     session: str
     rev: int | None  # None for a leave
     data: dict[str, Any]
+
+    @property
+    def order_key(self) -> Hashable:
+        return (self.room_id, self.member_id)
 
     @property
     def idempotency_key(self) -> str:
@@ -118,32 +121,8 @@ class PresenceOutbox:
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
 
-    def publish(self, records: Iterable[Any]) -> OutboxResult:
-        """Publish every presence event of a stream batch, in order; report what must come again.
-
-        `OutboxResult.published` / `duplicates` hold `PresenceChange`s here (the result type is
-        shared with the room outbox; its lists are not typed by kind).
-        """
-        result = OutboxResult()
-        blocked: set[tuple[str, str]] = set()  # (roomId, memberId) with a failed record earlier in this batch
-        for record in records:
-            change = presence_change(record, self.realtime.name)
-            if change is None:
-                continue
-            member = (change.room_id, change.member_id)
-            if member in blocked:
-                result.failed.append(change.sequence_number)
-                continue
-            try:
-                published = self.realtime.channel(room_channel_name(change.room_id)).publish(
-                    type=change.kind,
-                    data=change.data,
-                    metadata={"source": "room"},
-                    idempotency_key=change.idempotency_key,
-                )
-            except RealtimeError:
-                blocked.add(member)
-                result.failed.append(change.sequence_number)
-                continue
-            (result.duplicates if published.duplicate else result.published).append(change)  # type: ignore[arg-type]
-        return result
+    def publish(self, records: Iterable[Any], deadline: Deadline | None = None) -> OutboxResult:
+        """Publish every presence event of a stream batch, in order per member; report what must
+        come again (`outbox.publish_in_order`)."""
+        changes = (presence_change(record, self.realtime.name) for record in records)
+        return publish_in_order(self.realtime, (c for c in changes if c is not None), deadline)

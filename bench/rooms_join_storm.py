@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -105,6 +107,21 @@ async def storm(url: str, count: int, timeout: float) -> tuple[list[Member], flo
     return members, start_at
 
 
+def _timeline(stack: Any, began: float) -> None:
+    """Every 5 s, where the stack's work is: frames posted and each function's invocations."""
+    while True:
+        time.sleep(5)
+        try:
+            stats = stack.stats()
+        except OSError:
+            return
+        calls = {name: f["invocations"] for name, f in stats["functions"].items()}
+        print(
+            f"t={time.monotonic() - began:5.0f}s posts={stats['management']['posts']} invocations={calls}",
+            file=sys.stderr,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=500)
@@ -116,6 +133,8 @@ def main() -> None:
     try:
         before = stack.stats()
         began = time.monotonic()
+        watch = threading.Thread(target=_timeline, args=(stack, began), daemon=True)
+        watch.start()
         members, start_at = asyncio.run(storm(stack.ws_url, args.members, args.timeout))
         wall = time.monotonic() - began
         after = stack.stats()

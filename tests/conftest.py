@@ -132,3 +132,25 @@ class LambdaContext:
 
 def sample_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / f"{name}.json").read_text())
+
+
+def stream_records(table: str, after: str | None = None) -> list[dict[str, Any]]:
+    """Every record of a table's stream so far (after sequence number `after`), oldest first:
+    what an outbox's event source mapping would hand over, read from moto's real stream."""
+    import boto3
+
+    streams: Any = boto3.client("dynamodbstreams")
+    arn = boto3.client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    records: list[dict[str, Any]] = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            records.extend(page["Records"])
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    if after is not None:
+        numbers = [r["dynamodb"]["SequenceNumber"] for r in records]
+        records = records[numbers.index(after) + 1 :]
+    return records

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 import pytest
 
 from realtime_transport import Realtime
@@ -13,22 +12,7 @@ from realtime_transport.channel import Channel
 from realtime_transport.errors import StoreUnavailable
 from realtime_transport.rooms import room
 from realtime_transport.rooms.outbox import RoomOutbox
-
-
-def stream_records(aws: Any) -> list[dict[str, Any]]:
-    """Every record of the events table's stream so far, oldest first (one shard locally)."""
-    streams = boto3.client("dynamodbstreams")
-    arn = aws.describe_table(TableName="test-events")["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return records
+from tests.conftest import stream_records
 
 
 def room_events(realtime: Realtime, room_id: str) -> list[Any]:
@@ -48,7 +32,7 @@ def change_some_rooms(realtime: Realtime) -> None:
 def test_every_change_reaches_its_channel_once_in_version_order(realtime: Realtime, aws: Any) -> None:
     change_some_rooms(realtime)
     channel_event = realtime.channel("feed_x").broadcast(type="t", data=1)  # not a room change
-    records = stream_records(aws)
+    records = stream_records("test-events")
     result = RoomOutbox(realtime).publish(records)
     assert result.failed == [] and len(result.published) == 5
 
@@ -75,7 +59,7 @@ def test_a_failed_change_holds_back_the_rest_of_its_room_only(
     realtime: Realtime, aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     change_some_rooms(realtime)
-    records = stream_records(aws)
+    records = stream_records("test-events")
     original = Channel.publish
     failures = iter([True])
 
@@ -104,7 +88,8 @@ def test_records_of_another_namespace_or_kind_are_not_room_changes(realtime: Rea
     from realtime_transport.rooms.outbox import room_change
 
     room(realtime, "board").patch(0, merge_patch={"a": 1})
-    (record,) = [r for r in stream_records(aws) if r["dynamodb"]["NewImage"].get("kind", {}).get("S") == "room"]
+    records = stream_records("test-events")
+    (record,) = [r for r in records if r["dynamodb"]["NewImage"].get("kind", {}).get("S") == "room"]
     assert room_change(record, realtime.name) is not None
     assert room_change(record, "another-namespace") is None
     removed = {**record, "eventName": "REMOVE"}
@@ -123,7 +108,7 @@ def test_a_function_killed_between_a_change_and_its_event_still_publishes_it_onc
     # there is nothing for it to lose; the change is in the stream.
     room(realtime, "board").patch(0, merge_patch={"title": "Q4"})
     room(realtime, "board").patch(1, merge_patch={"owner": "ana"})
-    records = stream_records(aws)
+    records = stream_records("test-events")
 
     # The outbox is killed after storing version 1's event, before it could return its answer:
     # Lambda retries the whole batch.
@@ -162,7 +147,7 @@ class AfterCalls:
 
 def test_an_outbox_out_of_time_reports_the_rest_instead_of_timing_out(realtime: Realtime, aws: Any) -> None:
     change_some_rooms(realtime)
-    records = stream_records(aws)
+    records = stream_records("test-events")
 
     first = RoomOutbox(realtime).publish(records, AfterCalls(2))  # type: ignore[arg-type]
 

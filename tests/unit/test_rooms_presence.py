@@ -11,7 +11,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
 import pytest
 
 from realtime_transport import Realtime
@@ -26,6 +25,7 @@ from realtime_transport.rooms import (
 )
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
 from realtime_transport.rooms.presence_store import COUNT_SHARDS, MemberRecord
+from tests.conftest import stream_records
 
 TABLE = "test-connections"
 
@@ -33,25 +33,6 @@ TABLE = "test-connections"
 @pytest.fixture
 def rt(aws: Any, settings_factory: Any) -> Realtime:
     return Realtime(settings=settings_factory(CONNECTIONS_TABLE_NAME=TABLE), secret=b"unit-test-secret" * 2)
-
-
-def stream_records(aws: Any, table: str = TABLE, after: str | None = None) -> list[dict[str, Any]]:
-    """Every record of a table's stream so far (after sequence number `after`), oldest first."""
-    streams: Any = boto3.client("dynamodbstreams")
-    arn = aws.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    if after is not None:
-        numbers = [r["dynamodb"]["SequenceNumber"] for r in records]
-        records = records[numbers.index(after) + 1 :]
-    return records
 
 
 class Events:
@@ -63,7 +44,7 @@ class Events:
         self.seen: dict[str, int] = {}
 
     def new(self, room_id: str = "R") -> list[tuple[str, dict[str, Any]]]:
-        records = stream_records(self.aws, after=self.last)
+        records = stream_records(TABLE, after=self.last)
         if records:
             self.last = records[-1]["dynamodb"]["SequenceNumber"]
         result = PresenceOutbox(self.rt).publish(records)
@@ -231,10 +212,10 @@ def test_a_data_change_is_one_update_and_the_same_data_writes_nothing(rt: Realti
         ("presence.update", {"memberId": "alice", "member": {"status": "away"}, "session": joined.session, "rev": 2})
     ]
 
-    records_before = len(stream_records(aws))
+    records_before = len(stream_records(TABLE))
     same = presence.update("c1", "alice", {"status": "away"})
     assert same.rev == 2
-    assert len(stream_records(aws)) == records_before, "same data: no write at all"
+    assert len(stream_records(TABLE)) == records_before, "same data: no write at all"
 
     rejoined = presence.join("c2", "alice", {"status": "away"})  # a new tab with the same data
     assert rejoined.rev == 2 and rejoined.connections == 2

@@ -14,7 +14,8 @@ from realtime_transport.connections import Connection
 from realtime_transport.errors import StoreUnavailable
 from realtime_transport.rooms import Presence, PresenceRegistry
 from realtime_transport.rooms.presence_outbox import PresenceOutbox, presence_change
-from tests.unit.test_rooms_presence import TABLE, stream_records
+from tests.conftest import stream_records
+from tests.unit.test_rooms_presence import TABLE
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def some_presence(rt: Realtime) -> dict[str, str]:
 
 def test_every_presence_change_is_published_once_in_order(rt: Realtime, aws: Any) -> None:
     sessions = some_presence(rt)
-    records = stream_records(aws)
+    records = stream_records(TABLE)
     result = PresenceOutbox(rt).publish(records)
     assert result.failed == [] and len(result.published) == 6
 
@@ -68,7 +69,7 @@ def test_idempotency_keys_name_session_rev_and_member(rt: Realtime, aws: Any) ->
     import hashlib
 
     sessions = some_presence(rt)
-    changes = [c for c in (presence_change(r, rt.name) for r in stream_records(aws)) if c and c.member_id == "alice"]
+    changes = [c for c in (presence_change(r, rt.name) for r in stream_records(TABLE)) if c and c.member_id == "alice"]
     digest = hashlib.sha256(b"alice").hexdigest()[:24]
     assert [c.idempotency_key for c in changes] == [
         f"presence:{sessions['alice']}:1:{digest}",
@@ -81,7 +82,7 @@ def test_a_failure_holds_back_only_that_members_later_records(
     rt: Realtime, aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     some_presence(rt)
-    records = stream_records(aws)
+    records = stream_records(TABLE)
     original = Channel.publish
     failures = iter([True])
 
@@ -123,7 +124,7 @@ def test_other_items_and_namespaces_are_not_presence(rt: Realtime, aws: Any, set
     foreign = Realtime("elsewhere", settings=settings_factory(CONNECTIONS_TABLE_NAME=TABLE), secret=b"s" * 32)
     Presence(foreign, "R").join("c9", "zed")
 
-    records = stream_records(aws)
+    records = stream_records(TABLE)
     changes = [presence_change(r, rt.name) for r in records]
     assert [(c.kind, c.member_id) for c in changes if c] == [("presence.join", "alice")]
     ignored = [r["dynamodb"]["Keys"]["sk"]["S"].split("#")[0] for r, c in zip(records, changes, strict=True) if not c]
@@ -138,7 +139,7 @@ def test_a_remove_by_ttl_is_a_timeout(rt: Realtime, aws: Any) -> None:
     joined = presence.join("c1", "alice")
     # What DynamoDB's TTL does to an expired item: it deletes it, with the service as the identity.
     aws.delete_item(TableName=TABLE, Key={"pk": {"S": presence.key}, "sk": {"S": "member#alice"}})
-    (removed,) = [r for r in stream_records(aws) if r["eventName"] == "REMOVE"]
+    (removed,) = [r for r in stream_records(TABLE) if r["eventName"] == "REMOVE"]
     by_ttl = copy.deepcopy(removed)
     by_ttl["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
     change = presence_change(by_ttl, rt.name)
@@ -150,7 +151,7 @@ def test_a_remove_by_ttl_is_a_timeout(rt: Realtime, aws: Any) -> None:
 def test_a_lambda_event_record_is_read_like_a_streams_record(rt: Realtime, aws: Any) -> None:
     """The event source mapping hands over the same record with a few extra fields."""
     Presence(rt, "R").join("c1", "alice")
-    (insert,) = [r for r in stream_records(aws) if r["dynamodb"]["Keys"]["sk"]["S"].startswith("member#")]
+    (insert,) = [r for r in stream_records(TABLE) if r["dynamodb"]["Keys"]["sk"]["S"].startswith("member#")]
     lambda_record = {**insert, "eventSource": "aws:dynamodb", "eventSourceARN": "arn:aws:dynamodb:...:stream/x"}
     change = presence_change(lambda_record, rt.name)
     assert change is not None and change.kind == "presence.join" and change.rev == 1

@@ -11,15 +11,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import pytest
 
 from realtime_transport import Realtime, tokens
 from realtime_transport.live import LiveService
 from realtime_transport.rooms import room
 from realtime_transport.rooms.outbox import RoomOutbox
+from realtime_transport.rooms.patches import apply_merge_patch
 from realtime_transport.rooms.presence import Presence
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
+from tests.conftest import stream_records
 
 SECRET = b"unit-test-secret-long-enough-for-hs256"
 
@@ -72,25 +73,10 @@ def ask(
     return frames[-1]
 
 
-def _records(table: str) -> list[dict[str, Any]]:
-    streams = boto3.client("dynamodbstreams")
-    arn = boto3.client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return records
-
-
 def run_outboxes(realtime: Realtime) -> None:
     """Publish every room change committed so far (a replay publishes nothing twice)."""
-    assert RoomOutbox(realtime).publish(_records("test-events")).failed == []
-    assert PresenceOutbox(realtime).publish(_records("test-connections")).failed == []
+    assert RoomOutbox(realtime).publish(stream_records("test-events")).failed == []
+    assert PresenceOutbox(realtime).publish(stream_records("test-connections")).failed == []
 
 
 def room_events(realtime: Realtime, room_id: str, cursor: str | None = None) -> list[Any]:
@@ -132,23 +118,11 @@ class RoomCopy:
             if kind == "room.metadata":
                 self.metadata = data["metadata"]
             elif "patch" in data:
-                self.doc = _merge(self.doc, data["patch"])
+                self.doc = apply_merge_patch(self.doc, data["patch"])
             else:
                 import jsonpatch  # type: ignore[import-untyped]
 
                 self.doc = jsonpatch.apply_patch(self.doc, data["operations"])
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result
 
 
 def events_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:

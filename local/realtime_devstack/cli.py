@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -72,17 +74,44 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
     return faults
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the stack to this machine (a name other than localhost
+    may resolve anywhere: it is not taken as loopback)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    return (
+        f"realtime-transport: cannot listen on {host}:{port}: the port is already in use (another "
+        "`realtime-transport dev`?). Pick another with --port N (--port 0 takes a free one), "
+        'or through make: make dev ARGS="--port 3001"'
+    )
+
+
 def _dev(args: argparse.Namespace) -> int:
     from . import faithful
-    from .stack import DEV_TOKEN_CHANNELS, DEV_TOKEN_TTL_SECONDS, LocalStack, StackOptions
+    from .stack import DEV_SECRET_HEADER, DEV_TOKEN_CHANNELS, DEV_TOKEN_TTL_SECONDS, LocalStack, StackOptions
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)  # moto's server
-    if args.host not in {"127.0.0.1", "localhost", "::1"}:
-        # /dev/token hands out tokens and /dev/connections/drop cuts sockets: fine on loopback only.
+    if not is_loopback(args.host):
+        if not args.unsafe_expose:
+            print(
+                f"realtime-transport: refusing to listen on {args.host}: it is not a loopback address, and the "
+                "local stack has no real authentication (development tokens, the development signing secret, "
+                "fake AWS credentials). Use --host 127.0.0.1, or pass --unsafe-expose if you mean every machine "
+                "that can reach this one to use it",
+                file=sys.stderr,
+            )
+            return 2
         print(
-            f"realtime-transport: warning: listening on {args.host}, not loopback; anyone who can reach it "
-            "can take a development token and publish",
+            f"realtime-transport: warning: listening on {args.host}, not loopback (--unsafe-expose); anyone who "
+            "can reach it can publish and subscribe, and whoever reads this output can use /dev/*",
             file=sys.stderr,
         )
     faults = faults_from_args(args)
@@ -92,10 +121,15 @@ def _dev(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"realtime-transport: {exc}", file=sys.stderr)
         return 2
+    parameters = {}
+    if args.cors_allow_origins is not None:
+        parameters["CorsAllowOrigins"] = args.cors_allow_origins
     stack = LocalStack(
         StackOptions(
             host=args.host,
             port=args.port,
+            parameters=parameters,
+            allow_hosts=tuple(args.allow_host or ()),
             history_limit=args.history_limit,
             require_auth=args.require_auth,
             poll_interval=args.poll_interval_ms / 1000,
@@ -119,9 +153,13 @@ def _dev(args: argparse.Namespace) -> int:
             await stack.start()
         except OSError as exc:  # most often: the port is taken
             await stack.stop()
-            print(
-                f"realtime-transport: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr
-            )
+            if exc.errno == errno.EADDRINUSE:
+                print(port_in_use_message(args.host, args.port), file=sys.stderr)
+            else:
+                print(
+                    f"realtime-transport: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
             return 1
         # What is loaded by now lives for the whole run: keep it out of the collector's scans,
         # so GC pauses stay short however long the stack runs.
@@ -134,11 +172,24 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"  OpenAPI:    {stack.url}/openapi.json", flush=True)
         if stack.ws_gateway is not None:
             print(f"  WebSocket:  {stack.websocket_url}  (append ?token=<token>)", flush=True)
-            print(f"  Management: {stack.url}/@connections/{{connectionId}}", flush=True)
+            print(
+                f"  Management: {stack.url}/@connections/{{connectionId}}  (SigV4 with AWS_ACCESS_KEY_ID="
+                f"{stack.access_key_id} AWS_SECRET_ACCESS_KEY={stack.secret_access_key})",
+                flush=True,
+            )
         else:
             print("  WebSocket:  not served (no WebSocket API function code yet; see the warnings above)", flush=True)
         print(f"  Dashboard:  {stack.url}/", flush=True)
         print(f"  DynamoDB:   {stack.dynamodb_url}", flush=True)
+        hosts = ", ".join(f"{name}:{stack.port}" for name in sorted(stack.allowed_hosts))
+        print(f"  Hosts:      {hosts}  (any other Host header gets a 421; --allow-host adds one)", flush=True)
+        cors = stack.cors_configuration()
+        print(f"  CORS:       {', '.join(cors.allow_origins) if cors else 'none'}  (CorsAllowOrigins)", flush=True)
+        print(
+            f"  Dev secret: {stack.dev_secret}  (/dev/* wants it in {DEV_SECRET_HEADER}; the dashboard gets it "
+            "as a cookie)",
+            flush=True,
+        )
         print(f"  Faults:     {faithful.describe(faithful.current())}", flush=True)
         if args.history_ttl_seconds is not None:
             print(
@@ -170,9 +221,24 @@ def _token(args: argparse.Namespace) -> int:
 
     secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
     if args.ttl <= 0:
-        raise SystemExit("--ttl must be a positive number of seconds")
-    print(issue(secret.encode(), sub=args.sub, channels=args.channels, ttl_seconds=args.ttl, write=args.write))
+        print("realtime-transport token: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        token = issue(secret.encode(), sub=args.sub, channels=args.channels, ttl_seconds=args.ttl, write=args.write)
+    except ValueError as exc:  # whatever the library refuses: said in one line, not a traceback
+        print(f"realtime-transport token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
+
+
+def _pattern(text: str) -> str:
+    """A channel pattern for --channels/--write: an empty one would grant nothing (or, worse, be a typo)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a pattern may not be empty (e.g. --channels 'feed_*')")
+    if text != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} has spaces around it")
+    return text
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -217,7 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run the local stack on loopback (no AWS account needed)")
-    dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dev.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); anything but loopback needs --unsafe-expose",
+    )
+    dev.add_argument(
+        "--unsafe-expose",
+        action="store_true",
+        help="let --host be an address other machines reach (the stack has development tokens and "
+        "fake credentials only: anyone who reaches it can publish and subscribe)",
+    )
+    dev.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="a Host header name to answer besides loopback and --host, e.g. this machine's LAN name "
+        "(repeatable); every other Host gets a 421",
+    )
+    dev.add_argument(
+        "--cors-allow-origins",
+        default=None,
+        metavar="ORIGINS",
+        help="the template's CorsAllowOrigins parameter, comma separated (default the template's: '*')",
+    )
     dev.add_argument("--port", type=int, default=3000, help="port (default 3000; 0 picks a free one)")
     dev.add_argument("--history-limit", type=int, default=None, help="events kept per channel (default 500)")
     dev.add_argument(
@@ -293,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels",
         action="append",
         required=True,
+        type=_pattern,
         metavar="PATTERN",
         help="a channel glob the token allows, e.g. 'feed_*' (repeat for more)",
     )
@@ -300,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--write",
         action="append",
         default=None,
+        type=_pattern,
         metavar="PATTERN",
         help="a room channel glob whose state and metadata the token may change, e.g. 'room_*' (repeat for more)",
     )

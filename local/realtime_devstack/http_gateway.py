@@ -152,30 +152,94 @@ def _to_response(result: Any) -> web.Response:
     return response
 
 
-class HttpGateway:
-    def __init__(self, routes: list[HttpRoute], cors_origins: str = "*") -> None:
-        self.routes = sorted(routes, key=lambda route: route.precedence)
-        self.cors_origins = cors_origins
+@dataclass(frozen=True)
+class CorsConfiguration:
+    """An HTTP API's ``CorsConfiguration`` ("Configure CORS for HTTP APIs in API Gateway").
 
-    def _cors(self, response: web.StreamResponse) -> web.StreamResponse:
-        response.headers["Access-Control-Allow-Origin"] = self.cors_origins
+    API Gateway then answers every preflight itself (an ``OPTIONS`` with ``Origin`` and
+    ``Access-Control-Request-Method``), whatever the routes; adds the configured headers to the
+    integration's response when the request's ``Origin`` is allowed; and ignores the CORS headers
+    an integration returns. ``allow_origins`` entries: an exact origin, ``*`` (any origin), or a
+    scheme wildcard such as ``https://*``.
+    """
+
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool = False
+
+    def allowed(self, origin: str) -> str | None:
+        """The ``Access-Control-Allow-Origin`` for a request from ``origin``, or None (not allowed)."""
+        for allowed in self.allow_origins:
+            if allowed == "*":
+                return "*"
+            if allowed.endswith("://*") and origin.lower().startswith(allowed[:-1].lower()):
+                return origin
+            if allowed.lower() == origin.lower():
+                return origin
+        return None
+
+    def preflight(self, origin: str) -> web.Response:
+        response = web.Response(status=204)
+        allowed = self.allowed(origin)
+        if allowed is None:
+            return response  # answered, but with no CORS header: the browser refuses the call
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        if self.allow_methods:
+            response.headers["Access-Control-Allow-Methods"] = ",".join(self.allow_methods)
+        if self.allow_headers:
+            response.headers["Access-Control-Allow-Headers"] = ",".join(self.allow_headers)
+        if self.max_age is not None:
+            response.headers["Access-Control-Max-Age"] = str(self.max_age)
+        self._common(response, allowed)
         return response
 
+    def apply(self, response: web.StreamResponse, origin: str | None) -> web.StreamResponse:
+        for name in [name for name in response.headers if name.lower().startswith("access-control-")]:
+            del response.headers[name]  # the integration's own CORS headers are ignored
+        allowed = self.allowed(origin) if origin else None
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if self.expose_headers:
+                response.headers["Access-Control-Expose-Headers"] = ",".join(self.expose_headers)
+            self._common(response, allowed)
+        return response
+
+    def _common(self, response: web.StreamResponse, allowed: str) -> None:
+        if self.allow_credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        if allowed != "*":
+            response.headers["Vary"] = "Origin"  # the answer depends on who asks: caches must know
+
+
+class HttpGateway:
+    """The HTTP API: routes, and CORS when the API has a ``CorsConfiguration`` (None: no CORS
+    header at all, and an ``OPTIONS`` is routed like any other method)."""
+
+    def __init__(self, routes: list[HttpRoute], cors: CorsConfiguration | None = None) -> None:
+        self.routes = sorted(routes, key=lambda route: route.precedence)
+        self.cors = cors
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            response = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET,POST,OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "authorization,content-type"
-            return self._cors(response)
+        origin = request.headers.get("Origin")
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        if self.cors is not None and preflight and origin is not None:
+            return self.cors.preflight(origin)
+        response = await self._route(request)
+        return self.cors.apply(response, origin) if self.cors is not None else response
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
         for route in self.routes:
             params = route.match(request.method, request.path)
             if params is not None:
                 break
         else:
             # No route and no $default route: API Gateway answers itself, without the function.
-            return self._cors(_json_error(404, "Not Found"))
+            return _json_error(404, "Not Found")
         if request.content_length and request.content_length > MAX_PAYLOAD_BYTES:
-            return self._cors(_json_error(413, "Request Entity Too Large"))
+            return _json_error(413, "Request Entity Too Large")
         body = await request.read()
         event = _build_event(request, route, params, body)
         try:
@@ -183,12 +247,12 @@ class HttpGateway:
         except Exception:
             # What API Gateway answers when the function itself fails.
             log.exception("function %s raised", route.function.name)
-            return self._cors(_json_error(500, "Internal Server Error"))
+            return _json_error(500, "Internal Server Error")
         try:
-            return self._cors(_to_response(result))
+            return _to_response(result)
         except (ValueError, TypeError, json.JSONDecodeError):
             log.exception("function %s returned a malformed response", route.function.name)
-            return self._cors(_json_error(502, "Bad Gateway"))
+            return _json_error(502, "Bad Gateway")
 
 
 class StaticFiles:

@@ -12,6 +12,7 @@ The functions reach it exactly as on AWS, through the endpoint URL: boto3's
 | unknown or closed connection   | 410 ``GoneException``                                           |
 | data over 128 KB (131,072 B)   | 413 ``PayloadTooLargeException``                                 |
 | no SigV4 ``Authorization``     | 403 ``ForbiddenException`` ("Missing Authentication Token")      |
+| signed with another access key | 403 ``UnrecognizedClientException``                              |
 
 The stage may prefix the path (``/{stage}/@connections/{id}``), as in the deployed endpoint URL.
 
@@ -24,19 +25,27 @@ two cannot be told apart.
 ``requests``, ``posts`` (frames delivered), ``post_bytes`` and ``gone`` count the calls, for
 tests and benchmarks (``stats()``; the local stack serves them at ``GET /dev/stats``).
 
-Signatures are required but not verified. On AWS the signature proves an IAM identity that
-holds ``execute-api:ManageConnections``; locally there is no IAM: every caller signs with the
-stack's fake credentials (``local``/``local``, or whatever a developer's shell holds), so a
-check would only reject callers for which key they picked, and the server listens on loopback
-only. What is still worth catching is a caller that does not sign at all, since API Gateway
-refuses those: that gets the 403.
+On AWS the signature proves an IAM identity that holds ``execute-api:ManageConnections``.
+Locally there is no IAM, but the stack makes up per-run credentials at start (``LocalStack``
+puts them in the functions' environment as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``)
+and hands their access key id here (``access_key_id``): a call signed with any other key is
+refused as API Gateway refuses an unknown key (403 ``UnrecognizedClientException``, "The
+security token included in the request is invalid."), so nothing but the stack's own functions
+(and whoever read its start-up output) can post to, read or close a socket. The key id is taken
+from the ``Credential`` of the SigV4 ``Authorization`` header or of a presigned URL's
+``X-Amz-Credential`` ("Authenticating Requests: Using the Authorization Header (AWS Signature
+Version 4)"); the signature itself is not recomputed. A caller that does not sign at all gets
+API Gateway's 403 ``ForbiddenException`` ("Missing Authentication Token"). Without
+``access_key_id`` (unit tests of the gateway alone) any signed call is taken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
+import re
 
 from aiohttp import web
 
@@ -63,10 +72,27 @@ def _signed(request: web.Request) -> bool:
     return authorization.startswith("AWS4-HMAC-SHA256 ") or "X-Amz-Signature" in request.query
 
 
+# `Credential=AKIDEXAMPLE/20150830/us-east-1/execute-api/aws4_request`: the key id is before the first /.
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def access_key_id_of(request: web.Request) -> str | None:
+    """The access key id a SigV4-signed request names (header or presigned query), or None."""
+    found = _CREDENTIAL.search(request.headers.get("Authorization", ""))
+    if found:
+        return found.group(1)
+    key_id, slash, _ = request.query.get("X-Amz-Credential", "").partition("/")
+    return key_id if slash and key_id else None
+
+
 class ManagementApi:
-    def __init__(self, registry: ConnectionRegistry, *, require_signature: bool = True) -> None:
+    def __init__(
+        self, registry: ConnectionRegistry, *, require_signature: bool = True, access_key_id: str | None = None
+    ) -> None:
         self.registry = registry
         self.require_signature = require_signature
+        # The only key a call may be signed with (None: any); see the module's docstring.
+        self.access_key_id = access_key_id
         self.requests = 0  # every call, whatever its answer
         self.posts = 0  # messages delivered (POST answered 200)
         self.post_bytes = 0  # bytes of those messages
@@ -98,6 +124,10 @@ class ManagementApi:
             return _error(404, "NotFoundException", "Not Found")
         if self.require_signature and not _signed(request):
             return _error(403, "ForbiddenException", "Missing Authentication Token")
+        if self.access_key_id is not None and not hmac.compare_digest(
+            (access_key_id_of(request) or "").encode(), self.access_key_id.encode()
+        ):
+            return _error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
         connection_id = request.match_info["connection_id"]
         connection = self.registry.get(connection_id)
         if request.method == "POST":

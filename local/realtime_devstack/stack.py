@@ -27,7 +27,18 @@ schedule (``scheduler``: the presence sweeper, first run at start, then at the t
 and the TTL sweeper (``ttl_sweeper``).
 
 ``GET /dev/token`` takes ``?channels=PATTERN`` and ``?write=PATTERN`` (each repeatable) for the
-token's ``channels`` (default ``feed_*``) and ``write`` claims. ``presence_*_seconds`` set
+token's ``channels`` (default ``feed_*``) and ``write`` claims.
+
+Safe on a laptop (see ``_guard``): every request (HTTP API, WebSocket upgrade, ``/dev/*``, the
+dashboard, the management API) must name one of the stack's own addresses in its ``Host``
+header, or it gets a 421 with a JSON error: a web page that rebinds its own DNS name to
+127.0.0.1 then reaches nothing. ``/dev/*`` needs the per-run ``dev_secret`` (generated at start,
+printed as ``Dev secret:``), in the ``X-Devstack-Secret`` header or in the HttpOnly,
+SameSite=Strict cookie ``devstack_{port}`` that serving the dashboard page sets, so the page's own
+``fetch('/dev/token')`` carries it; anything else gets a 403. The management API takes only calls
+signed with the per-run access key id the functions get as ``AWS_ACCESS_KEY_ID``. CORS is the
+template's HTTP API ``CorsConfiguration`` (``CorsAllowOrigins``); ``/dev/*`` and the management API
+send no CORS header at all. ``presence_*_seconds`` set
 ``PRESENCE_GRACE_SECONDS``, ``PRESENCE_LEASE_SECONDS`` and ``PRESENCE_SWEEP_SECONDS``.
 
 Each function runs with its template ``Timeout`` enforced (``StackOptions.function_timeouts``
@@ -41,8 +52,11 @@ template keeps them equal.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,7 +67,7 @@ from aiohttp import web
 
 from . import faithful, moto_dynamodb, template
 from .aws_env import use_local_aws
-from .http_gateway import MAX_PAYLOAD_BYTES, HttpGateway, HttpRoute, StaticFiles
+from .http_gateway import MAX_PAYLOAD_BYTES, CorsConfiguration, HttpGateway, HttpRoute, StaticFiles
 from .lambda_host import REPO_ROOT, FunctionHost
 from .management_api import ManagementApi
 from .scheduler import ScheduleTimer
@@ -92,6 +106,12 @@ HTTP_API_TIMEOUT_RESPONSE = {
 # "Quotas for configuring and running a WebSocket in API Gateway": integration timeout 29 seconds.
 WEBSOCKET_INTEGRATION_TIMEOUT_SECONDS = 29.0
 MIN_TTL_SWEEP_SECONDS = 0.25
+HTTP_API_TYPE = "AWS::Serverless::HttpApi"
+# The per-run secret of /dev/*: this header, or the dashboard's cookie (see the module docstring).
+DEV_SECRET_HEADER = "X-Devstack-Secret"  # noqa: S105 - a header name, not a secret
+DEV_PATH_PREFIX = "/dev/"
+# Names that always mean this machine; the bound address and StackOptions.allow_hosts are added.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass
@@ -124,6 +144,11 @@ class StackOptions:
     # Seconds between two firings of each schedule (logical id of the function -> seconds);
     # default: the template's rate. The first firing is always at start.
     schedule_intervals: dict[str, float] = field(default_factory=dict)
+    # Host names (or addresses) the Host header may carry besides loopback and the bound address,
+    # e.g. this machine's LAN address when it listens on 0.0.0.0 (--allow-host).
+    allow_hosts: tuple[str, ...] = ()
+    # The secret /dev/* demands; None: a new random one per run (what `dev` always does).
+    dev_secret: str | None = None
 
 
 def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
@@ -142,6 +167,32 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def split_host_header(value: str) -> tuple[str, int | None] | None:
+    """``name:port``, ``[v6]:port`` or ``name`` -> (lower-case name, IPv6 in brackets; port or None).
+
+    None when it is not a host at all (an empty name, a port that is not a number)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[: end + 1], value[end + 1 :]
+    else:
+        name, colon, port_text = value.partition(":")
+        rest = colon + port_text
+    if not name or name == "[]":
+        return None
+    if not rest:
+        return name, None
+    if not rest.startswith(":") or not rest[1:].isdigit():
+        return None
+    return name, int(rest[1:])
+
+
+def _json(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status, headers={"Cache-Control": "no-store"})
+
+
 class LocalStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
@@ -155,7 +206,14 @@ class LocalStack:
         self.functions: dict[str, FunctionHost] = {}
         self.registry = ConnectionRegistry()
         self.ws_gateway: WebSocketGateway | None = None
-        self.management = ManagementApi(self.registry)
+        # Per-run secrets: /dev/* takes dev_secret; the management API takes calls signed with
+        # access_key_id only, which the functions get (with its secret key) as AWS credentials.
+        self.dev_secret = options.dev_secret or secrets.token_urlsafe(24)
+        self.access_key_id = "ASIA" + base64.b32encode(secrets.token_bytes(10)).decode()  # AWS's shape
+        self.secret_access_key = secrets.token_urlsafe(30)
+        self.management = ManagementApi(self.registry, access_key_id=self.access_key_id)
+        self.allowed_hosts: frozenset[str] = frozenset()
+        self.port = 0
         self.pollers: list[StreamPoller] = []
         self.schedules: list[ScheduleTimer] = []
         self.sweeper: TtlSweeper | None = None
@@ -188,8 +246,13 @@ class LocalStack:
         self._socket = socket.create_server((self.options.host, self.options.port), family=family, backlog=512)
         port = self._socket.getsockname()[1]
         host = _url_host(self.options.host)
+        self.port = port
         self.url = f"http://{host}:{port}"
         self.websocket_url = f"ws://{host}:{port}{WEBSOCKET_PATH}"
+        names = {*LOOPBACK_NAMES, host.lower(), *(_url_host(name).lower() for name in self.options.allow_hosts)}
+        if self.options.host not in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising it, not binding to it
+            names.add(_url_host(self.options.host).lower())
+        self.allowed_hosts = frozenset(names)
 
     def _environment(self) -> dict[str, str]:
         refs: dict[str, str] = {**self._parameters(), **self.table_names}
@@ -200,6 +263,9 @@ class LocalStack:
                 if resolved is not None and name not in _DROPPED_ENV:
                     env[name] = resolved
         use_local_aws(env)
+        # The per-run credentials: moto takes any, the management API only these (see __init__).
+        env["AWS_ACCESS_KEY_ID"] = self.access_key_id
+        env["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         env["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_url
         env["AWS_ENDPOINT_URL_DYNAMODBSTREAMS"] = self.dynamodb_url
         # The management API is served on this stack's own port (the template's is https://{api}...).
@@ -377,6 +443,84 @@ class LocalStack:
             timer.start()
             self.schedules.append(timer)
 
+    # --- request guard: Host, the per-run secret, the dashboard's cookie ------------------------
+
+    @property
+    def dev_cookie_name(self) -> str:
+        """Per port: cookies are shared by every port of a host, and two stacks must not mix."""
+        return f"devstack_{self.port}"
+
+    def host_allowed(self, value: str | None) -> bool:
+        """Whether a Host header names this stack: one of its names, and its port."""
+        parsed = split_host_header(value) if value is not None else None
+        if parsed is None:
+            return False
+        name, port = parsed
+        return name in self.allowed_hosts and (80 if port is None else port) == self.port
+
+    def _has_dev_secret(self, request: web.Request) -> bool:
+        given = request.headers.get(DEV_SECRET_HEADER) or request.cookies.get(self.dev_cookie_name) or ""
+        return hmac.compare_digest(given.encode(), self.dev_secret.encode())
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Before anything else: the Host must be the stack's own (a DNS rebinding page's is not),
+        and /dev/* needs the per-run secret. Serving the dashboard page hands that secret to the
+        page as a cookie no script can read (HttpOnly) and no other site's request carries
+        (SameSite=Strict), scoped to /dev."""
+        host = request.headers.get("Host")
+        if host is None:
+            return _json(400, "a Host header is required")
+        if not self.host_allowed(host):
+            names = ", ".join(f"{name}:{self.port}" for name in sorted(self.allowed_hosts))
+            return _json(
+                421,
+                f"Host {host!r} is not this stack's (it answers to {names}); a page whose DNS name was pointed "
+                "here (DNS rebinding) is refused. Listening beyond loopback, name this machine with --allow-host",
+            )
+        development = request.path == "/dev" or request.path.startswith(DEV_PATH_PREFIX)
+        if development and not self._has_dev_secret(request):
+            return _json(
+                403,
+                f"/dev/* needs this run's secret (printed at start as 'Dev secret:') in the {DEV_SECRET_HEADER} "
+                "header; the dashboard gets it as a cookie when the stack serves its page",
+            )
+        response: web.StreamResponse = await handler(request)
+        if request.method == "GET" and request.path == "/" and response.status == 200:
+            response.set_cookie(self.dev_cookie_name, self.dev_secret, path="/dev", httponly=True, samesite="Strict")
+        return response
+
+    def cors_configuration(self) -> CorsConfiguration | None:
+        """The HTTP API's ``CorsConfiguration`` from the template, ``CorsAllowOrigins`` resolved."""
+        parameters = self._parameters()
+
+        def strings(value: Any) -> tuple[str, ...]:
+            if isinstance(value, dict) and "Ref" in value:  # a CommaDelimitedList parameter
+                return tuple(part.strip() for part in str(parameters.get(value["Ref"], "")).split(",") if part.strip())
+            if isinstance(value, list):
+                return tuple(item for item in (_resolve(v, parameters) for v in value) if item)
+            resolved = _resolve(value, parameters) if value is not None else None
+            return (resolved,) if resolved else ()
+
+        for resource in template.resources(self.template, HTTP_API_TYPE).values():
+            cors = (resource.get("Properties") or {}).get("CorsConfiguration")
+            if cors is None or cors is False:
+                continue
+            if cors is True:  # SAM: CorsConfiguration: true allows every origin
+                return CorsConfiguration(allow_origins=("*",))
+            if not isinstance(cors, dict):  # SAM: a single origin as a string
+                return CorsConfiguration(allow_origins=strings(str(cors).strip("'\"")))
+            max_age = cors.get("MaxAge")
+            return CorsConfiguration(
+                allow_origins=strings(cors.get("AllowOrigins")),
+                allow_methods=strings(cors.get("AllowMethods")),
+                allow_headers=strings(cors.get("AllowHeaders")),
+                expose_headers=strings(cors.get("ExposeHeaders")),
+                max_age=int(max_age) if max_age is not None else None,
+                allow_credentials=bool(cors.get("AllowCredentials", False)),
+            )
+        return None
+
     async def _serve_dev_token(self, request: web.Request) -> web.Response:
         """A development token; ``?channels=`` and ``?write=`` (repeatable) choose its claims."""
         channels = tuple(request.query.getall("channels", [])) or DEV_TOKEN_CHANNELS
@@ -485,7 +629,7 @@ class LocalStack:
             faithful.configure(self.options.faults)
             self._configured_faults = True
 
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
+        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._guard])
         websocket_api = self._websocket_api()
         if websocket_api is not None:
             self.ws_gateway = WebSocketGateway(websocket_api, self.registry)
@@ -500,7 +644,7 @@ class LocalStack:
         app.router.add_post("/dev/connections/drop", self._drop_connections)
         # Development only, never deployed: counters for tests and benchmarks.
         app.router.add_get("/dev/stats", self._serve_stats)
-        app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes()).handle)
+        app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes(), self.cors_configuration()).handle)
 
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()

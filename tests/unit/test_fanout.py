@@ -8,23 +8,53 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
-from realtime_transport.connections import Connection, ConnectionStore
+from realtime_transport.connections import Connection, ConnectionStore, Subscriber
 from realtime_transport.delivery import Pusher
 from realtime_transport.errors import StoreUnavailable
 from tests.conftest import TABLE_NAMES, LambdaContext, load_function, sample_event
-from tests.unit.test_delivery import FakeManagementApi
+from tests.unit.test_delivery import FakeManagementApi, _Handler
 
 CONNECTIONS = TABLE_NAMES["ConnectionsTable"]
 FEED_42 = "transport#feed_42"
 FEED_7 = "transport#feed_7"
 
 
+class _ClosingHandler(_Handler):
+    """Also plays `DELETE @connections/{id}` (204, or the connection's next scripted answer)."""
+
+    def do_DELETE(self) -> None:
+        api: ClosingManagementApi = self.server.api  # type: ignore[assignment]
+        _, marker, raw_id = self.path.partition("/@connections/")
+        connection_id = unquote(raw_id)
+        answer = int(api.next_answer(connection_id)) if marker else 404
+        status = 204 if answer == 200 else answer
+        posted = len(api.requests_for(connection_id))
+        with api.lock:
+            api.deletes.append((connection_id, status, posted))
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class ClosingManagementApi(FakeManagementApi):
+    def __init__(self, stage: str = "") -> None:
+        super().__init__(stage)
+        # (connection id, status, POSTs it had received before) of every DELETE
+        self.deletes: list[tuple[str, int, int]] = []
+        self._server.RequestHandlerClass = _ClosingHandler
+
+    def closed(self) -> list[str]:
+        with self.lock:
+            return [connection_id for connection_id, status, _ in self.deletes if status < 300]
+
+
 @pytest.fixture
-def api() -> Iterator[FakeManagementApi]:
-    server = FakeManagementApi(stage="/live")
+def api() -> Iterator[ClosingManagementApi]:
+    server = ClosingManagementApi(stage="/live")
     yield server
     server.stop()
 
@@ -87,10 +117,14 @@ def invoke(module: Any, event: dict[str, Any]) -> list[str]:
     return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
 
 
-def connect(store: ConnectionStore, connection_id: str, *channel_keys: str) -> None:
-    store.put_connection(Connection(connection_id, "user", ("feed_*",), 2_000_000_000, 1_700_000_000_000))
+FAR = 2_000_000_000  # a token expiry far ahead (2033)
+
+
+def connect(store: ConnectionStore, connection_id: str, *channel_keys: str, exp: int = FAR) -> None:
+    """A connection whose token expires at `exp`, subscribed under it (the index carries `exp` too)."""
+    store.put_connection(Connection(connection_id, "user", ("feed_*",), exp, 1_700_000_000_000))
     for key in channel_keys:
-        store.subscribe(connection_id, key)
+        store.subscribe(connection_id, key, token_exp=exp)
 
 
 def frames(api: FakeManagementApi, connection_id: str) -> list[dict[str, Any]]:
@@ -268,14 +302,14 @@ def test_an_unreadable_channel_fails_only_its_own_records(
     fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connect(store, "a", FEED_42, FEED_7)
-    real = ConnectionStore.subscribers
+    real = ConnectionStore.subscriber_entries
 
-    def flaky(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+    def flaky(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
         if channel_key == FEED_7:
             raise StoreUnavailable("connections table: throttled")
         return real(self, channel_key, page_size)
 
-    monkeypatch.setattr(ConnectionStore, "subscribers", flaky)
+    monkeypatch.setattr(ConnectionStore, "subscriber_entries", flaky)
     event = sample_event("dynamodb_stream_insert")
 
     assert invoke(fanout, event) == [event["Records"][2]["dynamodb"]["SequenceNumber"]]
@@ -285,11 +319,11 @@ def test_an_unreadable_channel_fails_only_its_own_records(
 def test_a_batch_whose_every_lookup_fails_lists_every_record(
     fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def down(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+    def down(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
         raise StoreUnavailable("connections table: unavailable")
         yield []  # a generator, like the real one
 
-    monkeypatch.setattr(ConnectionStore, "subscribers", down)
+    monkeypatch.setattr(ConnectionStore, "subscriber_entries", down)
     event = sample_event("dynamodb_stream_insert")
     event["Records"].insert(0, record("feed_42", 1, name="MODIFY"))  # ignored: never a failure
 
@@ -307,13 +341,13 @@ def test_each_channel_is_looked_up_once_per_batch_across_all_pages(
         connect(store, connection_id, FEED_42)
     connect(store, "other", FEED_7)
     calls: Counter[str] = Counter()
-    real = ConnectionStore.subscribers
+    real = ConnectionStore.subscriber_entries
 
-    def counted(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
+    def counted(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
         calls[channel_key] += 1
         return real(self, channel_key, page_size)
 
-    monkeypatch.setattr(ConnectionStore, "subscribers", counted)
+    monkeypatch.setattr(ConnectionStore, "subscriber_entries", counted)
     queries: list[dict[str, Any]] = []
     client = fanout.fanout.connections._client
     client.meta.events.register("provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params))
@@ -417,3 +451,138 @@ def test_a_failure_to_leave_rooms_never_fails_the_batch_and_keeps_the_connection
     spy.error = None
     assert invoke(fanout, sample_event("dynamodb_stream_insert")) == []
     assert spy.calls[-1] == ("gone", True) and store.connection("gone") is None
+
+
+# --- token expiry ---------------------------------------------------------------------------------------
+
+EXPIRED_FRAME = {
+    "type": "error",
+    "code": "token_expired",
+    "message": "token has expired; renew it (auth) or reconnect with a new one",
+}
+
+
+def past() -> int:
+    return int(time.time()) - 60  # beyond the tokens' 5 s leeway
+
+
+def test_a_connection_whose_token_expired_gets_no_events_and_is_closed_with_the_reason(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    connect(store, "expired", FEED_42, FEED_7, exp=past())
+    connect(store, "valid", FEED_42, FEED_7)
+
+    result = fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    assert sorted(seqs(api, "valid")) == [3, 17, 18]
+    assert frames(api, "expired") == [EXPIRED_FRAME]  # once, whatever the number of its channels
+    assert api.deletes == [("expired", 204, 1)], "closed after the error frame arrived"
+    assert result.expired == ["expired"] and result.closing.closed == ["expired"]
+    assert "expired" not in {c for batch in result.channels.values() for c in batch.subscribers}
+    # API Gateway runs $disconnect after the DELETE: that cleans up, not the fan-out
+    assert store.connection("expired") is not None and result.deleted == []
+
+
+def test_a_stale_index_entry_of_a_renewed_token_is_confirmed_and_delivered_to(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    connect(store, "renewed", FEED_42, exp=past())  # subscribed under the old token
+    store.put_connection(Connection("renewed", "user", ("feed_*",), FAR, 1_700_000_000_000))  # auth since
+
+    result = fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    assert seqs(api, "renewed") == [17, 18]
+    assert api.deletes == [] and result.expired == [] and result.renewed == ["renewed"]
+
+
+def test_a_subscription_without_an_expiry_is_checked_against_its_connection(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    # Written before subscriptions carried tokenExp (or by a caller that gave none).
+    for connection_id, exp in (("old-valid", FAR), ("old-expired", past())):
+        store.put_connection(Connection(connection_id, "user", ("feed_*",), exp, 1_700_000_000_000))
+        store.subscribe(connection_id, FEED_42)
+    store.subscribe("no-item", FEED_42)  # its connection item is gone: nothing may be authorised on it
+
+    result = fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    assert seqs(api, "old-valid") == [17, 18]
+    assert result.renewed == ["old-valid"]
+    assert sorted(result.expired) == ["no-item", "old-expired"] and sorted(api.closed()) == ["no-item", "old-expired"]
+    assert frames(api, "old-expired") == [EXPIRED_FRAME] and frames(api, "no-item") == [EXPIRED_FRAME]
+
+
+def test_an_unreadable_connection_item_is_not_delivered_to_nor_closed(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(store, "unsure", FEED_42, exp=past())
+    connect(store, "valid", FEED_42)
+    real = ConnectionStore.connection
+
+    def flaky(self: ConnectionStore, connection_id: str) -> Connection | None:
+        if connection_id == "unsure":
+            raise StoreUnavailable("connections table: throttled")
+        return real(self, connection_id)
+
+    monkeypatch.setattr(ConnectionStore, "connection", flaky)
+
+    assert invoke(fanout, sample_event("dynamodb_stream_insert")) == [], "never fails the batch"
+    assert api.requests_for("unsure") == [] and api.deletes == []
+    assert seqs(api, "valid") == [17, 18]
+
+
+def test_an_expired_connection_already_gone_is_forgotten(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    connect(store, "left-long-ago", FEED_42, exp=past())
+    api.script = {"left-long-ago": [410]}  # the farewell finds it gone: no DELETE
+
+    result = fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    assert api.deletes == [] and result.closing.gone == ["left-long-ago"]
+    assert result.deleted == ["left-long-ago"]
+    assert store.connection("left-long-ago") is None and store.subscriptions("left-long-ago") == []
+
+
+def test_a_close_that_fails_is_tried_again_with_the_next_batch(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    connect(store, "expired", FEED_42, exp=past())
+    api.script = {"expired": [200, 403]}  # the farewell arrives, the DELETE is refused
+
+    first = fanout.fanout.deliver([record("feed_42", 1)])
+    assert first.closing.failed == ["expired"] and "403" in first.closing.errors["expired"]
+
+    second = fanout.fanout.deliver([record("feed_42", 2)])
+    assert second.closing.closed == ["expired"]
+    assert frames(api, "expired") == [EXPIRED_FRAME, EXPIRED_FRAME], "no event, the reason twice"
+
+
+def test_after_auth_the_fanout_delivers_past_the_old_expiry(
+    fanout: Any, store: ConnectionStore, api: ClosingManagementApi, settings_factory: Any
+) -> None:
+    from realtime_transport import Realtime, tokens
+    from realtime_transport.live import LiveService
+
+    secret = CURSOR_SECRET.encode()
+    replies: list[tuple[str, dict[str, Any]]] = []
+
+    class Replies:
+        def send(self, connection_id: str, data: bytes) -> bool:
+            replies.append((connection_id, json.loads(data)))
+            return True
+
+    live = LiveService(Realtime(settings=settings_factory(), secret=secret), Replies())
+    for connection_id in ("renews", "does-not"):
+        live.connect(connection_id, tokens.issue(secret, sub="u", channels=["feed_*"], ttl_seconds=60))
+        live.handle(connection_id, json.dumps({"action": "subscribe", "channel": "feed_42"}))
+    renewal = tokens.issue(secret, sub="u", channels=["feed_*"], ttl_seconds=3600)
+    live.handle("renews", json.dumps({"action": "auth", "token": renewal}))
+    assert replies[-1] == ("renews", {"type": "authed", "exp": tokens.verify(secret, renewal).exp})
+
+    fanout.fanout.clock = lambda: time.time() + 600  # past the first tokens' expiry, before the renewal's
+    result = fanout.fanout.deliver(sample_event("dynamodb_stream_insert")["Records"])
+
+    assert seqs(api, "renews") == [17, 18]
+    assert result.renewed == [], "the subscription carries the new expiry: not even a read"
+    assert frames(api, "does-not") == [EXPIRED_FRAME] and api.closed() == ["does-not"]

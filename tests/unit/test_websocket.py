@@ -369,3 +369,141 @@ def test_pong_carries_the_head_of_every_subscribed_channel(live: Any) -> None:
     service.realtime.channel("feed_c").broadcast(type="t", data=1)  # not subscribed: not reported
     send(service, "c1", {"action": "ping"})
     assert pusher.take("c1") == [{"type": "pong", "heads": {"feed_a": 3, "feed_b": 1}}]
+
+
+# --- auth: a new token on the open connection ----------------------------------------------------------
+
+
+def token_of(sub: str, channels: list[str], ttl: int = 600, secret: bytes = SECRET) -> str:
+    return tokens.issue(secret, sub=sub, channels=channels, ttl_seconds=ttl)
+
+
+def index_expiry(service: LiveService, channel_key: str) -> dict[str, int | None]:
+    return {
+        entry.connection_id: entry.token_exp
+        for page in service.realtime.connections.subscriber_entries(channel_key)
+        for entry in page
+    }
+
+
+def test_subscriptions_carry_the_tokens_expiry_into_the_index(live: Any) -> None:
+    service, _ = live
+    first = token(["feed_*"])
+    service.connect("c1", first)
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})
+    assert index_expiry(service, "transport#feed_1") == {"c1": tokens.verify(SECRET, first).exp}
+
+
+def test_auth_renews_the_connection_and_every_subscription(live: Any) -> None:
+    service, pusher = live
+    service.connect("c1", token_of("tester", ["feed_*"], ttl=60))
+    for n in (1, 2):
+        send(service, "c1", {"action": "subscribe", "channel": f"feed_{n}"})
+    pusher.take("c1")
+    renewal = token_of("tester", ["feed_*"], ttl=3600)
+    exp = tokens.verify(SECRET, renewal).exp
+
+    send(service, "c1", {"action": "auth", "token": renewal})
+
+    assert pusher.take("c1") == [{"type": "authed", "exp": exp}]
+    connection = service.realtime.connections.connection("c1")
+    assert connection is not None and connection.token_expires_at == exp
+    assert index_expiry(service, "transport#feed_1") == {"c1": exp} == index_expiry(service, "transport#feed_2")
+
+
+@pytest.mark.parametrize(
+    ("new_token", "problem"),
+    [
+        (token_of("mallory", ["feed_*"], ttl=3600), "sub 'mallory', this connection is 'tester'"),
+        (token_of("tester", ["feed_*"], secret=b"another-secret-long-enough-for-hs256"), "signature"),
+        (token_of("tester", ["feed_*"], ttl=-60), "expired"),
+        ("not-a-jwt", "malformed"),
+    ],
+)
+def test_auth_with_a_token_that_cannot_replace_the_current_one_is_refused(
+    live: Any, new_token: str, problem: str
+) -> None:
+    service, pusher = live
+    current = token_of("tester", ["feed_*"])
+    service.connect("c1", current)
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})
+    pusher.take("c1")
+
+    send(service, "c1", {"action": "auth", "token": new_token})
+
+    (reply,) = pusher.take("c1")
+    assert reply["type"] == "error" and reply["code"] == "auth_refused", reply
+    assert problem in reply["message"] and "the current token stays" in reply["message"]
+    connection = service.realtime.connections.connection("c1")
+    assert connection is not None and connection.sub == "tester"
+    assert connection.token_expires_at == tokens.verify(SECRET, current).exp
+    assert index_expiry(service, "transport#feed_1") == {"c1": tokens.verify(SECRET, current).exp}
+    send(service, "c1", {"action": "subscribe", "channel": "feed_2"})  # the connection goes on
+    assert pusher.take("c1")[0]["type"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    ("message", "code"), [({"action": "auth"}, "invalid_message"), ({"action": "auth", "token": ""}, "invalid_message")]
+)
+def test_auth_without_a_token_is_an_invalid_message(live: Any, message: Any, code: str) -> None:
+    service, pusher = live
+    service.connect("c1", token(["feed_*"]))
+    send(service, "c1", message)
+    (reply,) = pusher.take("c1")
+    assert reply["code"] == code and reply["message"].startswith("token:")
+
+
+def test_auth_on_an_unknown_connection_is_unauthorized(live: Any) -> None:
+    service, pusher = live
+    send(service, "ghost", {"action": "auth", "token": token(["feed_*"])})
+    (reply,) = pusher.take("ghost")
+    assert reply["code"] == "unauthorized" and "not registered" in reply["message"]
+    assert service.realtime.connections.connection("ghost") is None, "auth never creates a connection"
+
+
+def test_auth_narrowing_the_channels_drops_what_the_new_token_does_not_allow(live: Any) -> None:
+    service, pusher = live
+    service.connect("c1", token_of("tester", ["feed_*", "room_*"]))
+    for channel in ("feed_a1", "feed_b1"):
+        send(service, "c1", {"action": "subscribe", "channel": channel})
+    send(service, "c1", {"action": "join", "room": "R"})
+    pusher.take("c1")
+    narrower = token_of("tester", ["feed_a*"], ttl=3600)
+
+    send(service, "c1", {"action": "auth", "token": narrower})
+
+    exp = tokens.verify(SECRET, narrower).exp
+    replies = pusher.take("c1")
+    assert replies[-1] == {"type": "authed", "exp": exp, "unsubscribed": ["feed_b1", "room_R"], "left": ["R"]}
+    assert sorted(replies[:-1], key=json.dumps) == sorted(
+        [
+            {"type": "left", "room": "R", "reason": "not_allowed"},
+            {"type": "unsubscribed", "channel": "feed_b1", "reason": "not_allowed"},
+            {"type": "unsubscribed", "channel": "room_R", "reason": "not_allowed"},
+        ],
+        key=json.dumps,
+    )
+    assert service.realtime.connections.subscriptions("c1") == ["transport#feed_a1"]
+    assert index_expiry(service, "transport#feed_a1") == {"c1": exp}
+    from realtime_transport.rooms import Room
+
+    assert Room(service.realtime, "R").presence.members().items == [], "left the room it may no longer see"
+    send(service, "c1", {"action": "subscribe", "channel": "feed_b1"})
+    assert pusher.take("c1")[0]["code"] == "forbidden", "the new rights hold"
+
+
+def test_a_subscribe_after_the_token_expired_says_token_expired(live: Any) -> None:
+    from realtime_transport.connections import Connection
+
+    service, pusher = live
+    service.realtime.connections.put_connection(
+        Connection("c1", "tester", ("feed_*",), int(time.time()) - 60, 1_700_000_000_000)
+    )
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})
+    (reply,) = pusher.take("c1")
+    assert reply["code"] == "token_expired" and reply["channel"] == "feed_1"
+    assert service.realtime.connections.subscriptions("c1") == []
+    send(service, "c1", {"action": "auth", "token": token(["feed_*"])})  # an expired connection may renew
+    assert pusher.take("c1")[0]["type"] == "authed"
+    send(service, "c1", {"action": "subscribe", "channel": "feed_1"})
+    assert pusher.take("c1")[0]["type"] == "subscribed"

@@ -1,9 +1,16 @@
 """The data access layer of the connections table: WebSocket connections and their subscriptions.
 
-| item         | pk             | sk              | GSI `by-channel` (channel, connectionId) |
-| ------------ | -------------- | --------------- | ---------------------------------------- |
-| connection   | `conn#{id}`    | `meta`          | -                                        |
-| subscription | `conn#{id}`    | `sub#{chanKey}` | channel = chanKey, connectionId = id     |
+| item         | pk             | sk              | GSI `by-channel` (channel, connectionId; INCLUDE tokenExp) |
+| ------------ | -------------- | --------------- | ---------------------------------------------------------- |
+| connection   | `conn#{id}`    | `meta`          | -                                                          |
+| subscription | `conn#{id}`    | `sub#{chanKey}` | channel = chanKey, connectionId = id, tokenExp             |
+
+A subscription carries the expiry (`tokenExp`, epoch seconds) of the token it was made under,
+projected into `by-channel`, so the fan-out sees from the index alone which subscribers' tokens
+have run out. The index is a hint (it lags, and an `auth` renewal updates the connection item
+before its subscriptions): the connection item's `tokenExp` is the truth, read consistently
+before anything is closed (`Fanout`). Subscriptions written before the attribute existed carry
+none: the fan-out checks those against the connection item too.
 
 The same partition also holds the connection's room memberships (`room#{ns}#{roomId}`) and the
 table holds room members and member counts: those are `rooms/presence_store.py`'s. Here,
@@ -19,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import StoreUnavailable
 
@@ -46,6 +53,13 @@ class Connection:
     # The token's `write` claim: patterns of the room channels whose state and metadata this
     # connection may change.
     write: tuple[str, ...] = ()
+
+
+class Subscriber(NamedTuple):
+    """One entry of the `by-channel` index: who, and (a hint) when their token expires."""
+
+    connection_id: str
+    token_exp: int | None  # None: a subscription written before subscriptions carried it
 
 
 class ConnectionStore:
@@ -91,18 +105,74 @@ class ConnectionStore:
             write=tuple(p["S"] for p in item.get("write", {}).get("L", [])),
         )
 
-    def subscribe(self, connection_id: str, channel_key: str) -> None:
-        self._call(
-            self._client.put_item,
-            TableName=self._table,
-            Item={
-                "pk": {"S": _pk(connection_id)},
-                "sk": {"S": f"sub#{channel_key}"},
-                "channel": {"S": channel_key},
-                "connectionId": {"S": connection_id},
-                "ttl": {"N": self._expiry()},
-            },
-        )
+    def subscribe(self, connection_id: str, channel_key: str, *, token_exp: int | None = None) -> None:
+        """Subscribe; `token_exp` is the expiry of the token the subscription is made under (the
+        fan-out's hint: pass it, a subscription without one costs the fan-out a read per batch)."""
+        item: dict[str, Any] = {
+            "pk": {"S": _pk(connection_id)},
+            "sk": {"S": f"sub#{channel_key}"},
+            "channel": {"S": channel_key},
+            "connectionId": {"S": connection_id},
+            "ttl": {"N": self._expiry()},
+        }
+        if token_exp is not None:
+            item["tokenExp"] = {"N": str(token_exp)}
+        self._call(self._client.put_item, TableName=self._table, Item=item)
+
+    def renew(self, connection_id: str, sub: str, channels: tuple[str, ...], write: tuple[str, ...], exp: int) -> bool:
+        """A new token on an open connection: its rights and expiry. False when the connection item
+        is gone or belongs to another `sub` (nothing is written then).
+
+        The connection item first, its subscriptions' `tokenExp` after (`retime_subscriptions`):
+        until they are, the fan-out finds a stale hint and confirms against this item."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": _META}},
+                UpdateExpression="SET patterns = :p, #w = :w, tokenExp = :e",
+                # Never create a connection item (UpdateItem would), never take over another subject's.
+                ConditionExpression="attribute_exists(pk) AND #s = :s",
+                ExpressionAttributeNames={"#w": "write", "#s": "sub"},
+                ExpressionAttributeValues={
+                    ":p": {"L": [{"S": p} for p in channels]},
+                    ":w": {"L": [{"S": p} for p in write]},
+                    ":e": {"N": str(exp)},
+                    ":s": {"S": sub},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise StoreUnavailable(f"connections table: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"connections table: {exc}") from exc
+        return True
+
+    def retime_subscriptions(self, connection_id: str, channel_keys: list[str], exp: int) -> int:
+        """Set `tokenExp` on each of these subscriptions that still exists; returns how many."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        updated = 0
+        for key in channel_keys:
+            try:
+                self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": f"{_SUB}{key}"}},
+                    UpdateExpression="SET tokenExp = :e",
+                    # An unsubscribe that raced this must not come back as a bare item.
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeValues={":e": {"N": str(exp)}},
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                    continue
+                raise StoreUnavailable(f"connections table: {exc}") from exc
+            except BotoCoreError as exc:
+                raise StoreUnavailable(f"connections table: {exc}") from exc
+            updated += 1
+        return updated
 
     def unsubscribe(self, connection_id: str, channel_key: str) -> None:
         self._call(
@@ -134,6 +204,11 @@ class ConnectionStore:
 
     def subscribers(self, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
         """The live connection ids subscribed to a channel, a page at a time."""
+        for page in self.subscriber_entries(channel_key, page_size):
+            yield [entry.connection_id for entry in page]
+
+    def subscriber_entries(self, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
+        """The index entries of a channel's subscribers (id and `tokenExp` hint), a page at a time."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": BY_CHANNEL_INDEX,
@@ -143,9 +218,12 @@ class ConnectionStore:
         }
         while True:
             response = self._call(self._client.query, **kwargs)
-            ids = [item["connectionId"]["S"] for item in response.get("Items", [])]
-            if ids:
-                yield ids
+            entries = [
+                Subscriber(item["connectionId"]["S"], int(item["tokenExp"]["N"]) if "tokenExp" in item else None)
+                for item in response.get("Items", [])
+            ]
+            if entries:
+                yield entries
             if "LastEvaluatedKey" not in response:
                 return
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]

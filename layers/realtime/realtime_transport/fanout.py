@@ -4,9 +4,17 @@ One stream batch is worked out whole before Powertools' `BatchProcessor` sees it
 
 1. keep only INSERTs of `kind=event` items (the template's filter does this on AWS too);
 2. group them by channel, in `seq` order (positions can commit out of order by a few ms);
-3. read each channel's subscribers once, every page of the `by-channel` index;
-4. deliver every connection its frames in order, all connections at once (`Pusher.send_many`);
-5. connections that answered 410 leave their rooms (`connection_gone`: reason `disconnected`,
+3. read each channel's subscribers once, every page of the `by-channel` index, with the
+   expiry of the token each subscription was made under (`tokenExp`, projected into the index);
+4. a subscriber whose index entry says its token has expired (or says nothing) is checked
+   against its connection item (one consistent GetItem): the entry is a hint, an `auth` may
+   have renewed the token since. Still expired: it gets no events, but an `error` frame
+   (`token_expired`) and then `DELETE @connections/{id}` (API Gateway then runs `$disconnect`,
+   which cleans up; if that never comes, the next batch finds it again and the DELETE answers
+   410, so it is forgotten as below). A connection item that cannot be read: no delivery, no
+   close (fail closed; its client catches up once it can);
+5. deliver every other connection its frames in order, all connections at once (`Pusher.send_many`);
+6. connections that answered 410 leave their rooms (`connection_gone`: reason `disconnected`,
    so a member whose only socket vanished enters its grace period), then are deleted with
    their subscriptions, all at once.
 
@@ -28,13 +36,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from . import tokens
 from .clock import now_ms
-from .connections import ConnectionStore
+from .connections import Connection, ConnectionStore, Subscriber
 from .cursor import CursorCodec
-from .delivery import DeliveryReport, Pusher
+from .delivery import CloseReport, DeliveryReport, Pusher
 from .errors import RealtimeError, StoreUnavailable
 from .models.stream import StreamRecord
-from .models.websocket import event_frame
+from .models.websocket import TOKEN_EXPIRED, ErrorMessage, event_frame
 from .observability import logger, metrics
 from .secrets import signing_secret
 
@@ -57,6 +66,23 @@ class SubscribersUnavailable(RealtimeError):
 class Deliverer(Protocol):
     def send_many(self, plan: Mapping[str, Sequence[bytes]], *, budget_s: float | None = None) -> DeliveryReport: ...
 
+    def disconnect_many(
+        self, farewells: Mapping[str, bytes | None], *, budget_s: float | None = None
+    ) -> CloseReport: ...
+
+
+# What a connection whose token ran out reads before the fan-out closes it.
+EXPIRED_FRAME = (
+    ErrorMessage(code=TOKEN_EXPIRED, message="token has expired; renew it (auth) or reconnect with a new one")
+    .model_dump_json(exclude_none=True)
+    .encode()
+)
+
+
+def token_expired(exp: int, now: float) -> bool:
+    """The tokens module's own test (its leeway included), for an expiry read from the table."""
+    return tokens.Claims(sub="-", exp=exp, channels=()).expired(now)
+
 
 class GonePresence(Protocol):
     """What the fan-out needs of presence (`rooms.presence.PresenceRegistry`)."""
@@ -71,8 +97,9 @@ class ChannelBatch:
     key: str
     name: str
     records: list[StreamRecord]
-    subscribers: list[str] = field(default_factory=list)
+    subscribers: list[str] = field(default_factory=list)  # those delivered to (valid tokens)
     lookup_error: str | None = None
+    entries: list[Subscriber] = field(default_factory=list)  # the index's entries, hints included
 
 
 @dataclass
@@ -84,6 +111,12 @@ class FanoutResult:
     # gone connection -> the rooms it left (`disconnected`); one whose leave failed is not deleted
     left_rooms: dict[str, list[str]] = field(default_factory=dict)
     presence_failures: list[str] = field(default_factory=list)
+    # Token expiry: confirmed expired (not delivered to, closed), index hints found stale (a renewed
+    # token: delivered to), connection items unreadable (not delivered to, not closed).
+    expired: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    closing: CloseReport = field(default_factory=CloseReport)
 
     @property
     def failed_channels(self) -> set[str]:
@@ -109,8 +142,11 @@ class Fanout:
         store_workers: int = 8,
         cursors: CursorCodec | None = None,
         presence: GonePresence | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.connections = connections
+        # Epoch seconds, against which tokens' expiry is judged (tests move it).
+        self.clock = clock
         self.pusher = pusher
         # A gone connection leaves its rooms first (None: no rooms, as in tests of delivery alone).
         self.presence = presence
@@ -157,7 +193,11 @@ class Fanout:
             if isinstance(outcome, StoreUnavailable):
                 batch.lookup_error = outcome.message
             else:
-                batch.subscribers = outcome
+                batch.entries = outcome
+        expired, renewed, unconfirmed = self._check_tokens(channels.values())
+        excluded = set(expired) | set(unconfirmed)
+        for batch in channels.values():
+            batch.subscribers = [e.connection_id for e in batch.entries if e.connection_id not in excluded]
 
         plan: dict[str, list[bytes]] = {}
         for batch in channels.values():
@@ -175,8 +215,19 @@ class Fanout:
             report = self.pusher.send_many(plan, budget_s=max(0.0, deadline - time.monotonic()))
         delivered_at = now_ms()
 
-        result = FanoutResult(records=len(parsed), channels=channels, report=report)
-        for connection_id, forgotten in zip(report.gone, self._map(self._forget, report.gone), strict=True):
+        result = FanoutResult(
+            records=len(parsed),
+            channels=channels,
+            report=report,
+            expired=expired,
+            renewed=renewed,
+            unconfirmed=unconfirmed,
+        )
+        if expired:
+            budget = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result.closing = self.pusher.disconnect_many(dict.fromkeys(expired, EXPIRED_FRAME), budget_s=budget)
+        gone = [*report.gone, *result.closing.gone]
+        for connection_id, forgotten in zip(gone, self._map(self._forget, gone), strict=True):
             if isinstance(forgotten, _PresenceFailed):
                 result.presence_failures.append(connection_id)
             elif isinstance(forgotten, list):
@@ -188,14 +239,45 @@ class Fanout:
 
     # --- steps ------------------------------------------------------------------------
 
-    def _subscribers(self, batch: ChannelBatch) -> list[str] | StoreUnavailable:
-        ids: list[str] = []
+    def _subscribers(self, batch: ChannelBatch) -> list[Subscriber] | StoreUnavailable:
+        entries: dict[str, Subscriber] = {}
         try:
-            for page in self.connections.subscribers(batch.key, page_size=self._page_size):
-                ids.extend(page)
+            for page in self.connections.subscriber_entries(batch.key, page_size=self._page_size):
+                for entry in page:
+                    entries.setdefault(entry.connection_id, entry)
         except StoreUnavailable as exc:
             return exc
-        return list(dict.fromkeys(ids))
+        return list(entries.values())
+
+    def _check_tokens(self, batches: Iterable[ChannelBatch]) -> tuple[list[str], list[str], list[str]]:
+        """(expired, renewed, unconfirmed) among the subscribers whose index entry says their
+        token has run out, or says nothing: each checked once against its connection item."""
+        now = self.clock()
+        suspects: dict[str, None] = {}
+        for batch in batches:
+            for entry in batch.entries:
+                if entry.token_exp is None or token_expired(entry.token_exp, now):
+                    suspects.setdefault(entry.connection_id)
+        expired: list[str] = []
+        renewed: list[str] = []
+        unconfirmed: list[str] = []
+        for connection_id, found in zip(suspects, self._map(self._connection, suspects), strict=True):
+            if isinstance(found, StoreUnavailable):
+                unconfirmed.append(connection_id)
+            elif found is None or token_expired(found.token_expires_at, now):
+                # No connection item: nothing could ever be authorised on it again; close it too.
+                expired.append(connection_id)
+            else:
+                renewed.append(connection_id)
+        if unconfirmed:
+            logger.warning("token expiry not confirmed: not delivered", extra={"connections": unconfirmed[:10]})
+        return expired, renewed, unconfirmed
+
+    def _connection(self, connection_id: str) -> Connection | None | StoreUnavailable:
+        try:
+            return self.connections.connection(connection_id)
+        except StoreUnavailable as exc:
+            return exc
 
     def _forget(self, connection_id: str) -> list[str] | _PresenceFailed | StoreUnavailable:
         """Leave the gone connection's rooms, then delete it: the rooms it left, or what failed."""
@@ -234,6 +316,10 @@ class Fanout:
         metrics.add_metric(name="Deliveries", unit=MetricUnit.Count, value=report.delivered)
         metrics.add_metric(name="DeliveryFailures", unit=MetricUnit.Count, value=len(report.failed))
         metrics.add_metric(name="GoneConnections", unit=MetricUnit.Count, value=len(report.gone))
+        if result.expired:
+            metrics.add_metric(name="ExpiredTokenConnections", unit=MetricUnit.Count, value=len(result.expired))
+        if result.unconfirmed:
+            metrics.add_metric(name="TokenChecksFailed", unit=MetricUnit.Count, value=len(result.unconfirmed))
         if result.presence_failures:
             metrics.add_metric(name="GonePresenceFailures", unit=MetricUnit.Count, value=len(result.presence_failures))
         if result.failed_channels:
@@ -259,11 +345,17 @@ class Fanout:
             },
             "delivered": report.delivered,
             "gone": len(report.gone),
+            "expired": len(result.expired),
+            "renewed": len(result.renewed),
+            "unconfirmed": len(result.unconfirmed),
+            "closed": len(result.closing.closed),
             "rooms_left": sum(len(rooms) for rooms in result.left_rooms.values()),
             "failed": len(report.failed),
             "retries": report.retries,
             "delivery_ms": round(report.elapsed_ms, 1),
         }
+        if result.closing.errors:
+            summary["close_errors"] = dict(list(result.closing.errors.items())[:10])
         if report.errors:
             summary["errors"] = dict(list(report.errors.items())[:10])  # a sample: the reasons repeat
         if result.failed_channels:

@@ -11,6 +11,10 @@ subscribes again from there. A `pong` carries the head of every channel the conn
 subscribed to, so a client on a quiet channel learns of an event the live path never brought
 (the fan-out reads subscribers from an index that lags: a subscription can miss the first
 events after it, and a lost delivery of a channel's last event shows no gap until the next).
+
+A token's expiry holds after the handshake: every subscription carries it (the fan-out stops
+delivering to, and closes, a connection whose token has run out), and `auth` renews it on the
+open connection with a new token of the same `sub` (see `_auth`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from .errors import Forbidden, RealtimeError, StoreUnavailable, Unauthorized
 from .limits import FRAME_BYTES
 from .models.websocket import (
     ACTIONS,
+    AUTH_REFUSED,
+    TOKEN_EXPIRED,
+    Auth,
+    Authed,
     ErrorMessage,
+    Left,
     Ping,
     Pong,
     Subscribe,
@@ -43,7 +52,26 @@ from .models.websocket import (
 from .models.websocket import RoomMessage as _RoomMessage
 from .observability import logger
 from .realtime import Realtime
+from .rooms import room_channel_name
 from .rooms.errors import PreconditionFailed, StateConflict
+from .rooms.presence import Presence
+from .rooms.presence_store import split_room_key
+
+
+class TokenExpired(Unauthorized):
+    """The connection's token ran out after the handshake: renew it (`auth`) or reconnect."""
+
+    code = TOKEN_EXPIRED
+
+
+class AuthRefused(RealtimeError):
+    """An `auth` whose token cannot replace the connection's: the current one stays."""
+
+    code = AUTH_REFUSED
+
+
+# Why the server ended a subscription or a membership itself (`unsubscribed` / `left`).
+NOT_ALLOWED = "not_allowed"
 
 
 class Pusher(Protocol):
@@ -52,7 +80,7 @@ class Pusher(Protocol):
         ...
 
 
-def _frame(message: ErrorMessage | Subscribed | Unsubscribed | Pong) -> bytes:
+def _frame(message: ErrorMessage | Subscribed | Unsubscribed | Pong | Authed | Left) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
 
 
@@ -142,6 +170,8 @@ class LiveService:
             elif isinstance(message, Ping):
                 self._heartbeat(connection_id)
                 self.pusher.send(connection_id, _frame(Pong(heads=self._heads(connection_id))))
+            elif isinstance(message, Auth):
+                self._auth(connection_id, message)
             else:
                 self.rooms.handle(connection_id, message, self._claims(connection_id), deadline)
         except DeliveryFailed as exc:
@@ -180,11 +210,68 @@ class LiveService:
         connection = self.realtime.connections.connection(connection_id)
         if connection is None:
             raise Unauthorized("connection is not registered; reconnect")
-        if connection.token_expires_at + 5 < time.time():
-            raise Unauthorized("token has expired; reconnect with a new one")
-        return tokens.Claims(
+        claims = tokens.Claims(
             sub=connection.sub, exp=connection.token_expires_at, channels=connection.channels, write=connection.write
         )
+        if claims.expired(time.time()):
+            raise TokenExpired("token has expired; renew it (auth) or reconnect with a new one")
+        return claims
+
+    def _auth(self, connection_id: str, message: Auth) -> None:
+        """Renew the connection's token: the same secret and `sub`, else refused and the old one stays.
+
+        The connection item takes the new rights and expiry first (the fan-out confirms a stale
+        index hint against it), then every subscription its new `tokenExp`. A subscription the new
+        token no longer allows is dropped (`unsubscribed` with reason `not_allowed`), and a room it
+        no longer allows is left (`left`, reason `not_allowed`; the other members see a leave), each
+        before the `authed` answer, which lists them. An expired connection may renew too, as long
+        as its item is still there: the fan-out may have closed it already, then the client
+        reconnects with the new token."""
+        connection = self.realtime.connections.connection(connection_id)
+        if connection is None:
+            raise Unauthorized("connection is not registered; reconnect")
+        try:
+            claims = tokens.verify(self.realtime.secret, message.token)
+        except Unauthorized as exc:
+            raise AuthRefused(f"new token refused: {exc.message}; the current token stays", field="token") from exc
+        if claims.sub != connection.sub:
+            raise AuthRefused(
+                f"new token is for sub {claims.sub!r}, this connection is {connection.sub!r}; the current token stays",
+                field="token",
+            )
+        if not claims.channels:
+            raise AuthRefused("new token grants no channels; the current token stays", field="token")
+        if not self.realtime.connections.renew(connection_id, claims.sub, claims.channels, claims.write, claims.exp):
+            raise Unauthorized("connection is not registered; reconnect")  # gone between the read and the write
+        left = self._leave_rooms_not_allowed(connection_id, claims)
+        kept: list[str] = []
+        dropped: list[str] = []
+        for key in self.realtime.connections.subscriptions(connection_id):
+            _, _, name = key.partition("#")
+            if claims.allows(name):
+                kept.append(key)
+            else:
+                self.realtime.connections.unsubscribe(connection_id, key)
+                dropped.append(name)
+                self.pusher.send(connection_id, _frame(Unsubscribed(channel=name, reason=NOT_ALLOWED)))
+        self.realtime.connections.retime_subscriptions(connection_id, kept, claims.exp)
+        logger.info(
+            "token renewed",
+            extra={"connection_id": connection_id, "exp": claims.exp, "dropped": dropped, "left": left},
+        )
+        self.pusher.send(connection_id, _frame(Authed(exp=claims.exp, unsubscribed=dropped or None, left=left or None)))
+
+    def _leave_rooms_not_allowed(self, connection_id: str, claims: tokens.Claims) -> list[str]:
+        """Leave each room of this namespace the new token does not allow (its channel is dropped after)."""
+        left: list[str] = []
+        for membership in self.rooms.registry.store.memberships(connection_id):
+            parsed = split_room_key(membership.room_key)
+            if parsed is None or parsed[0] != self.realtime.name or claims.allows(room_channel_name(parsed[1])):
+                continue
+            Presence(self.realtime, parsed[1]).leave(connection_id, reason="left")
+            left.append(parsed[1])
+            self.pusher.send(connection_id, _frame(Left(room=parsed[1], reason=NOT_ALLOWED)))
+        return left
 
     def _subscribe(self, connection_id: str, message: Subscribe, deadline: Deadline) -> None:
         claims = self._claims(connection_id)
@@ -195,8 +282,8 @@ class LiveService:
             channel.decode_cursor(message.cursor)  # a bad cursor is refused before subscribing
         # Subscribe first, then read: an event committed from now on reaches this connection
         # through the fan-out, and everything before it comes from history (duplicates are
-        # dropped by seq on the client).
-        self.realtime.connections.subscribe(connection_id, channel.key)
+        # dropped by seq on the client). The token's expiry goes with it: the fan-out's hint.
+        self.realtime.connections.subscribe(connection_id, channel.key, token_exp=claims.exp)
         self.pusher.send(connection_id, _frame(self.catch_up(connection_id, channel, message.cursor, deadline)))
 
     def catch_up(self, connection_id: str, channel: Channel, cursor: str | None, deadline: Deadline) -> Subscribed:

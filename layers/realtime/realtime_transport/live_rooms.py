@@ -101,7 +101,7 @@ class LiveRooms:
         presence = Presence(self.realtime, room.id)
         # The membership first: it validates the member data, so a refused join leaves nothing.
         me = presence.join(connection_id, claims.sub, message.member)
-        self.realtime.connections.subscribe(connection_id, channel.key)
+        self.realtime.connections.subscribe(connection_id, channel.key, token_exp=claims.exp)  # the fan-out's hint
         truncated = False
         if message.cursor is not None:
             replayed = self.live.catch_up(connection_id, channel, message.cursor, deadline)

@@ -37,6 +37,14 @@ class Ping(_In):
     action: Literal["ping"]
 
 
+class Auth(_In):
+    """A new token for the open connection (the same `sub`), sent before the current one expires."""
+
+    action: Literal["auth"]
+    # A JWT is three base64url parts; 8 KB is far above any token this transport issues.
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
 class Join(_In):
     action: Literal["join"]
     room: RoomId
@@ -73,10 +81,10 @@ class Patch(_In):
 
 
 RoomMessage = Join | Leave | Members | Update | Patch
-ClientMessages = Subscribe | Unsubscribe | Ping | Join | Leave | Members | Update | Patch
+ClientMessages = Subscribe | Unsubscribe | Ping | Auth | Join | Leave | Members | Update | Patch
 ClientMessage = Annotated[ClientMessages, Field(discriminator="action")]
 client_message: TypeAdapter[ClientMessages] = TypeAdapter(ClientMessage)
-ACTIONS = ("subscribe", "unsubscribe", "ping", "join", "leave", "members", "update", "patch")
+ACTIONS = ("subscribe", "unsubscribe", "ping", "auth", "join", "leave", "members", "update", "patch")
 
 
 class Subscribed(BaseModel):
@@ -96,6 +104,20 @@ class Subscribed(BaseModel):
 class Unsubscribed(BaseModel):
     type: Literal["unsubscribed"] = "unsubscribed"
     channel: str
+    # Set when the server ended the subscription itself: "not_allowed" (an `auth` token that no
+    # longer grants the channel). Absent in the answer to the client's own `unsubscribe`.
+    reason: str | None = None
+
+
+class Authed(BaseModel):
+    """The answer to `auth`: the connection now runs on the new token, until `exp` (epoch s)."""
+
+    type: Literal["authed"] = "authed"
+    exp: int
+    # Channels the new token no longer allows, dropped (each had its `unsubscribed` frame first).
+    unsubscribed: list[str] | None = None
+    # Rooms left for the same reason (each had its `left` frame first).
+    left: list[str] | None = None
 
 
 class Pong(BaseModel):
@@ -112,6 +134,14 @@ class ErrorMessage(BaseModel):
     channel: str | None = None  # the channel of the subscribe/unsubscribe it answers, when known
     room: str | None = None  # the room of the room action it answers, when known
     details: dict[str, Any] | None = None
+
+
+# The error code of a connection whose token ran out after the handshake: the fan-out sends it
+# before it closes the connection, subscribe and the room actions answer it. A client renews
+# (`auth`, or a new connection with a new token) or stops.
+TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+# The error code of an `auth` that was refused: the connection goes on with its current token.
+AUTH_REFUSED = "auth_refused"
 
 
 class _Out(BaseModel):
@@ -158,6 +188,7 @@ class Joined(_Out):
 class Left(BaseModel):
     type: Literal["left"] = "left"
     room: str
+    reason: str | None = None  # as in `unsubscribed`: "not_allowed" when the server left for the client
 
 
 class MembersPageMessage(_Out):

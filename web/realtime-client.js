@@ -169,6 +169,11 @@
  * @typedef {object} ConnectOptions
  * @property {string} url               ws(s)://…/ws or wss://{api}.execute-api.{region}.amazonaws.com/live
  * @property {string | (() => string | Promise<string>)} [token]  JWT, or a function called before every attempt
+ * @property {() => Promise<string>} [getToken]  a fresh JWT (same `sub`) on demand: called before the current
+ *   token's `exp` (read from its payload, not verified) to renew it on the open connection (`auth`), and for
+ *   every connection attempt (it takes precedence over `token`)
+ * @property {number} [renewBeforeMs]   with getToken: renew this long before `exp` (at most half the token's
+ *   remaining life)
  * @property {string} [historyUrl]      base of the HTTP API, for `history` and `client.history()`
  * @property {new (url: string) => WebSocket} [WebSocket]  defaults to globalThis.WebSocket
  * @property {typeof fetch} [fetch]     defaults to globalThis.fetch
@@ -208,6 +213,7 @@ export const DEFAULTS = Object.freeze({
   gapTimeoutMs: 30_000,
   gapRetryMaxMs: 5_000,
   subscribeTimeoutMs: 10_000,
+  renewBeforeMs: 60_000,
 });
 
 const WS_OPEN = 1;
@@ -562,7 +568,10 @@ export class RealtimeClient {
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
     this.stopped = false;
-    this.timers = { reconnect: null, ping: null, pong: null, age: null, headPing: null, heads: null };
+    this.timers = { reconnect: null, ping: null, pong: null, age: null, headPing: null, heads: null, renew: null };
+    /** The token the open connection runs on, and one sent in an `auth` not answered yet. */
+    this.connectionToken = null;
+    this.pendingToken = null;
     /** Channels a pong said were behind their head, by name: the highest head seen. */
     /** @type {Map<string, number>} */
     this.pendingHeads = new Map();
@@ -771,7 +780,8 @@ export class RealtimeClient {
     if (this.stopped) return;
     let token;
     try {
-      token = typeof this.options.token === 'function' ? this.options.token() : this.options.token;
+      const source = this.tokenSource();
+      token = typeof source === 'function' ? source() : source;
     } catch (error) {
       this.onAttemptFailed(`token unavailable: ${errorText(error)}`);
       return;
@@ -791,7 +801,7 @@ export class RealtimeClient {
     if (this.stopped) return;
     const expiry = token ? tokenExpiry(token) : null;
     if (expiry !== null && expiry <= this.clock.now()) {
-      if (typeof this.options.token === 'function') {
+      if (typeof this.tokenSource() === 'function') {
         this.onAttemptFailed('token expired');
       } else {
         this.stopped = true;
@@ -807,6 +817,7 @@ export class RealtimeClient {
       return;
     }
     this.ws = ws;
+    this.connectionToken = token ?? null;
     let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
@@ -832,6 +843,7 @@ export class RealtimeClient {
     this.failuresBeforeOpen = 0;
     this.setState('open', { reason: 'connected' });
     this.schedulePing();
+    this.scheduleRenewal();
     if (this.options.maxConnectionAgeMs > 0) {
       this.timers.age = this.clock.setTimeout(
         () => this.kill('connection age limit: renewing before API Gateway closes it at 2 hours'),
@@ -965,7 +977,7 @@ export class RealtimeClient {
   }
 
   clearConnectionTimers() {
-    for (const name of /** @type {const} */ (['ping', 'pong', 'age', 'headPing', 'heads'])) {
+    for (const name of /** @type {const} */ (['ping', 'pong', 'age', 'headPing', 'heads', 'renew'])) {
       this.clock.clearTimeout(this.timers[name]);
       this.timers[name] = null;
     }
@@ -1017,6 +1029,96 @@ export class RealtimeClient {
     return typeof token === 'function' ? await token() : token;
   }
 
+  // -- token renewal (getToken) ---------------------------------------------------------
+
+  /** Where connection attempts take their token from: getToken, else the token option. */
+  tokenSource() {
+    return this.options.getToken ?? this.options.token;
+  }
+
+  /** With getToken, renew the open connection's token before its `exp` (half its remaining life at most). */
+  scheduleRenewal() {
+    this.clock.clearTimeout(this.timers.renew);
+    this.timers.renew = null;
+    const expiry = this.connectionToken ? tokenExpiry(this.connectionToken) : null;
+    if (typeof this.options.getToken !== 'function' || expiry === null) return;
+    const left = expiry - this.clock.now();
+    const delay = Math.max(0, left - Math.min(this.options.renewBeforeMs, left / 2));
+    this.timers.renew = this.clock.setTimeout(() => {
+      this.timers.renew = null;
+      void this.renewToken();
+    }, delay);
+  }
+
+  /** Ask getToken for a new token and send it on the open connection (`auth`); `authed` confirms it. */
+  async renewToken() {
+    const ws = this.ws;
+    let token;
+    try {
+      token = await /** @type {() => Promise<string>} */ (this.options.getToken)();
+    } catch (error) {
+      this.reportError(new RealtimeError('token_unavailable', `getToken failed: ${errorText(error)}`));
+      return; // the server says token_expired at the expiry; a reconnect asks getToken again
+    }
+    if (this.ws !== ws || typeof token !== 'string' || !token) return;
+    this.pendingToken = token;
+    this.send({ action: 'auth', token });
+  }
+
+  /** @param {{exp?: number}} message */
+  onAuthed(message) {
+    if (this.pendingToken) this.connectionToken = this.pendingToken;
+    this.pendingToken = null;
+    this.scheduleRenewal();
+  }
+
+  /**
+   * The server ended the connection's token (`token_expired`, then it closes the connection) or
+   * refused a renewal (`auth_refused`: the current token stays until it expires). With a token
+   * source to ask again (getToken, or a token function), the next connection gets a fresh one;
+   * with a fixed token there is nothing to retry with: closed for good, with the reason.
+   * @param {string} code
+   * @param {string} text
+   */
+  onTokenRefused(code, text) {
+    this.pendingToken = null;
+    if (code === 'auth_refused') return; // reported; no second auth on this connection
+    if (typeof this.tokenSource() === 'function') {
+      this.kill(`server: ${text}`);
+      return;
+    }
+    for (const room of [...this.rooms.values()]) room.onDisconnected(true);
+    this.stopped = true;
+    this.clearConnectionTimers();
+    this.dropSocket(1000, 'token expired');
+    this.setState('closed', { reason: `token expired (server: ${text}): reconnect() with a new token`, final: true });
+  }
+
+  /**
+   * The server dropped a subscription itself (`reason`, e.g. not_allowed after an `auth` with
+   * narrower rights): forget the channel, so no reconnect subscribes to it again, and say so.
+   * @param {{channel?: string, reason?: string}} message
+   */
+  onUnsubscribedFrame(message) {
+    const sub = typeof message.channel === 'string' ? this.channels.get(message.channel) : undefined;
+    if (!message.reason || !sub || sub.room) return;
+    this.channels.delete(sub.seq.name);
+    this.clearGap(sub);
+    this.pendingHeads.delete(sub.seq.name);
+    this.reportError(new RealtimeError(message.reason, `the server ended the subscription to ${sub.seq.name} (${message.reason})`, { channel: sub.seq.name }), sub);
+  }
+
+  /**
+   * The server took the connection out of a room (`left` with a reason): the room is left.
+   * @param {{room?: string, reason?: string}} message
+   */
+  onRoomRevoked(message) {
+    const room = typeof message.room === 'string' ? this.rooms.get(message.room) : undefined;
+    if (!room) return;
+    room.reportError(new RealtimeError(message.reason ?? 'left', `the server took this connection out of room ${room.id} (${message.reason})`, { channel: room.channel }));
+    room.finishLeave();
+  }
+
   // -- frames ----------------------------------------------------------------
 
   /** @param {any} data */
@@ -1041,13 +1143,19 @@ export class RealtimeClient {
         return this.onPong(message);
       case 'subscribed':
         return this.onSubscribedFrame(message);
+      case 'authed':
+        return this.onAuthed(message);
+      case 'unsubscribed':
+        return this.onUnsubscribedFrame(message);
       case 'error':
         if (typeof message.room === 'string' && this.rooms.has(message.room)) {
           return /** @type {Room} */ (this.rooms.get(message.room)).onErrorFrame(message);
         }
         return this.onErrorFrame(message);
-      case 'joined':
       case 'left':
+        if (message.reason) return this.onRoomRevoked(message);
+      // falls through: the answer to this client's own leave()
+      case 'joined':
       case 'members':
       case 'updated':
       case 'patched':
@@ -1173,6 +1281,10 @@ export class RealtimeClient {
     const sub = this.channelOfError(message, code);
     const channel = sub?.seq.name;
     this.reportError(new RealtimeError(code, message.message ?? code, { channel, details: message.details }), sub);
+    if (code === 'token_expired' || code === 'auth_refused') {
+      this.onTokenRefused(code, message.message ?? code);
+      return;
+    }
     if (code === 'unauthorized') {
       // The connection's token expired after the handshake: a new connection asks for a new one.
       this.kill(`server: ${message.message ?? 'unauthorized'}`);

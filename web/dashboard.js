@@ -8,6 +8,14 @@ const HISTORY_ON_OPEN = 50;
 const MAX_ROWS = 2000;
 const FEED_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 const PREVIEW_CHARS = 160;
+/**
+ * Reconnects: exponential backoff with full jitter (a uniform delay below the ceiling, so many
+ * pages that lost the same server do not come back in step), the ceiling capped at 10 s, and no
+ * limit on attempts: the page retries for as long as it is open and stops only when the token is
+ * refused. 10 s, not the client's 30 s default: one dashboard is one connection, and a person
+ * waiting for it after a restart should not wait half a minute.
+ */
+const RETRY = Object.freeze({ initialMs: 500, maxMs: 10_000 });
 
 /** @param {string} id */
 const $ = (id) => /** @type {HTMLElement} */ (document.querySelector(`[data-testid="${id}"]`));
@@ -78,11 +86,35 @@ const page = {
   client: null,
   /** @type {string | (() => Promise<string>) | null} the token the client uses; the forms send it too */
   token: null,
+  /**
+   * The token the last connection attempt used, and whether it was fresh: a fixed token always
+   * is, a dev token only when /dev/token handed it out for that attempt (not the last one kept
+   * while the stack was down). A fresh token the server refuses ends the retries.
+   * @type {{token: string, fresh: boolean} | null}
+   */
+  attemptToken: null,
+  /** @type {{client: import('./realtime-client.js').RealtimeClient, reason: string} | null} why the page stopped retrying */
+  refusal: null,
+  /** a token check (see checkRefusal) is in flight */
+  checking: false,
+  /** when the connection was last lost (Date.now()), while it is down */
+  downSince: 0,
+  /** @type {{state: string, info: import('./realtime-client.js').StateInfo, at: number} | null} the client's last report */
+  lastState: null,
   paused: false,
   /** @type {Array<{feedId: string, event: import('./realtime-client.js').Envelope}>} */
   held: [],
   rows: 0,
+  /** rows that match the filter (the count the toolbar shows) */
+  shown: 0,
   filter: '',
+  /**
+   * The table's event rows, newest first, with their sort key (see rowKey).
+   * @type {Array<{row: HTMLTableRowElement, t: number, channel: string, seq: number}>}
+   */
+  order: [],
+  /** @type {Map<string, number>} per channel: the sort time of its last row (keeps seq order within it) */
+  lastRowTime: new Map(),
 };
 
 // --- configuration -----------------------------------------------------------
@@ -160,13 +192,19 @@ async function start() {
   if (!token && isSameOrigin(config.api)) {
     try {
       let last = await fetchDevToken();
+      let fresh = true;
       // A function: every reconnect asks for a fresh token, so an expired one never strands the page.
       token = async () => {
-        try {
-          last = await fetchDevToken();
-        } catch {
-          // keep the last one
+        if (!fresh) {
+          try {
+            last = await fetchDevToken();
+            fresh = true;
+          } catch {
+            // keep the last one (the stack is down, most likely: the attempt fails anyway)
+          }
         }
+        page.attemptToken = { token: last, fresh };
+        fresh = false; // used once: the next attempt fetches again
         return last;
       };
     } catch (error) {
@@ -187,17 +225,41 @@ function openClient(token) {
   page.client?.close();
   page.client = null;
   page.token = token;
+  page.refusal = null;
+  page.attemptToken = typeof token === 'string' ? { token, fresh: true } : null;
   /** @type {import('./realtime-client.js').RealtimeClient | null} */
   let client = null; // connect() reports 'connecting' before it returns
   client = connect({
     url: page.config.ws,
     token,
     historyUrl: page.config.api || undefined,
+    backoff: RETRY,
+    // Never give up and never park in a slow 'closed' retry: an outage is 'reconnecting' for as long
+    // as it lasts. The client cannot tell a refused token from a server that is down (a browser sees
+    // neither the handshake's status), so the page asks the HTTP API (checkRefusal).
+    maxFailuresBeforeOpen: Infinity,
+    giveUpAfterFailures: Infinity,
     onStateChange: (state, info) => {
-      if (client === null || page.client === client) showStatus(state, info.reason, info.final);
+      if (client !== null && page.client !== client) return;
+      if (state === 'open') page.downSince = 0;
+      else if (state === 'reconnecting' && !page.downSince) page.downSince = Date.now();
+      if (state === 'closed' && page.refusal && page.refusal.client === client) {
+        showStatus('closed', page.refusal.reason, true);
+        return;
+      }
+      page.lastState = { state, info, at: Date.now() };
+      showStatus(state, statusReason(state, info), info.final);
+      // An attempt that failed before open: refused token, or nobody there?
+      if (client !== null && state === 'reconnecting' && client.failuresBeforeOpen > 0) void checkRefusal(client);
     },
     onError: (error) => {
-      if (page.client === client) showError(`${error.channel ? `${error.channel}: ` : ''}${error.code}: ${error.message}`);
+      if (page.client !== client || client === null) return;
+      showError(`${error.channel ? `${error.channel}: ` : ''}${error.code}: ${error.message}`);
+      // The server's word that the token expired on an open connection: a dev token is renewed by
+      // the client's next attempt (the token function fetches a new one); a fixed one cannot be.
+      if (error.code === 'token_expired' && typeof page.token === 'string') {
+        stopRetrying(client, `token expired (${error.message || 'the server said token_expired'}): enter a new token under Connection`);
+      }
     },
   });
   page.client = client;
@@ -207,18 +269,88 @@ function openClient(token) {
 }
 
 /**
+ * The top bar's reason: the client's, with the attempt, the next retry and how long it has been down.
+ * @param {string} state
+ * @param {import('./realtime-client.js').StateInfo} info
+ */
+function statusReason(state, info, since = Date.now()) {
+  if (state !== 'reconnecting') return info.reason;
+  const parts = [info.reason];
+  if (info.attempt) parts.push(`attempt ${info.attempt}`);
+  if (info.retryInMs !== undefined) {
+    const left = Math.max(0, info.retryInMs - (Date.now() - since));
+    parts.push(left > 0 ? `next in ${(left / 1000).toFixed(left < 10_000 ? 1 : 0)} s` : 'trying');
+  }
+  if (page.downSince) parts.push(`down ${Math.round((Date.now() - page.downSince) / 1000)} s`);
+  return parts.join(' · ');
+}
+
+/** While reconnecting, the countdown to the next attempt and the time down move on every second. */
+function tickStatus() {
+  const last = page.lastState;
+  if (last && last.state === 'reconnecting' && page.client?.state === 'reconnecting') {
+    showStatus(last.state, statusReason(last.state, last.info, last.at), false);
+  }
+}
+
+/**
+ * After an attempt failed before open: does the server refuse the token? Browsers hide the
+ * handshake's HTTP status (a refused handshake and an unreachable server both close with 1006),
+ * so ask the HTTP API with the same token: the history read checks a present Authorization header
+ * with the same verify as $connect. 401 (bad signature, expired, malformed) is a refusal; 403 too
+ * when the feed asked about is one the page follows (a token that grants none of the page's
+ * channels cannot do its job either). A network error or any other answer: keep retrying.
+ * @param {import('./realtime-client.js').RealtimeClient} client
+ */
+async function checkRefusal(client) {
+  const attempt = page.attemptToken;
+  if (page.checking || !attempt || !attempt.fresh || !page.config.api) return;
+  page.checking = true;
+  try {
+    const feedId = page.feeds[0] ?? '_';
+    const url = `${page.config.api}/feeds/${encodeURIComponent(feedId)}/events?limit=1`;
+    let response;
+    try {
+      response = await fetch(url, { headers: { Authorization: `Bearer ${attempt.token}` }, cache: 'no-store' });
+    } catch {
+      return; // nobody there: the outage goes on
+    }
+    const refused = response.status === 401 || (response.status === 403 && page.feeds.length > 0);
+    if (!refused || page.client !== client || client.state === 'open') return;
+    const body = await response.json().catch(() => null);
+    const message = body && typeof body.message === 'string' ? body.message : response.statusText;
+    stopRetrying(client, `token refused (HTTP ${response.status}: ${message}): enter a token under Connection`);
+  } finally {
+    page.checking = false;
+  }
+}
+
+/**
+ * Stop for good with the reason shown; Reconnect (or Connect with a new token) starts again.
+ * @param {import('./realtime-client.js').RealtimeClient} client
+ * @param {string} reason
+ */
+function stopRetrying(client, reason) {
+  page.refusal = { client, reason };
+  client.close(); // its 'closed' shows the refusal's reason (see onStateChange)
+  ui.connectionPanel.open = true;
+}
+
+/**
  * @param {string} state
  * @param {string} reason
  * @param {boolean} [final]
  */
 function showStatus(state, reason, final = false) {
   ui.status.dataset.state = state;
+  ui.status.dataset.final = String(final);
   /** @type {HTMLElement} */ (ui.status.querySelector('.status-state')).textContent = state;
   const reasonEl = /** @type {HTMLElement} */ (ui.status.querySelector('.status-reason'));
   reasonEl.textContent = reason;
   reasonEl.title = reason;
-  ui.reconnect.hidden = state !== 'closed';
-  ui.reconnect.title = final ? 'The client stopped retrying' : 'Retry now';
+  ui.reconnect.hidden = state === 'open' || state === 'connecting';
+  ui.reconnect.textContent = state === 'closed' ? 'Reconnect' : 'Retry now';
+  ui.reconnect.title = final ? 'The page stopped retrying: start again' : 'Retry now instead of waiting';
 }
 
 // --- feeds -----------------------------------------------------------------------
@@ -243,6 +375,8 @@ function removeFeed(feedId) {
   page.feeds = page.feeds.filter((id) => id !== feedId);
   page.client?.unsubscribe(`feed_${feedId}`);
   page.held = page.held.filter((item) => item.feedId !== feedId);
+  plots.since.delete(`feed_${feedId}`); // followed again later: its history is not live then either
+  plots.live.delete(`feed_${feedId}`);
   document.querySelector(`.feed[data-feed="${CSS.escape(feedId)}"]`)?.remove();
   renderBuffered();
   renderFeedOptions();
@@ -254,9 +388,11 @@ function follow(feedId) {
   const client = page.client;
   if (!client) return;
   const channel = `feed_${feedId}`;
+  if (!plots.since.has(channel)) plots.since.set(channel, Date.now());
   client.subscribe(channel, {
     history: page.config.api ? HISTORY_ON_OPEN : undefined,
     onEvent: (event) => {
+      recordArrival(channel, event); // before the pause: the plots show the transport, not the table
       if (page.paused) {
         page.held.push({ feedId, event });
         renderBuffered();
@@ -269,7 +405,10 @@ function follow(feedId) {
       renderCounter(feedId);
       reportGap(feedId, gap);
     },
-    onSubscribed: () => renderCounter(feedId),
+    onSubscribed: () => {
+      plots.live.add(channel);
+      renderCounter(feedId);
+    },
   });
   renderCounter(feedId);
 }
@@ -288,7 +427,9 @@ function renderFeed(feedId) {
       <span title="duplicate frames dropped by seq">dups <b data-k="duplicates">0</b></span>
       <span class="lost" title="gaps reported as lost (truncated or never filled)" hidden>lost <b data-k="gapsLost">0</b></span>
     </span>`;
-  /** @type {HTMLElement} */ (item.querySelector('.feed-name')).textContent = `feed_${feedId}`;
+  const name = /** @type {HTMLElement} */ (item.querySelector('.feed-name'));
+  name.textContent = `feed_${feedId}`;
+  name.style.setProperty('--swatch', colorOf(`feed_${feedId}`));
   item.querySelector('[data-action="remove"]')?.addEventListener('click', () => removeFeed(feedId));
   ui.feeds.appendChild(item);
   renderFeedOptions();
@@ -353,11 +494,13 @@ function enterRoom(roomId) {
   const client = page.client;
   if (!client) return;
   const label = `room_${roomId}`;
+  if (!plots.since.has(label)) plots.since.set(label, Date.now());
   /** @type {import('./realtime-client.js').Room} */
   const room = client.join(roomId, {
     member: { name: page.config.name },
     onJoined: ({ resumed }) => {
       if (page.room !== room) return;
+      plots.live.add(label);
       setRoomStatus('joined');
       if (resumed) addActivity('joined', 'rejoined: repaired from the replay');
     },
@@ -380,6 +523,7 @@ function enterRoom(roomId) {
     },
     onEvent: (event) => {
       if (page.room !== room) return;
+      recordArrival(label, event);
       if (page.paused) {
         page.held.push({ feedId: label, event });
         renderBuffered();
@@ -593,22 +737,70 @@ function addRow(feedId, event) {
   /** @type {HTMLElement} */ (row.children[4]).title = event.publishedAt ?? '';
   /** @type {HTMLElement} */ (row.children[5]).title = preview;
   rowEvents.set(row, event);
-  if (!matchesFilter(row)) row.classList.add('filtered-out');
-  tbody.insertBefore(row, tbody.firstChild);
+  const shown = matchesFilter(row);
+  if (!shown) row.classList.add('filtered-out');
+  insertRow(row, rowKey(row.dataset.channel, event));
   page.rows += 1;
+  if (shown) page.shown += 1;
   trimRows();
   renderRowCount();
 }
 
+/**
+ * Where a row goes: newest first across every channel, by publish time. A reload reads each
+ * feed's history back one feed after another, so arrival order would stack feed by feed; the
+ * publish time puts them back in one timeline. Within a channel the order must stay the seq order
+ * (positions commit out of order by a few milliseconds, so publishedAt can step back by that
+ * much): a row's time is never below the channel's previous row's, and ties go by seq.
+ * @param {string} channel
+ * @param {import('./realtime-client.js').Envelope} event
+ */
+function rowKey(channel, event) {
+  const published = Date.parse(event.publishedAt ?? '');
+  const t = Math.max(Number.isNaN(published) ? Date.now() : published, page.lastRowTime.get(channel) ?? -Infinity);
+  page.lastRowTime.set(channel, t);
+  return { t, channel, seq: Number(event.seq) || 0 };
+}
+
+/**
+ * > 0 when a is newer than b.
+ * @param {{t: number, channel: string, seq: number}} a
+ * @param {{t: number, channel: string, seq: number}} b
+ */
+function compareRows(a, b) {
+  if (a.t !== b.t) return a.t - b.t;
+  if (a.channel === b.channel) return a.seq - b.seq;
+  return a.channel < b.channel ? -1 : 1;
+}
+
+/**
+ * @param {HTMLTableRowElement} row
+ * @param {{t: number, channel: string, seq: number}} key
+ */
+function insertRow(row, key) {
+  const order = page.order;
+  // Live rows are the newest: the first place checked is the top.
+  let low = 0;
+  let high = order.length;
+  if (!order.length || compareRows(key, order[0]) > 0) high = 0;
+  while (low < high) {
+    const mid = (low + high) >> 1;
+    if (compareRows(order[mid], key) > 0) low = mid + 1;
+    else high = mid;
+  }
+  const before = order[low]?.row ?? null; // an expanded row's detail stays under it: insert before the next event row
+  tbody.insertBefore(row, before);
+  order.splice(low, 0, { row, ...key });
+}
+
 function trimRows() {
   while (page.rows > MAX_ROWS) {
-    const last = tbody.lastElementChild;
-    if (!last) break;
-    if (last.classList.contains('detail')) {
-      last.remove();
-      continue;
-    }
-    last.remove();
+    const oldest = page.order.pop();
+    if (!oldest) break;
+    const next = oldest.row.nextElementSibling;
+    if (next?.classList.contains('detail')) next.remove();
+    if (!oldest.row.classList.contains('filtered-out')) page.shown -= 1;
+    oldest.row.remove();
     page.rows -= 1;
   }
 }
@@ -662,17 +854,286 @@ function matchesFilter(row) {
 
 function applyFilter() {
   page.filter = ui.filter.value.trim().toLowerCase();
-  for (const row of tbody.querySelectorAll('tr.event')) {
-    const hide = !matchesFilter(/** @type {HTMLTableRowElement} */ (row));
+  let shown = 0;
+  for (const { row } of page.order) {
+    const hide = !matchesFilter(row);
+    if (!hide) shown += 1;
     row.classList.toggle('filtered-out', hide);
     const next = row.nextElementSibling;
     if (next?.classList.contains('detail')) next.classList.toggle('filtered-out', hide);
   }
+  page.shown = shown;
+  renderRowCount();
 }
 
+/** The count shown is what the table shows: the rows that match the filter ("3 of 40" while filtering). */
 function renderRowCount() {
-  ui.rowCount.textContent = String(page.rows);
-  ui.empty.hidden = page.rows > 0;
+  ui.rowCount.textContent = String(page.shown);
+  ui.rowCount.dataset.total = String(page.rows);
+  const total = $('row-total');
+  total.hidden = !page.filter;
+  total.textContent = page.filter ? ` of ${page.rows}` : '';
+  ui.empty.hidden = page.shown > 0;
+  ui.empty.textContent =
+    page.rows > 0 ? 'No rows match the filter.' : 'No events yet. Add a feed on the left; its last 50 events load first.';
+}
+
+// --- plots ------------------------------------------------------------------------------
+// Inline SVG drawn from the page's own measurements: no library, no canvas to read back (a test
+// or a person can inspect every point). Both cover the last PLOT_WINDOW_MS and count only live
+// events, so a feed's history (read back over HTTP when it is added or the page reloads) is
+// neither a burst of arrivals nor a latency of hours: an event is live once its channel's first
+// subscribe was answered (later catch-ups, after a reconnect, are deliveries and count), and
+// before that only if it was published after the page began following the channel.
+
+const PLOT_WINDOW_MS = 5 * 60_000;
+const MAX_LATENCY_SAMPLES = 3_000;
+const PLOT_HEIGHT = 120;
+const PLOT_MARGIN = Object.freeze({ left: 40, right: 8, top: 8, bottom: 16 });
+/** Readable on the dark and the light theme alike; no red (red means an error on this page). */
+const PALETTE = ['#4c8dff', '#2ea043', '#d29922', '#db61a2', '#a371f7', '#1f9fb4', '#e8772e', '#8a9a2b'];
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+const plots = {
+  /** @type {Map<string, Map<number, number>>} per channel: arrivals per second (epoch second -> count) */
+  rate: new Map(),
+  /** @type {Array<{at: number, ms: number, channel: string, seq: number}>} one per live event, oldest first */
+  latency: [],
+  /** @type {Map<string, number>} when the page began following each channel (Date.now()) */
+  since: new Map(),
+  /** @type {Set<string>} channels whose first subscribe (or join) was answered */
+  live: new Set(),
+  /** @type {Map<string, string>} */
+  colors: new Map(),
+  /** @type {any} */
+  timer: null,
+  due: 0,
+};
+
+/** @param {string} channel */
+function colorOf(channel) {
+  let color = plots.colors.get(channel);
+  if (!color) {
+    color = PALETTE[plots.colors.size % PALETTE.length];
+    plots.colors.set(channel, color);
+  }
+  return color;
+}
+
+/**
+ * One delivered event: its arrival (this page's clock) and its delivery latency, from the time the
+ * API received the publish (`data.receivedAt`; `publishedAt` where there is none, e.g. room
+ * events) to now. Across machines that includes the clock difference between server and browser.
+ * @param {string} channel
+ * @param {import('./realtime-client.js').Envelope} event
+ */
+function recordArrival(channel, event) {
+  const at = Date.now();
+  const data = event.data;
+  const receivedAt = data && typeof data === 'object' && typeof data.receivedAt === 'string' ? data.receivedAt : event.publishedAt;
+  const sent = Date.parse(receivedAt ?? '');
+  const since = plots.since.get(channel);
+  if (Number.isNaN(sent) || since === undefined || (!plots.live.has(channel) && sent < since)) return;
+  const second = Math.floor(at / 1000);
+  let buckets = plots.rate.get(channel);
+  if (!buckets) plots.rate.set(channel, (buckets = new Map()));
+  buckets.set(second, (buckets.get(second) ?? 0) + 1);
+  plots.latency.push({ at, ms: at - sent, channel, seq: Number(event.seq) });
+  if (plots.latency.length > MAX_LATENCY_SAMPLES) plots.latency.splice(0, plots.latency.length - MAX_LATENCY_SAMPLES);
+  schedulePlots(250);
+}
+
+/**
+ * Redraw within ms (sooner if a redraw is already due sooner): new events show within a quarter
+ * second, and the window slides once a second; bursts share one redraw.
+ * @param {number} ms
+ */
+function schedulePlots(ms) {
+  const due = Date.now() + ms;
+  if (plots.timer !== null && plots.due <= due) return;
+  clearTimeout(plots.timer);
+  plots.due = due;
+  plots.timer = setTimeout(drawPlots, ms);
+}
+
+function drawPlots() {
+  plots.timer = null;
+  const now = Date.now();
+  const from = now - PLOT_WINDOW_MS;
+  const firstSecond = Math.floor(from / 1000);
+  for (const [channel, buckets] of plots.rate) {
+    for (const second of buckets.keys()) if (second < firstSecond) buckets.delete(second);
+    if (!buckets.size) plots.rate.delete(channel);
+  }
+  const keep = plots.latency.findIndex((sample) => sample.at >= from);
+  plots.latency.splice(0, keep === -1 ? plots.latency.length : keep);
+  if (document.visibilityState !== 'hidden') {
+    drawRate(now);
+    drawLatency(now);
+  }
+  // The window slides: redraw every second while there is anything in it.
+  if (plots.rate.size || plots.latency.length) schedulePlots(1000);
+}
+
+/**
+ * An empty plot of the box's width, with its axes: returns the svg and the scales.
+ * @param {SVGSVGElement} svg
+ * @param {number} now
+ */
+function plotFrame(svg, now) {
+  const width = Math.max(160, Math.floor(svg.parentElement?.clientWidth ?? 300));
+  const height = PLOT_HEIGHT;
+  svg.setAttribute('width', String(width));
+  svg.setAttribute('height', String(height));
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.replaceChildren();
+  const { left, right, top, bottom } = PLOT_MARGIN;
+  const innerW = width - left - right;
+  const innerH = height - top - bottom;
+  /** @param {number} t */
+  const x = (t) => left + ((t - (now - PLOT_WINDOW_MS)) / PLOT_WINDOW_MS) * innerW;
+  const axis = svgEl('g', { class: 'axis' });
+  for (let minutes = 5; minutes >= 0; minutes -= 1) {
+    const px = x(now - minutes * 60_000);
+    axis.appendChild(svgEl('line', { x1: px, x2: px, y1: top, y2: top + innerH, class: 'grid' }));
+    const label = svgEl('text', { x: px, y: height - 4, 'text-anchor': minutes === 0 ? 'end' : minutes === 5 ? 'start' : 'middle' });
+    label.textContent = minutes === 0 ? 'now' : `-${minutes}m`;
+    axis.appendChild(label);
+  }
+  svg.appendChild(axis);
+  return { x, top, innerH, left, innerW, axis };
+}
+
+/**
+ * @param {string} name
+ * @param {Record<string, string | number>} attributes
+ */
+function svgEl(name, attributes) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes)) el.setAttribute(key, String(value));
+  return el;
+}
+
+/**
+ * @param {{axis: SVGGElement, left: number, innerW: number}} frame
+ * @param {number} py
+ * @param {string} text
+ */
+function yTick(frame, py, text) {
+  frame.axis.appendChild(svgEl('line', { x1: frame.left, x2: frame.left + frame.innerW, y1: py, y2: py, class: 'grid' }));
+  const label = svgEl('text', { x: frame.left - 4, y: py + 3, 'text-anchor': 'end' });
+  label.textContent = text;
+  frame.axis.appendChild(label);
+}
+
+/** @param {number} now */
+function drawRate(now) {
+  const svg = /** @type {SVGSVGElement} */ (/** @type {unknown} */ ($('rate-plot')));
+  const frame = plotFrame(svg, now);
+  const nowSecond = Math.floor(now / 1000);
+  const firstSecond = Math.floor((now - PLOT_WINDOW_MS) / 1000);
+  let peak = 0;
+  for (const buckets of plots.rate.values()) for (const count of buckets.values()) peak = Math.max(peak, count);
+  const top = niceCeiling(Math.max(peak, 1));
+  /** @param {number} value */
+  const y = (value) => frame.top + frame.innerH - (value / top) * frame.innerH;
+  yTick(frame, y(0), '0');
+  yTick(frame, y(top / 2), formatCount(top / 2));
+  yTick(frame, y(top), formatCount(top));
+  const legend = $('rate-legend');
+  legend.replaceChildren();
+  for (const [channel, buckets] of [...plots.rate].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const color = colorOf(channel);
+    let total = 0;
+    let recent = 0;
+    const points = [];
+    // A step per second, zero where nothing arrived: a quiet spell reads as a gap at the floor.
+    for (let second = firstSecond; second <= nowSecond; second += 1) {
+      const count = buckets.get(second) ?? 0;
+      total += count;
+      if (second > nowSecond - 10) recent += count;
+      points.push(`${frame.x(second * 1000).toFixed(1)},${y(count).toFixed(1)}`);
+    }
+    const series = svgEl('g', { class: 'series', 'data-channel': channel, 'data-total': total, stroke: color, fill: color });
+    series.appendChild(svgEl('polyline', { points: points.join(' '), fill: 'none', 'stroke-width': 1.25 }));
+    for (const [second, count] of buckets) {
+      const point = svgEl('circle', { cx: frame.x(second * 1000).toFixed(1), cy: y(count).toFixed(1), r: 2, 'data-count': count });
+      const title = svgEl('title', {});
+      title.textContent = `${channel}: ${count} event(s) at ${new Date(second * 1000).toISOString().slice(11, 19)}Z`;
+      point.appendChild(title);
+      series.appendChild(point);
+    }
+    svg.appendChild(series);
+    const item = document.createElement('li');
+    item.dataset.channel = channel;
+    item.style.setProperty('--swatch', color);
+    item.textContent = `${channel} ${(recent / 10).toFixed(1)}/s (10 s) · ${total} in 5 min`;
+    legend.appendChild(item);
+  }
+  if (!plots.rate.size) {
+    const item = document.createElement('li');
+    item.className = 'muted';
+    item.textContent = 'no live events yet';
+    legend.appendChild(item);
+  }
+}
+
+/** @param {number} now */
+function drawLatency(now) {
+  const svg = /** @type {SVGSVGElement} */ (/** @type {unknown} */ ($('latency-plot')));
+  const frame = plotFrame(svg, now);
+  const samples = plots.latency;
+  // Log scale: a healthy tens of milliseconds and a catch-up after an outage (seconds) on one plot.
+  const worst = samples.reduce((max, sample) => Math.max(max, sample.ms), 0);
+  const decades = Math.max(3, Math.ceil(Math.log10(Math.max(worst, 1)))); // 1 ms .. at least 1 s
+  /** @param {number} ms */
+  const y = (ms) => frame.top + frame.innerH - (Math.log10(Math.max(ms, 1)) / decades) * frame.innerH;
+  for (let decade = 0; decade <= decades; decade += 1) yTick(frame, y(10 ** decade), formatMs(10 ** decade));
+  const points = svgEl('g', { class: 'points' });
+  for (const sample of samples) {
+    const point = svgEl('circle', {
+      cx: frame.x(sample.at).toFixed(1),
+      cy: y(sample.ms).toFixed(1),
+      r: 2,
+      fill: colorOf(sample.channel),
+      'data-channel': sample.channel,
+      'data-seq': sample.seq,
+      'data-ms': sample.ms,
+    });
+    const title = svgEl('title', {});
+    title.textContent = `${sample.channel} seq ${sample.seq}: ${formatMs(sample.ms)}`;
+    point.appendChild(title);
+    points.appendChild(point);
+  }
+  svg.appendChild(points);
+  const summary = $('latency-summary');
+  if (!samples.length) {
+    summary.textContent = 'no live events yet';
+    return;
+  }
+  const sorted = samples.map((sample) => sample.ms).sort((a, b) => a - b);
+  /** @param {number} q */
+  const quantile = (q) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+  summary.textContent = `${sorted.length} events · p50 ${formatMs(quantile(0.5))} · p99 ${formatMs(quantile(0.99))} · max ${formatMs(sorted[sorted.length - 1])}`;
+}
+
+/** 1, 2, 5 × 10^n at or above the value. @param {number} value */
+function niceCeiling(value) {
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
+  return 10 * power;
+}
+
+/** @param {number} value */
+function formatCount(value) {
+  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+}
+
+/** @param {number} ms */
+function formatMs(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+  return `${(ms / 60_000).toFixed(1)} min`;
 }
 
 // --- pause -----------------------------------------------------------------------------
@@ -818,7 +1279,9 @@ function onConnect(submit) {
 
 function clearTable() {
   tbody.replaceChildren();
+  page.order = [];
   page.rows = 0;
+  page.shown = 0;
   renderRowCount();
 }
 
@@ -866,6 +1329,7 @@ function wire() {
   ui.clear.addEventListener('click', clearTable);
   ui.filter.addEventListener('input', applyFilter);
   ui.reconnect.addEventListener('click', () => {
+    page.refusal = null;
     if (page.client) page.client.reconnect();
     else start();
   });
@@ -889,13 +1353,14 @@ function wire() {
       toggleDetail(/** @type {HTMLTableRowElement} */ (row));
     }
   });
-  // Back online, or back to a tab that gave up while hidden: try at once.
+  // Back online, or back to the tab: try at once instead of waiting out the backoff. Not after
+  // the page stopped on a refused token: only a person with a new token can help there.
   const retryIfDown = () => {
-    if (page.client && page.client.state !== 'open') page.client.reconnect();
+    if (page.client?.state === 'reconnecting') page.client.reconnect();
   };
   addEventListener('online', retryIfDown);
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible' && page.client?.state === 'closed') retryIfDown();
+    if (document.visibilityState === 'visible') retryIfDown();
   });
 }
 
@@ -912,6 +1377,11 @@ function main() {
   }
   renderRowCount();
   renderBuffered();
+  drawPlots();
+  setInterval(tickStatus, 1000);
+  new ResizeObserver(() => schedulePlots(50)).observe($('plots'));
+  // Narrow screens: the send form would push the events below the fold; it opens with a click.
+  if (matchMedia('(max-width: 800px)').matches) /** @type {HTMLDetailsElement} */ ($('send-panel')).open = false;
   start();
 }
 

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -253,19 +254,50 @@ def _publish(args: argparse.Namespace) -> int:
     return publish(args.url, args.feed, type=args.type, payload=payload, event_id=args.event_id, source=args.source)
 
 
+def tail_cursors(channels: list[str], given: list[str]) -> dict[str, str]:
+    """``--cursor`` values -> a cursor per channel: ``CHANNEL=CURSOR`` for any channel, or a bare
+    ``CURSOR`` when one channel is tailed (cursors never contain ``=``: unpadded base64url)."""
+    cursors: dict[str, str] = {}
+    for text in given:
+        channel, equals, cursor = text.rpartition("=")
+        if not equals:
+            if len(channels) != 1:
+                raise ValueError(f"--cursor {text}: with several channels, say whose: --cursor CHANNEL=CURSOR")
+            channel = channels[0]
+        if channel not in channels:
+            raise ValueError(f"--cursor {text}: {channel!r} is not one of the channels tailed ({', '.join(channels)})")
+        if not cursor:
+            raise ValueError(f"--cursor {text}: the cursor is empty")
+        if channel in cursors:
+            raise ValueError(f"--cursor: {channel} is given two cursors")
+        cursors[channel] = cursor
+    return cursors
+
+
 def _tail(args: argparse.Namespace) -> int:
     from realtime_transport.secrets import DEVELOPMENT_SECRET
     from realtime_transport.tokens import issue
 
     from .tools import Tail
 
+    try:
+        cursors = tail_cursors(args.channels, args.cursor or [])
+    except ValueError as exc:
+        print(f"realtime-transport tail: {exc}", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("REALTIME_TOKEN")
+    mint: Callable[[], str] | None = None
     if not token:
         if "amazonaws.com" in args.url:
             raise SystemExit("--token (or REALTIME_TOKEN) is required for a deployed stack")
         secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
-        token = issue(secret.encode(), sub="tail", channels=args.channels, ttl_seconds=12 * 3600)
-    return asyncio.run(Tail(args.url, token, args.channels, args.cursor, sys.stdout).run())
+
+        def mint() -> str:  # tail's own token: another one when the server says it expired
+            return issue(secret.encode(), sub="tail", channels=args.channels, ttl_seconds=12 * 3600)
+
+        token = mint()
+    tail = Tail(args.url, token, args.channels, cursors, sys.stdout, show_cursors=args.cursors, new_token=mint)
+    return asyncio.run(tail.run())
 
 
 def _positive_float(text: str) -> float:
@@ -412,12 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser(
         "tail",
         help="print channels' events in order (JSON lines; a room's own events one readable line each), "
-        "resuming after a dropped connection",
+        "resuming after a dropped connection or a restarted stack; exits 2 with the reason when the token, "
+        "a channel or a cursor is refused",
     )
     tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. feed_42")
     tail.add_argument("--url", default="ws://127.0.0.1:3000/ws", help="WebSocket URL (default the local stack)")
     tail.add_argument("--token", default=None, help="subscriber token (default: REALTIME_TOKEN, or a dev token)")
-    tail.add_argument("--cursor", default=None, help="resume after this cursor (one channel)")
+    tail.add_argument(
+        "--cursor",
+        action="append",
+        default=None,
+        metavar="[CHANNEL=]CURSOR",
+        help="resume a channel after this cursor: CHANNEL=CURSOR (repeatable), or just CURSOR with one channel",
+    )
+    tail.add_argument(
+        "--cursors",
+        action="store_true",
+        help="print each event's cursor (a JSON line's \"cursor\", a room line's cursor=...) to resume with --cursor",
+    )
     tail.set_defaults(func=_tail)
     return parser
 

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, urlsplit
@@ -82,7 +82,24 @@ def publish(
 PING_INTERVAL = 60.0  # a ping this often: its pong's heads reveal a quiet channel's missed last event
 HEAD_CHECK = 3.0  # and one this long after a subscribe is answered (the fan-out's index lags it)
 REORDER = 0.3  # how long an event the heads say exists may take to arrive live
-SUBSCRIBE_TIMEOUT = 10.0  # a catch-up silent this long is taken as lost
+SUBSCRIBE_TIMEOUT = 10.0  # a catch-up silent this long is taken as lost, and the subscribe sent again
+MAX_BACKOFF = 10.0  # the longest wait between two connection attempts (a restarted stack is back soon)
+# Errors that answer a subscribe and that no retry can cure: tail exits with the reason.
+FATAL_CHANNEL_ERRORS = frozenset({"forbidden", "invalid_channel"})
+EXIT_REFUSED = 2  # the token, a channel or a cursor was refused: retrying cannot help
+
+
+class TailExit(Exception):
+    """Stop tailing: `code` is the exit status, `reason` what to tell the user."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Reconnect(Exception):
+    """Drop this connection and open another (a server that lost track of it)."""
 
 
 # The events a room publishes on its channel (`room_{id}`): presence and room changes.
@@ -126,6 +143,13 @@ def format_room_event(event: dict[str, Any]) -> str | None:
 @dataclass
 class _ChannelState:
     cursor: str | None = None
+    # The cursor the user gave (--cursor): refused before anything was printed, tail exits.
+    given_cursor: str | None = None
+    # A cursor naming position 0 (a `subscribed` on the empty channel): valid on this channel's
+    # log whatever was written since, so a log that restarted (a restarted local stack keeps
+    # nothing) is read again from its start with it.
+    origin_cursor: str | None = None
+    printed: int = 0
     # The seq `cursor` names, when known: a frame's cursor is adopted only beyond it.
     cursor_seq: int = 0
     last_seq: int = 0
@@ -155,20 +179,35 @@ class Tail:
         url: str,
         token: str,
         channels: list[str],
-        cursor: str | None,
+        cursor: str | Mapping[str, str] | None,
         out: TextIO,
         *,
         ping_interval: float = PING_INTERVAL,
         head_check: float = HEAD_CHECK,
         reorder: float = REORDER,
         room_events: Literal["text", "json"] = "text",
+        show_cursors: bool = False,
+        new_token: Callable[[], str] | None = None,
+        err: TextIO | None = None,
+        subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
     ) -> None:
+        """`cursor`: where to resume, one for every channel (a string) or per channel (a mapping).
+        `show_cursors`: each printed event carries a cursor to resume after it. `new_token`: how
+        to mint another token when the server refuses this one as expired (tail's own
+        development token); None: an expired token ends tail with the reason."""
         self.url = url
         self.room_events = room_events
         self.token = token
+        self.new_token = new_token
         self.out = out
-        self.channels = {name: _ChannelState(cursor=cursor) for name in channels}
-        self.max_backoff = 30.0
+        self.err = err
+        self.show_cursors = show_cursors
+        cursors = dict(cursor) if isinstance(cursor, Mapping) else dict.fromkeys(channels, cursor)
+        self.channels = {
+            name: _ChannelState(cursor=cursors.get(name), given_cursor=cursors.get(name)) for name in channels
+        }
+        self.max_backoff = MAX_BACKOFF
+        self.subscribe_timeout = subscribe_timeout
         self.ping_interval = ping_interval
         self.head_check = head_check
         self.reorder = reorder
@@ -218,15 +257,31 @@ class Tail:
 
     # --- channels ---------------------------------------------------------------------------------
 
-    def _print(self, event: dict[str, Any]) -> None:
-        """A room's own events as a line of text (unless `room_events="json"`), the rest as JSON."""
+    def _warn(self, text: str) -> None:
+        (self.err or sys.stderr).write(f"tail: {text}\n")
+        (self.err or sys.stderr).flush()
+
+    def _print(self, state: _ChannelState, event: dict[str, Any]) -> None:
+        """A room's own events as a line of text (unless `room_events="json"`), the rest as JSON.
+
+        With `show_cursors`, each carries a cursor to resume after it: its own when the server
+        sent one with it (a live event, the last of a packed frame), else the last one before it,
+        from which a resume repeats a few events already printed (dropped by seq) but skips none.
+        """
+        state.printed += 1
+        self._adopt_cursors(state)
+        cursor = state.cursor if self.show_cursors else None
         line = format_room_event(event) if self.room_events == "text" else None
-        self.out.write((line if line is not None else json.dumps(event)) + "\n")
+        if line is not None:
+            line = f"{line} cursor={cursor}" if cursor else line
+        else:
+            line = json.dumps({**event, "cursor": cursor} if cursor else event)
+        self.out.write(line + "\n")
 
     def _emit(self, state: _ChannelState) -> None:
         while state.last_seq + 1 in state.pending:
             state.last_seq += 1
-            self._print(state.pending.pop(state.last_seq))
+            self._print(state, state.pending.pop(state.last_seq))
         self.out.flush()
         self._adopt_cursors(state)
 
@@ -238,10 +293,9 @@ class Tail:
             if seq > state.cursor_seq:
                 state.cursor, state.cursor_seq = cursor, seq
 
-    @staticmethod
-    def _catching_up(state: _ChannelState) -> bool:
+    def _catching_up(self, state: _ChannelState) -> bool:
         """A subscribe is in flight and not given up on (answers and events keep it alive)."""
-        return not state.subscribed and time.monotonic() - state.busy_since < SUBSCRIBE_TIMEOUT
+        return not state.subscribed and time.monotonic() - state.busy_since < self.subscribe_timeout
 
     async def _subscribe(self, ws: Any, name: str, cursor: str | None = None) -> None:
         state = self.channels[name]
@@ -265,6 +319,10 @@ class Tail:
                 state.pending[seq] = event
         if not taken:
             return
+        if not state.subscribed and state.sent_cursor and state.last_seq == 0 and taken[0][0] == 1:
+            # Seq 1 answers a subscribe from this cursor (a catch-up starts right after it; a live
+            # event after subscribing was written after it): it names position 0.
+            state.origin_cursor = state.sent_cursor
         last_seq, last_event = taken[-1]
         if isinstance(cursor, str) and last_event is events[-1] and last_seq > state.last_seq:
             state.cursors[last_seq] = cursor  # it names the last event only
@@ -285,9 +343,11 @@ class Tail:
             state.last_seq += 1
             event = state.pending.pop(state.last_seq, None)
             if event is not None:
-                self._print(event)
+                self._print(state, event)
         self._emit(state)
         cursor = message.get("cursor")
+        if isinstance(cursor, str) and resolved == 0:
+            state.origin_cursor = cursor
         if isinstance(cursor, str) and (resolved is None or resolved >= state.cursor_seq):
             state.cursor, state.cursor_seq = cursor, state.last_seq if resolved is None else resolved
         if message.get("hasMore") is True and isinstance(cursor, str) and cursor != state.sent_cursor:
@@ -329,10 +389,68 @@ class Tail:
             await self._on_subscribed(ws, name, state, message)
         elif kind == "pong":
             self._on_pong(ws, message)
+        elif kind == "unsubscribed" and state is not None and message.get("reason"):
+            # The server ended the subscription itself (e.g. a renewed token without the channel).
+            raise TailExit(EXIT_REFUSED, f"{name}: the server ended the subscription ({message['reason']})")
         elif kind == "error":
-            sys.stderr.write(f"tail: error {message.get('code')}: {message.get('message')}\n")
+            await self._on_error(ws, message)
+
+    async def _on_error(self, ws: Any, message: dict[str, Any]) -> None:
+        """An error frame: recovered from where a retry can help, else tail ends with the reason."""
+        code, text, name = message.get("code"), message.get("message"), message.get("channel")
+        state = self.channels.get(str(name)) if name is not None else None
+        if code in ("unauthorized", "token_expired"):
+            if (code == "token_expired" or "expired" in str(text)) and self.new_token is None:
+                raise TailExit(EXIT_REFUSED, f"the token was refused ({text}): pass a new one with --token")
+            raise _Reconnect(f"unauthorized: {text}")  # a new connection (with a new token if tail mints it)
+        if state is None:
+            self._warn(f"error {code}: {text}")
+            return
+        if code in FATAL_CHANNEL_ERRORS:
+            raise TailExit(EXIT_REFUSED, f"{name}: {code}: {text}")
+        if code == "invalid_cursor":
+            await self._on_refused_cursor(ws, str(name), state, str(text))
+            return
+        self._warn(f"{name}: error {code}: {text}; subscribing again")
+        state.busy_since = time.monotonic()  # the watchdog resubscribes if nothing follows
+
+    async def _on_refused_cursor(self, ws: Any, name: str, state: _ChannelState, text: str) -> None:
+        refused = state.sent_cursor
+        if refused is not None and refused == state.given_cursor and state.printed == 0:
+            raise TailExit(EXIT_REFUSED, f"{name}: the --cursor given was refused: {text}")
+        # The cursor tail was following no longer fits the channel's log: the log restarted (a
+        # local stack keeps nothing across a restart) or is signed with another secret now.
+        # Everything tail knew of the channel is void: start over, from the log's start if a
+        # cursor for it is known, else from its head, and say so.
+        origin = state.origin_cursor if state.origin_cursor != refused else None
+        state.cursor = state.given_cursor = None
+        state.cursor_seq = state.last_seq = 0
+        state.pending.clear()
+        state.cursors.clear()
+        if origin is not None:
+            self._warn(f"{name}: the resume cursor was refused ({text}): the log restarted; reading it from its start")
+        else:
+            state.origin_cursor = None
+            self._warn(
+                f"{name}: the resume cursor was refused ({text}): the channel's log restarted or its secret "
+                "changed; following it from its head (events written since may not be printed)"
+            )
+        await self._subscribe(ws, name, origin)
+
+    async def _watch_subscribes(self, ws: Any) -> None:
+        """A subscribe nobody answered (a reply lost on the way) is sent again: tail never waits forever."""
+        while True:
+            await asyncio.sleep(min(1.0, self.subscribe_timeout / 4))
+            for name, state in self.channels.items():
+                if not self._catching_up(state) and not state.subscribed:
+                    self._warn(f"{name}: no answer to the subscribe for {self.subscribe_timeout:g} s; sending it again")
+                    await self._subscribe(ws, name, state.sent_cursor)
 
     async def run(self, max_reconnects: int | None = None) -> int:
+        """Tail until stopped; the exit status when it cannot go on (the reason is on stderr):
+        2 when the token, a channel or a cursor was refused, 1 after `max_reconnects` failed
+        attempts in a row. A connection that is lost or refused with a 5xx (a stack restarting)
+        is retried with capped, jittered backoff."""
         import websockets
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -340,26 +458,54 @@ class Tail:
         while True:
             try:
                 async with websockets.connect(f"{self.url}?token={quote(self.token)}") as ws:
-                    backoff = 0.5
+                    backoff, attempts = 0.5, 0
                     try:
                         for name in self.channels:
                             await self._subscribe(ws, name)
                         if self.ping_interval > 0:
                             self._later(self.ping_interval, lambda: self._ping_every(ws))
+                        if self.subscribe_timeout > 0:
+                            self._later(0, lambda: self._watch_subscribes(ws))
                         async for raw in ws:
                             await self._on_message(ws, json.loads(raw))
                     finally:
                         self._stop_timers()
+                # The server closed the connection cleanly (e.g. 1001 when the stack stops): go on.
+                self._warn(f"connection closed by the server; reconnecting in {backoff:.1f}s")
+            except TailExit as exc:
+                self._warn(exc.reason)
+                return exc.code
+            except _Reconnect as exc:
+                if self.new_token is not None:
+                    self.token = self.new_token()
+                self._warn(f"{exc}; reconnecting in {backoff:.1f}s")
             except InvalidStatus as exc:
-                sys.stderr.write(f"tail: connection refused with HTTP {exc.response.status_code}\n")
-                return 2
+                status = exc.response.status_code
+                reason = _body_message(exc.response.body)
+                if status == 401 and self.new_token is not None and attempts == 0:
+                    self.token = self.new_token()  # tail's own token ran out: mint another, once
+                elif status < 500:
+                    self._warn(f"connection refused with HTTP {status}{reason}")
+                    return EXIT_REFUSED
+                else:
+                    self._warn(f"connection refused with HTTP {status}{reason}; reconnecting in {backoff:.1f}s")
             except (ConnectionClosed, OSError) as exc:
-                sys.stderr.write(f"tail: connection lost ({exc}); reconnecting in {backoff:.1f}s\n")
+                self._warn(f"connection lost ({exc}); reconnecting in {backoff:.1f}s")
             attempts += 1
             if max_reconnects is not None and attempts > max_reconnects:
+                self._warn(f"gave up after {attempts} attempts in a row")
                 return 1
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, self.max_backoff)
+
+
+def _body_message(body: bytes | None) -> str:
+    """`: <message>` from a refused handshake's JSON body (what $connect or the gateway said), or ''."""
+    try:
+        message = json.loads(body or b"").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {message}" if isinstance(message, str) and message else ""
 
 
 def _closed_error() -> type[Exception]:

@@ -195,6 +195,136 @@ def test_tail_prints_a_rooms_events_readably(stack: Stack, http: Http) -> None:
         tail.wait(timeout=10)
 
 
+def stop_tail(tail: subprocess.Popen[str]) -> str:
+    """Stop a running tail; what it wrote to stderr."""
+    if tail.poll() is None:
+        tail.terminate()
+    _, err = tail.communicate(timeout=10)
+    return err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_tail_goes_on_after_the_stack_restarts_on_the_same_port() -> None:
+    """The restarted stack keeps nothing: tail's resume cursor is ahead of the new log and refused;
+    tail says so, reads the new log from its start (the cursor of the empty channel it began
+    with) and prints the new events, none lost, without anyone restarting it."""
+    from realtime_devstack import process
+
+    port = str(free_port())
+    first = process.start("--port", port)
+    feed_id = uuid.uuid4().hex[:8]
+    channel = f"feed_{feed_id}"
+    tail: subprocess.Popen[str] | None = None
+    second: Stack | None = None
+    try:
+        http = Http(first.url)
+        cursor = http.get(f"/feeds/{feed_id}/events")[1]["nextCursor"]
+        tail = start_tail(first, channel, "--cursor", cursor)
+        for n in range(3):
+            assert http.post(f"/feeds/{feed_id}/events", {"eventId": f"r{n}", "type": "t", "payload": n})[0] == 201
+        assert [e["data"]["payload"] for e in read_lines(tail, 3)] == [0, 1, 2]
+        assert first.stop() == 0
+        second = process.start("--port", port)
+        assert second.url == first.url
+        http = Http(second.url)
+        # Published as soon as the new stack is up, whether tail is back yet or not.
+        for n in range(3, 5):
+            assert http.post(f"/feeds/{feed_id}/events", {"eventId": f"r{n}", "type": "t", "payload": n})[0] == 201
+        again = read_lines(tail, 2, timeout=45)
+        assert [(e["seq"], e["data"]["payload"]) for e in again] == [(1, 3), (2, 4)], stop_tail(tail)
+        assert tail.poll() is None, "still tailing"
+    finally:
+        err = stop_tail(tail) if tail is not None else ""
+        for running in (first, second):
+            if running is not None and running.process.poll() is None:
+                running.stop()
+    assert "log restarted" in err, err
+
+
+def test_tail_exits_with_the_reason_when_a_channel_or_its_cursor_is_refused(stack: Stack) -> None:
+    from realtime_transport.secrets import DEVELOPMENT_SECRET
+    from realtime_transport.tokens import issue
+
+    secret = os.environ.get("REALTIME_TOKEN_SECRET") or DEVELOPMENT_SECRET
+    token = issue(secret.encode(), sub="t", channels=["feed_mine*"])
+    forbidden = start_tail(stack, "feed_mine1", "feed_other", "--token", token)
+    assert forbidden.wait(timeout=30) == 2
+    err = stop_tail(forbidden)
+    assert "feed_other: forbidden" in err, err
+
+    refused = start_tail(stack, "feed_mine1", "--cursor", "feed_mine1=" + "A" * 36, "--token", token)
+    assert refused.wait(timeout=30) == 2
+    err = stop_tail(refused)
+    assert "feed_mine1: the --cursor given was refused" in err and "Traceback" not in err, err
+
+    # A bad --cursor argument never gets as far as the stack.
+    two = cli("tail", "--url", stack.ws_url, "feed_a", "feed_b", "--cursor", "AAAA")
+    assert two.returncode == 2 and "--cursor CHANNEL=CURSOR" in two.stderr, two.stderr
+    stranger = cli("tail", "--url", stack.ws_url, "feed_a", "--cursor", "feed_b=AAAA")
+    assert stranger.returncode == 2 and "'feed_b' is not one of the channels" in stranger.stderr, stranger.stderr
+
+
+def test_tail_resumes_after_the_last_event_it_printed_with_no_false_loss_warning(stack: Stack, http: Http) -> None:
+    """More events than the history window (50 on this stack) go by live after tail's first
+    `subscribed`; a dropped connection resumes from the last one printed (well inside the
+    window), so nothing is said to be lost. `--cursors` prints each event's cursor, and
+    `--cursor CHANNEL=...` starts another tail right after any of them."""
+    feed_id = uuid.uuid4().hex[:8]
+    channel = f"feed_{feed_id}"
+    start = http.get(f"/feeds/{feed_id}/events")[1]["nextCursor"]  # the empty channel's
+    tail = start_tail(stack, channel, "--cursors", "--cursor", start)
+    err = ""
+    try:
+        for n in range(60):
+            http.post(f"/feeds/{feed_id}/events", {"eventId": f"w{n}", "type": "t", "payload": n})
+        first = read_lines(tail, 60)
+        assert [e["seq"] for e in first] == list(range(1, 61))
+        assert all(isinstance(e["cursor"], str) for e in first)
+        status, body = http.post("/dev/connections/drop")
+        assert status == 200 and body["dropped"] >= 1
+        for n in range(60, 63):
+            http.post(f"/feeds/{feed_id}/events", {"eventId": f"w{n}", "type": "t", "payload": n})
+        assert [e["seq"] for e in read_lines(tail, 3)] == [61, 62, 63]
+    finally:
+        err = stop_tail(tail)
+    assert "connection lost" in err, "the drop was seen"
+    assert "window passed" not in err and "were lost" not in err, err
+
+    after_58 = first[57]["cursor"]
+    resumed = start_tail(stack, channel, "--cursor", f"{channel}={after_58}")
+    try:
+        lines = read_lines(resumed, 5)
+        assert [e["seq"] for e in lines] == [59, 60, 61, 62, 63]
+        assert all("cursor" not in e for e in lines), "without --cursors, the events as they are"
+    finally:
+        stop_tail(resumed)
+
+
+def test_token_with_an_empty_channel_pattern_is_a_clear_error() -> None:
+    empty = cli("token", "--channels", "")
+    assert empty.returncode == 2, empty.stderr
+    assert "may not be empty" in empty.stderr and "Traceback" not in empty.stderr, empty.stderr
+    write = cli("token", "--channels", "feed_*", "--write", " ")
+    assert write.returncode == 2 and "may not be empty" in write.stderr, write.stderr
+    ttl = cli("token", "--channels", "feed_*", "--ttl", "0")
+    assert ttl.returncode == 2 and "--ttl must be a positive" in ttl.stderr, ttl.stderr
+
+
+def test_dev_on_a_taken_port_says_how_to_pick_another(stack: Stack) -> None:
+    port = stack.url.rsplit(":", 1)[1]
+    taken = cli("dev", "--port", port, timeout=60)
+    assert taken.returncode == 1, taken.stderr
+    assert "already in use" in taken.stderr and "--port" in taken.stderr, taken.stderr
+    assert 'make dev ARGS="--port' in taken.stderr and "Traceback" not in taken.stderr, taken.stderr
+
+
 # --- tail's protocol handling against a scripted socket (no stack needed) -------------------------
 
 

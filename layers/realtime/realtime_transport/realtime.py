@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .channel import Channel
 from .cursor import CursorCodec
-from .secrets import signing_secret
+from .secrets import SigningSecret, signing_secret
 from .settings import Settings, get_settings
 from .store import EventStore
 
@@ -20,7 +20,9 @@ class Realtime:
 
     `name` namespaces channel keys, so several instances can share the tables.
     Tables and clients come from the settings; `store` and `secret` may be
-    given directly (tests, tools).
+    given directly (tests, tools). The signing secret is a `SigningSecret`: it follows
+    Secrets Manager (re-read after SECRET_CACHE_SECONDS, rotations included), so nothing
+    that signs or verifies holds a copy of its own.
     """
 
     def __init__(
@@ -30,7 +32,7 @@ class Realtime:
         *,
         settings: Settings | None = None,
         store: EventStore | None = None,
-        secret: bytes | None = None,
+        secret: bytes | SigningSecret | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.name = name or self.settings.name
@@ -62,9 +64,12 @@ class Realtime:
         return self._connections
 
     @cached_property
-    def secret(self) -> bytes:
-        """Signs cursors and subscriber tokens (Secrets Manager on AWS)."""
-        return self._secret if self._secret is not None else signing_secret(self.settings)
+    def secret(self) -> SigningSecret:
+        """Signs cursors and subscriber tokens (Secrets Manager on AWS); `tokens.verify` and
+        `CursorCodec` take it as it is, and sign with its current value."""
+        if self._secret is None:
+            return signing_secret(self.settings)
+        return self._secret if isinstance(self._secret, SigningSecret) else SigningSecret.fixed(self._secret)
 
     @cached_property
     def cursor_codec(self) -> CursorCodec:

@@ -44,6 +44,9 @@ class Settings(BaseModel):
     # On AWS the signing secret lives in Secrets Manager; locally it may be given directly.
     secret_arn: str | None = Field(None, alias="REALTIME_SECRET_ARN")
     secret: SecretStr | None = Field(None, alias="REALTIME_TOKEN_SECRET")
+    # How long an instance signs and verifies with its copy of the Secrets Manager secret before
+    # reading it again: a rotation reaches every warm instance within this (secrets.py).
+    secret_cache_seconds: float = Field(300.0, alias="SECRET_CACHE_SECONDS", gt=0, le=86_400)
     # The API Gateway management endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage});
     # the local stack serves it on its own port.
     websocket_management_url: str | None = Field(None, alias="WEBSOCKET_MANAGEMENT_URL")

@@ -150,12 +150,21 @@ function isSameOrigin(api) {
   }
 }
 
-/** The local stack hands out a dev token at /dev/token: feeds and rooms, and room writes (patches). */
+/**
+ * The local stack hands out a dev token at /dev/token: feeds and rooms, and room writes (patches).
+ * /dev/* takes the stack's per-run secret, which the page gets as a cookie when the stack serves
+ * it (`GET /`). A stack started again has a new secret: on a 403 the page fetches `/` once for the
+ * new cookie and asks again, so a page left open across a restart renews its token without a reload.
+ */
 async function fetchDevToken() {
   const url = new URL('/dev/token', location.origin);
   for (const pattern of ['feed_*', 'room_*']) url.searchParams.append('channels', pattern);
   url.searchParams.append('write', 'room_*');
-  const response = await fetch(url, { cache: 'no-store' });
+  let response = await fetch(url, { cache: 'no-store' });
+  if (response.status === 403) {
+    await fetch(new URL('/', location.origin), { cache: 'no-store' }).then((page) => page.body?.cancel());
+    response = await fetch(url, { cache: 'no-store' });
+  }
   if (!response.ok) throw new Error(`/dev/token answered HTTP ${response.status}`);
   const body = await response.json();
   if (!body || typeof body.token !== 'string' || !body.token) throw new Error('/dev/token gave no token');
@@ -231,7 +240,9 @@ function openClient(token) {
   let client = null; // connect() reports 'connecting' before it returns
   client = connect({
     url: page.config.ws,
-    token,
+    // A dev token comes from a function: as getToken the client also renews it on the open
+    // connection before it expires (`auth`), not only at the next connection attempt.
+    ...(typeof token === 'function' ? { getToken: token } : { token }),
     historyUrl: page.config.api || undefined,
     backoff: RETRY,
     // Never give up and never park in a slow 'closed' retry: an outage is 'reconnecting' for as long
@@ -249,17 +260,16 @@ function openClient(token) {
       }
       page.lastState = { state, info, at: Date.now() };
       showStatus(state, statusReason(state, info), info.final);
+      // Stopped for good (a fixed token the server said expired, `token_expired`): only a new one helps.
+      if (state === 'closed' && info.final && page.client === client) ui.connectionPanel.open = true;
       // An attempt that failed before open: refused token, or nobody there?
       if (client !== null && state === 'reconnecting' && client.failuresBeforeOpen > 0) void checkRefusal(client);
     },
     onError: (error) => {
       if (page.client !== client || client === null) return;
       showError(`${error.channel ? `${error.channel}: ` : ''}${error.code}: ${error.message}`);
-      // The server's word that the token expired on an open connection: a dev token is renewed by
-      // the client's next attempt (the token function fetches a new one); a fixed one cannot be.
-      if (error.code === 'token_expired' && typeof page.token === 'string') {
-        stopRetrying(client, `token expired (${error.message || 'the server said token_expired'}): enter a new token under Connection`);
-      }
+      // `token_expired` needs nothing here: the client reconnects with a fresh dev token, and with
+      // a fixed token closes for good ('closed', final, with the server's reason).
     },
   });
   page.client = client;

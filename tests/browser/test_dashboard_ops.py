@@ -106,10 +106,15 @@ def test_recovers_by_itself_after_an_outage(page: Page, own_stack: list[Stack], 
     expect(status.locator(".status-reason")).to_contain_text("attempt")
     page.screenshot(path=str(tmp_path / "outage.png"))
 
+    # The new run has a new /dev secret, so the page's cookie is stale: it must fetch a new one
+    # (GET /) to renew its dev token, which it asks for at every attempt.
+    dev_tokens: list[int] = []
+    page.on("response", lambda response: "/dev/token" in response.url and dev_tokens.append(response.status))
     second = start_stack("--port", str(port))
     own_stack.append(second)
     assert second.url == first.url
     expect(status).to_have_attribute("data-state", "open", timeout=BACK_WITHIN_MS)
+    assert 200 in dev_tokens, dev_tokens
     assert publish_batch(second, after, 3) == [1, 2, 3]
     assert_exactly_once_in_order(page, after, 3)
     assert rows(page, f"feed_{before}") == [3, 2, 1]  # what it had stays, once
@@ -153,6 +158,25 @@ def test_a_refused_token_stops_retrying_with_the_reason(
     page.wait_for_timeout(2_000)
     assert len(attempts) == tried, attempts
     expect(state).to_have_attribute("data-state", "closed")
+
+
+def test_a_fixed_token_that_expires_stops_retrying_with_the_reason(page: Page, stack: Stack) -> None:
+    feed = unique_feed("expiring")
+    token = tokens.issue(DEVELOPMENT_SECRET.encode(), sub="short-lived", channels=["feed_*"], ttl_seconds=2)
+    page.goto(f"{stack.url}/?feeds={feed}&token={token}")
+    state = page.get_by_test_id("status")
+    expect(state).to_have_attribute("data-state", "open")
+    attempts = count_websockets(page)
+    # Past its exp (whole seconds) and the server's leeway for clock skew (tokens._LEEWAY_SECONDS).
+    page.wait_for_timeout((2 + tokens._LEEWAY_SECONDS + 1.5) * 1000)
+    # The fan-out finds the token expired at the next delivery: token_expired, and the connection goes.
+    publish(stack, feed, "t.after-expiry", {})
+    expect(state).to_have_attribute("data-state", "closed")
+    expect(state).to_have_attribute("data-final", "true")
+    expect(state.locator(".status-reason")).to_contain_text("token expired")
+    expect(page.get_by_test_id("connection-panel")).to_have_attribute("open", "")
+    page.wait_for_timeout(1_500)
+    assert attempts == [], attempts  # no attempt with a token that cannot work
 
 
 # --- plots --------------------------------------------------------------------------------------

@@ -489,6 +489,7 @@ class Stage:
     sent: int = 0  # acknowledged requests
     retries: int = 0
     errors: list[str] = field(default_factory=list)
+    crossed: list[str] = field(default_factory=list)  # answers that carried another request's event
     post_ms: list[float] = field(default_factory=list)
     drain_s: float = float("nan")
     drained: bool = False
@@ -567,6 +568,10 @@ class Producers:
             stage.post_ms.append((time.monotonic() - started) * 1000)
             if target.kind == "feed" and status in (200, 201):
                 seq = int(answer["event"]["seq"])
+                stored = answer["event"]
+                if stored.get("channel") != target.channel or (stored.get("data") or {}).get("eventId") != event_id:
+                    # Another request's event in this answer: concurrent requests mixed up.
+                    stage.crossed.append(f"{target.channel} {event_id}: answered {stored.get('channel')} {seq}")
                 self.seqs_by_key.setdefault(event_id, set()).add(seq)
                 self.feed_heads[target.channel] = max(self.feed_heads.get(target.channel, 0), seq)
                 stage.sent += 1
@@ -686,6 +691,7 @@ class Measured:
     report: dict[str, Any] = field(default_factory=dict)
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seqs_by_key: dict[str, set[int]] = field(default_factory=dict)
+    assigned: list[str] = field(default_factory=list)  # each producer's channel
     dropped: int | None = None
     ramp_note: str = ""
     cpu_total: dict[str, float] = field(default_factory=dict)
@@ -781,6 +787,7 @@ async def run(args: argparse.Namespace) -> Measured:
             for t in targets:
                 measured.histories[t.channel] = await history(http, stack.url, t, starts[t.channel], reader)
             measured.seqs_by_key = producers.seqs_by_key
+            measured.assigned = [t.channel for t in producers.assigned]
     finally:
         if clients is not None:
             clients.kill()
@@ -826,6 +833,7 @@ def analyse(m: Measured) -> None:
         for item in items:
             stage_of[(channel, int(item["seq"]))] = stage_and_sent(item)[0]
     tallies: dict[int | None, Tally] = {}
+    by_kind: dict[tuple[int | None, str], list[float]] = {}  # (stage, "feed"/"room") -> latencies
     lost = unexpected = 0
     lost_examples: list[str] = []
     for c in clients:
@@ -842,6 +850,7 @@ def analyse(m: Measured) -> None:
                 tally.live += d[2]
                 if d[1] is not None:
                     tally.latencies.append(d[1])
+                    by_kind.setdefault((stage_of[(channel, seq)], c["kind"]), []).append(d[1])
             else:
                 lost += 1
                 if len(lost_examples) < 5:
@@ -856,6 +865,16 @@ def analyse(m: Measured) -> None:
     answered_twice = sum(1 for seqs in m.seqs_by_key.values() if len(seqs) > 1)
     shown_twice = sum(c["keyDups"] for c in clients)
     after_dedup = stored_twice + answered_twice + shown_twice
+    # Stored in another producer's channel: a request's body handled as another request's.
+    misplaced = [
+        f"{channel}#{item['seq']} from producer {payload['p']}"
+        for channel, items in m.histories.items()
+        for item in items
+        if isinstance(payload := (item.get("data") or {}).get("payload"), dict)
+        and isinstance(payload.get("p"), int)
+        and m.assigned[payload["p"]] != channel
+    ]
+    crossed = [x for s in m.stages for x in s.crossed]
 
     feeds = sum(1 for ch in m.histories if ch.startswith("feed_"))
     rooms = len(m.histories) - feeds
@@ -917,6 +936,8 @@ def analyse(m: Measured) -> None:
 
     steady = next(s for s in m.stages if s.name == "steady")
     steady_lat = sorted(tallies.get(steady.index, Tally()).latencies)
+    steady_feed = sorted(by_kind.get((steady.index, "feed"), []))
+    steady_room = sorted(by_kind.get((steady.index, "room"), []))
     every_lat = sorted(v for t in tallies.values() for v in t.latencies)
     totals = Tally(
         expected=sum(t.expected for t in tallies.values()),
@@ -949,7 +970,10 @@ def analyse(m: Measured) -> None:
             ],
             ["settle: rounds, clients still behind", f"{m.settled.get('rounds')}, {m.settled.get('behind')}"],
             ["steady latency p50 / p99 / max ms", spread(steady_lat)],
+            ["  of which feed events (receivedAt -> arrival)", spread(steady_feed)],
+            ["  of which room.state events (PATCH sent -> arrival)", spread(steady_room)],
             ["all stages latency p50 / p99 / max ms", spread(every_lat)],
+            ["answers with another request's event / events in another channel", f"{len(crossed)} / {len(misplaced)}"],
             [
                 "CPU s: stack / clients / producers",
                 " / ".join(f"{m.cpu_total.get(k, float('nan')):.0f}" for k in ("stack", "clients", "producers")),
@@ -963,6 +987,8 @@ def analyse(m: Measured) -> None:
         for error in c["errors"][:1]:
             print(f"  client {c['channel']}: {error}")
             break
+    for x in (crossed + misplaced)[:5]:
+        print(f"  mixed up: {x}")
     if lost_examples:
         print(f"  lost, e.g.: {', '.join(lost_examples)}")
 
@@ -994,6 +1020,11 @@ def analyse(m: Measured) -> None:
     goal(
         lost == 0 and m.settled.get("behind") == 0,
         f"lost 0 (lost {lost} of {totals.expected} deliveries; every client caught up by its cursor)",
+    )
+    goal(
+        not crossed and not misplaced,
+        f"every request handled as itself ({len(crossed)} answers carried another request's event, "
+        f"{len(misplaced)} events stored in another producer's channel)",
     )
     goal(
         after_dedup == 0 and unexpected == 0,

@@ -20,9 +20,10 @@ What runs (defaults in brackets; every figure is a flag):
   `room.state` event comes from the rooms outbox). Each sends on a fixed schedule, one request at a
   time, so a slow stack shows as a lower achieved rate.
 
-Stages: a short warm-up; `--duration` [120] s at `--rate` [30] events/s in total (the steady phase;
-the default is what this 2-core machine sustains with 200 clients: at 45/s the p99 passes 1 s); a
-burst (`--burst` [400] events, every producer back to back); then the rate steps up
+Stages: a short warm-up; `--duration` [120] s at `--rate` [20] events/s in total (the steady phase:
+200 deliveries/s with 10 clients a channel; on the shared 2-core machine, with other test runs at a
+load average of 10-14, the stack held only 6-15 events/s, so the table's CPU columns matter); a
+burst (`--burst` [200] events, every producer back to back); then the rate steps up
 (`--ramp` factors of `--rate`, `--stage-seconds` [15] each) until a stage's p99 passes 1 s. After
 each stage the run waits (up to `--drain-seconds`) until every client has everything; at the end
 every client pings and repairs from its cursor until it has each channel's head ("settle").
@@ -67,11 +68,11 @@ CLIENTS = 200
 CHANNELS = 20
 ROOMS = 5
 PRODUCERS = 20
-RATE = 30.0  # events/s over all producers in the steady phase
+RATE = 20.0  # events/s over all producers in the steady phase
 DURATION_S = 120.0
 WARMUP_S = 5.0
-BURST_EVENTS = 400
-RAMP = (1.5, 2.0, 3.0, 4.0, 6.0)  # factors of --rate, one short stage each, until p99 passes 1 s
+BURST_EVENTS = 200
+RAMP = (1.5, 2.0, 3.0, 4.0)  # factors of --rate, one short stage each, until p99 passes 1 s
 STAGE_S = 15.0
 DRAIN_S = 20.0
 SETTLE_S = 60.0
@@ -549,7 +550,11 @@ class Producers:
             started = time.monotonic()
             try:
                 if target.kind == "feed":
-                    body = {"eventId": event_id, "type": "load.tick", "payload": {"stage": stage.index, "p": p, "n": n}}
+                    body: dict[str, Any] = {
+                        "eventId": event_id,
+                        "type": "load.tick",
+                        "payload": {"stage": stage.index, "p": p, "n": n},
+                    }
                     async with self.http.post(f"{self.url}/feeds/{target.id}/events", json=body) as response:
                         answer = await response.json(content_type=None)
                         status = response.status

@@ -397,7 +397,10 @@ class ClientSide:
                     c.repairing = True
                     await c.send({"action": "subscribe", "channel": c.channel, "cursor": c.cursor})
             await asyncio.sleep(1.0)
-        return {"rounds": rounds, "behind": len(behind)}
+        heads: dict[str, int] = {}
+        for c in self.clients:
+            heads[c.channel] = max(heads.get(c.channel, 0), c.head_seen)
+        return {"rounds": rounds, "behind": len(behind), "heads": heads}
 
     async def stop(self) -> None:
         self.stopping = True
@@ -699,6 +702,7 @@ class Measured:
     assigned: list[str] = field(default_factory=list)  # each producer's channel
     dropped: int | None = None
     ramp_note: str = ""
+    final_drain: tuple[bool, float] = (False, math.nan)
     cpu_total: dict[str, float] = field(default_factory=dict)
 
 
@@ -783,6 +787,8 @@ async def run(args: argparse.Namespace) -> Measured:
                     f"p99 stayed under {P99_LIMIT_MS:.0f} ms up to {args.rate * max(args.ramp, default=1):g} events/s"
                 )
 
+            # Everything acknowledged reaches the channels first (room events trail through the outbox).
+            measured.final_drain = await drain(clients, producers, args.settle_seconds)
             measured.settled = json.loads(
                 await clients.ask(f"settle {args.settle_seconds}", "settled", args.settle_seconds + 30)
             )
@@ -840,11 +846,16 @@ def analyse(m: Measured) -> None:
     tallies: dict[int | None, Tally] = {}
     by_kind: dict[tuple[int | None, str], list[float]] = {}  # (stage, "feed"/"room") -> latencies
     lost = unexpected = 0
+    heads: dict[str, int] = m.settled.get("heads", {})
+    after_settle = sum(1 for (ch, seq) in stage_of if seq > heads.get(ch, 0))
     lost_examples: list[str] = []
     for c in clients:
         baseline = c["baseline"] if c["baseline"] is not None else 0
         channel = c["channel"]
-        want = {seq for (ch, seq) in stage_of if ch == channel and seq > baseline}
+        # Up to the head the settle caught every client up to; later events (presence leaves as the
+        # clients close) are not expected.
+        cutoff = heads.get(channel, 0)
+        want = {seq for (ch, seq) in stage_of if ch == channel and baseline < seq <= cutoff}
         got = {d[0]: d for d in c["deliveries"]}
         for seq in want:
             tally = tallies.setdefault(stage_of[(channel, seq)], Tally())
@@ -973,7 +984,12 @@ def analyse(m: Measured) -> None:
                 "reconnects / gap repairs (subscribe from cursor)",
                 f"{sum(c['reconnects'] for c in clients)} / {sum(c['repairs'] for c in clients)}",
             ],
-            ["settle: rounds, clients still behind", f"{m.settled.get('rounds')}, {m.settled.get('behind')}"],
+            [
+                "final drain s / settle rounds, clients still behind",
+                f"{m.final_drain[1]:.1f}{'' if m.final_drain[0] else '!'} / {m.settled.get('rounds')}, "
+                f"{m.settled.get('behind')}",
+            ],
+            ["events stored after the settle's heads (not expected)", after_settle],
             ["steady latency p50 / p99 / max ms", spread(steady_lat)],
             ["  of which feed events (receivedAt -> arrival)", spread(steady_feed)],
             ["  of which room.state events (PATCH sent -> arrival)", spread(steady_room)],

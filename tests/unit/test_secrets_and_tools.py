@@ -303,6 +303,28 @@ def test_the_http_function_follows_a_rotation(secretsmanager: Any, http_on_secre
     assert status == 400 and body["error"] == "invalid_cursor"
 
 
+def test_the_fanout_signs_live_cursors_with_the_refreshed_secret(secretsmanager: Any) -> None:
+    """The fan-out builds its codec once, at import: the codec follows the secret, not a copy of it."""
+    from realtime_transport.fanout import Fanout
+
+    arn = new_secret(secretsmanager, "one" * 12)
+    fanout = Fanout.from_settings(
+        Settings.model_validate(
+            {
+                "REALTIME_SECRET_ARN": arn,
+                "SECRET_CACHE_SECONDS": "0.05",
+                "WEBSOCKET_MANAGEMENT_URL": "http://127.0.0.1:9",
+                **ON_LAMBDA,
+            }
+        )
+    )
+    assert fanout.cursors is not None
+    assert CursorCodec(b"one" * 12).decode(CHANNEL_KEY, fanout.cursors.encode(CHANNEL_KEY, 5)) == 5
+    rotate(secretsmanager, arn, "two" * 12)
+    time.sleep(0.1)  # past SECRET_CACHE_SECONDS
+    assert CursorCodec(b"two" * 12).decode(CHANNEL_KEY, fanout.cursors.encode(CHANNEL_KEY, 6)) == 6
+
+
 # --- tools ------------------------------------------------------------------------------------------
 
 

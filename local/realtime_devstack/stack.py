@@ -613,6 +613,12 @@ class LocalStack:
                 os.environ.setdefault(name, value)  # the developer's own choice wins
             else:
                 os.environ[name] = value
+        # boto3's default session keeps the credentials it first resolved: one made before now
+        # (in this process, by anything) would sign with stale keys the management API refuses.
+        # A new session reads the environment again, as a fresh Lambda sandbox would.
+        import boto3
+
+        boto3.DEFAULT_SESSION = None
         self._create_tables()
         self._start_functions()
         self._set_integration_timeouts()

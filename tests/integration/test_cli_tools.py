@@ -523,3 +523,76 @@ def test_tail_prints_room_events_readably_and_other_events_as_json() -> None:
         assert json.loads(raw.getvalue())["data"]["memberId"] == "ada"
 
     asyncio.run(scenario())
+
+
+# --- tail recovers, or exits with the reason (scripted) ----------------------------------------------
+
+
+def test_tail_prints_each_events_cursor_with_cursors() -> None:
+    async def scenario() -> None:
+        tail, ws, out = scripted(show_cursors=True)
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, subscribed(0))
+        await tail._on_message(ws, events(1, 2, 3))  # packed: only 3's cursor is known
+        await tail._on_message(ws, event(4))
+        cursors = [json.loads(line)["cursor"] for line in out.getvalue().splitlines()]
+        # 1 and 2 carry the last cursor before them: a resume from it repeats, never skips.
+        assert cursors == ["c0", "c0", "c3", "c4"]
+
+    asyncio.run(scenario())
+
+
+def test_tail_exits_2_on_a_forbidden_channel_or_a_refused_given_cursor() -> None:
+    from realtime_devstack.tools import TailExit
+
+    async def scenario() -> None:
+        tail, ws, _ = scripted()
+        await tail._subscribe(ws, CHANNEL)
+        with pytest.raises(TailExit) as forbidden:
+            await tail._on_message(ws, {"type": "error", "code": "forbidden", "message": "no", "channel": CHANNEL})
+        assert forbidden.value.code == 2 and f"{CHANNEL}: forbidden: no" in forbidden.value.reason
+
+        tail, ws, _ = scripted(cursor="bad")
+        await tail._subscribe(ws, CHANNEL)
+        with pytest.raises(TailExit, match="--cursor given was refused: cursor is malformed"):
+            await tail._on_message(
+                ws, {"type": "error", "code": "invalid_cursor", "message": "cursor is malformed", "channel": CHANNEL}
+            )
+
+        tail, ws, _ = scripted()
+        await tail._subscribe(ws, CHANNEL)
+        with pytest.raises(TailExit, match="new one with --token"):
+            await tail._on_message(ws, {"type": "error", "code": "token_expired", "message": "token has expired"})
+
+        tail, ws, _ = scripted()
+        with pytest.raises(TailExit, match="ended the subscription"):
+            await tail._on_message(ws, {"type": "unsubscribed", "channel": CHANNEL, "reason": "not_allowed"})
+
+    asyncio.run(scenario())
+
+
+def test_tail_reads_a_restarted_log_from_its_start_and_resends_an_unanswered_subscribe() -> None:
+    async def scenario() -> None:
+        err = io.StringIO()
+        tail, ws, out = scripted(err=err, subscribe_timeout=0.1)
+        await tail._subscribe(ws, CHANNEL)
+        await tail._on_message(ws, subscribed(0))
+        await tail._on_message(ws, events(1, 2, 3))
+        await tail._subscribe(ws, CHANNEL)  # a reconnect: the log is gone
+        await tail._on_message(
+            ws, {"type": "error", "code": "invalid_cursor", "message": "cursor is ahead", "channel": CHANNEL}
+        )
+        assert ws.subscribes() == ["c0", "c3", "c0"], "read again from position 0"
+        assert "log restarted" in err.getvalue()
+        await tail._on_message(ws, events(1, 2))  # the new log's own 1 and 2: printed, not taken as repeats
+        await tail._on_message(ws, subscribed(2))
+        assert printed(out) == [1, 2, 3, 1, 2]
+
+        # A subscribe nobody answers is sent again (here after 0.1 s).
+        watch = asyncio.create_task(tail._watch_subscribes(ws))
+        await tail._subscribe(ws, CHANNEL)
+        await asyncio.sleep(0.25)
+        watch.cancel()
+        assert ws.subscribes()[-2:] == ["c2", "c2"] and "no answer to the subscribe" in err.getvalue()
+
+    asyncio.run(scenario())

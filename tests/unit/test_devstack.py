@@ -30,7 +30,7 @@ from realtime_devstack import cli, template
 from realtime_devstack.http_gateway import StaticFiles
 from realtime_devstack.lambda_host import FunctionHost
 from realtime_devstack.management_api import ManagementApi
-from realtime_devstack.stack import LocalStack, StackOptions
+from realtime_devstack.stack import DEV_SECRET_HEADER, LocalStack, StackOptions
 from realtime_devstack.stream_poller import (
     EventSourceMapping,
     FilterError,
@@ -1062,12 +1062,18 @@ def lambda_handler(event, context):
 """
 
 
-def http_get(url: str) -> tuple[int, Any]:
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return int(response.status), json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def dev_headers(stack: LocalStack) -> dict[str, str]:
+    """What lets a request into /dev/*: this run's secret."""
+    return {DEV_SECRET_HEADER: stack.dev_secret}
 
 
 def test_the_stack_enforces_timeouts_shortens_ttls_and_turns_faults_on(tmp_path: Path, restored_environ: None) -> None:
@@ -1117,7 +1123,7 @@ def test_the_stack_enforces_timeouts_shortens_ttls_and_turns_faults_on(tmp_path:
                 503,
                 {"message": "Service Unavailable"},
             )
-            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats")
+            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats", dev_headers(stack))
             # Warm at start-up, and again after the timeout discarded its sandbox.
             assert stats["functions"]["HttpFunction"] == {"invocations": 3, "timeouts": 1, "cold_starts": 2}
             assert stats["faults"] == {"timeout:HttpFunction": 1}
@@ -1356,7 +1362,7 @@ def test_the_stack_runs_schedules_from_the_start_beside_other_functions(tmp_path
             # While the scheduled invocation runs on, other functions answer.
             assert await asyncio.to_thread(http_get, stack.url + "/ping") == (200, {})
             assert not (sweeper / "done").exists()
-            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats")
+            _, stats = await asyncio.to_thread(http_get, stack.url + "/dev/stats", dev_headers(stack))
             assert stats["schedules"]["SweeperFunction"]["running"] == 1
             (sweeper / "release").write_text("")
             await async_wait_for(lambda: (sweeper / "done").exists())
@@ -1472,10 +1478,12 @@ def test_token_command_and_dev_token_carry_write_patterns(
     async def scenario() -> None:
         await stack.start()
         try:
-            _, body = await asyncio.to_thread(http_get, stack.url + "/dev/token?channels=room_*&write=room_*")
+            _, body = await asyncio.to_thread(
+                http_get, stack.url + "/dev/token?channels=room_*&write=room_*", dev_headers(stack)
+            )
             claims = jwt.decode(body["token"], DEVELOPMENT_SECRET, algorithms=["HS256"])
             assert (claims["channels"], claims["write"]) == (["room_*"], ["room_*"])
-            _, body = await asyncio.to_thread(http_get, stack.url + "/dev/token")
+            _, body = await asyncio.to_thread(http_get, stack.url + "/dev/token", dev_headers(stack))
             claims = jwt.decode(body["token"], DEVELOPMENT_SECRET, algorithms=["HS256"])
             assert claims["channels"] == ["feed_*"] and "write" not in claims
         finally:
@@ -1483,3 +1491,119 @@ def test_token_command_and_dev_token_carry_write_patterns(
             moto_api_backend.reset()
 
     asyncio.run(scenario())
+
+
+# --- safe on a laptop: Host names, CORS, the management API's per-run key, CLI refusals -------------
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("127.0.0.1:3000", ("127.0.0.1", 3000)),
+        ("LocalHost:80", ("localhost", 80)),
+        ("[::1]:3000", ("[::1]", 3000)),
+        ("example.test", ("example.test", None)),
+        ("", None),
+        (":3000", None),
+        ("host:port", None),
+        ("[::1", None),
+        ("[::1]x", None),
+    ],
+)
+def test_host_headers_are_split_into_name_and_port(value: str, parsed: tuple[str, int | None] | None) -> None:
+    from realtime_devstack.stack import split_host_header
+
+    assert split_host_header(value) == parsed
+
+
+def test_only_the_stacks_own_names_and_port_are_its_hosts() -> None:
+    stack = LocalStack(StackOptions(port=0, allow_hosts=("DevBox.test", "::2")))
+    stack.port, stack.allowed_hosts = 3000, frozenset({"127.0.0.1", "localhost", "[::1]", "devbox.test", "[::2]"})
+    assert all(stack.host_allowed(h) for h in ("127.0.0.1:3000", "localhost:3000", "[::1]:3000", "devbox.test:3000"))
+    assert not any(
+        stack.host_allowed(h) for h in ("127.0.0.1:3001", "127.0.0.1", "evil.test:3000", "127.0.0.1.evil:3000", None)
+    )
+
+
+def test_cors_follows_api_gateways_rules() -> None:
+    from realtime_devstack.http_gateway import CorsConfiguration
+
+    exact = CorsConfiguration(allow_origins=("https://app.example", "http://*"), expose_headers=("etag",))
+    assert exact.allowed("https://app.example") == "https://app.example"
+    assert exact.allowed("http://anything.test:8080") == "http://anything.test:8080"  # a scheme wildcard
+    assert exact.allowed("https://evil.example") is None
+    assert CorsConfiguration(allow_origins=("*",)).allowed("https://evil.example") == "*"
+    answered = exact.apply(web.Response(headers={"Access-Control-Allow-Origin": "*"}), "https://evil.example")
+    assert "Access-Control-Allow-Origin" not in answered.headers, "the integration's own CORS headers are ignored"
+    answered = exact.apply(web.Response(), "https://app.example")
+    assert answered.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert answered.headers["Access-Control-Expose-Headers"] == "etag" and answered.headers["Vary"] == "Origin"
+
+
+def test_the_stacks_cors_is_the_templates_with_cors_allow_origins_resolved() -> None:
+    default = LocalStack(StackOptions(port=0)).cors_configuration()
+    assert default is not None and default.allow_origins == ("*",)
+    assert "PATCH" in default.allow_methods and "if-match" in default.allow_headers and default.max_age == 600
+    chosen = LocalStack(StackOptions(port=0, parameters={"CorsAllowOrigins": "https://a.example, https://b.example"}))
+    cors = chosen.cors_configuration()
+    assert cors is not None and cors.allow_origins == ("https://a.example", "https://b.example")
+
+
+def test_management_api_refuses_a_call_signed_with_another_key(websocket_code: Path) -> None:
+    async def scenario() -> None:
+        async with serve(websocket_code) as served:
+            served.management.access_key_id = "ASIAPERRUNKEY"
+            stranger = management_client(served.url)  # signs with "local"
+            with pytest.raises(stranger.exceptions.ClientError) as refused:
+                await asyncio.to_thread(stranger.post_to_connection, ConnectionId="AAAAAAAAAAAAAAA=", Data=b"x")
+            assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
+            import boto3
+
+            own = boto3.client(
+                "apigatewaymanagementapi",
+                endpoint_url=served.url,
+                region_name="us-east-1",
+                aws_access_key_id="ASIAPERRUNKEY",
+                aws_secret_access_key="per-run",
+            )
+            with pytest.raises(own.exceptions.GoneException):
+                await asyncio.to_thread(own.post_to_connection, ConnectionId="AAAAAAAAAAAAAAA=", Data=b"x")
+            presigned = "X-Amz-Credential=ASIAPERRUNKEY%2F20250101%2Fus-east-1%2Fexecute-api%2Faws4_request"
+            url = f"{served.url}/@connections/AAAAAAAAAAAAAAA=?X-Amz-Signature=00&{presigned}"
+            assert await asyncio.to_thread(http_status, "GET", url) == 410
+
+    asyncio.run(scenario())
+
+
+def test_dev_refuses_a_non_loopback_host_without_unsafe_expose(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.is_loopback("127.0.0.1") and cli.is_loopback("::1") and cli.is_loopback("localhost")
+    assert cli.is_loopback("127.0.0.2")
+    assert not any(cli.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "devbox.local"))  # noqa: S104
+    assert cli.main(["dev", "--host", "192.168.1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to listen on 192.168.1.5" in err and "--unsafe-expose" in err
+
+
+def test_cli_errors_are_one_clear_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as empty:
+        cli.main(["token", "--channels", ""])
+    assert empty.value.code == 2 and "may not be empty" in capsys.readouterr().err
+    assert cli.main(["token", "--channels", "feed_*", "--ttl", "-1"]) == 2
+    assert "--ttl must be a positive" in capsys.readouterr().err
+    assert cli.main(["tail", "feed_a", "feed_b", "--cursor", "AAAA"]) == 2
+    assert "--cursor CHANNEL=CURSOR" in capsys.readouterr().err
+    message = cli.port_in_use_message("127.0.0.1", 3000)
+    assert "--port" in message and 'make dev ARGS="--port' in message
+
+
+def test_tail_cursors_per_channel() -> None:
+    assert cli.tail_cursors(["feed_a"], ["C1"]) == {"feed_a": "C1"}
+    assert cli.tail_cursors(["feed_a", "feed_b"], ["feed_b=C2", "feed_a=C1"]) == {"feed_a": "C1", "feed_b": "C2"}
+    for channels, given, problem in (
+        (["feed_a", "feed_b"], ["C1"], "say whose"),
+        (["feed_a"], ["feed_z=C1"], "not one of the channels"),
+        (["feed_a"], ["feed_a="], "empty"),
+        (["feed_a"], ["feed_a=C1", "C2"], "two cursors"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            cli.tail_cursors(channels, given)

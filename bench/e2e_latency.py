@@ -509,7 +509,7 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
-            async with http.get(f"{stack.url}/dev/token") as response:
+            async with http.get(f"{stack.url}/dev/token", headers=stack.dev_headers) as response:
                 token = (await response.json())["token"]
             feed = f"e2e-{uuid.uuid4().hex[:8]}"
             async with http.get(f"{stack.url}/feeds/{feed}/events?limit=1") as response:

@@ -4,6 +4,7 @@ and document each route's error statuses with that same shape."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -182,21 +183,63 @@ def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
             return error_body(status, failed)
         return error_response(status, exc.code, exc.message, details)
 
-    register_unrouted(app, routes_of=app)
+    register_unrouted(app, routes_of=app, routed=True)
+
+
+def _segments(route_path: str) -> list[str | None]:
+    """A route's path as segments: a literal, or None for a path parameter (`<feedId>`)."""
+    return [None if re.fullmatch(r"<\w+>", segment) else segment for segment in route_path.split("/")]
+
+
+def _shape_matches(route_path: str, path: str) -> bool:
+    """`path` has the route's shape: its literal segments, and any one segment per parameter.
+
+    API Gateway routes on that shape (a parameter takes any segment); Powertools' own rule also
+    limits the characters of a parameter, so a segment it refuses is a bad parameter, not an
+    unknown path.
+    """
+    want, have = _segments(route_path), path.split("/")
+    return len(want) == len(have) and all(h != "" if w is None else w == h for w, h in zip(want, have, strict=True))
+
+
+def _routes(app: APIGatewayHttpResolver) -> list[Any]:
+    """Powertools' route table (`_static_routes`, `_dynamic_routes`: Powertools 3.37, pinned;
+    tests/unit/test_http_handler.py checks the 405s and 422s built from it)."""
+    return [*app._static_routes, *app._dynamic_routes]
 
 
 def allowed_methods(app: APIGatewayHttpResolver, path: str) -> list[str]:
-    """The methods `app` has a route for at `path` (none: the path is unknown).
+    """The methods `app` has a route for at `path`'s shape (none: the path is unknown)."""
+    return sorted({route.method.upper() for route in _routes(app) if _shape_matches(route.path, path)})
 
-    Read from Powertools' route table (`_static_routes`, `_dynamic_routes`: Powertools 3.37,
-    pinned; tests/unit/test_http_handler.py checks the 405s).
+
+def _refused_parameters(app: APIGatewayHttpResolver, method: str, path: str) -> list[ErrorDetail]:
+    """The path parameters of `method` at `path`'s shape whose segment the route's rule refuses."""
+    details: list[ErrorDetail] = []
+    for route in _routes(app):
+        if route.method.upper() != method or not _shape_matches(route.path, path):
+            continue
+        for template, segment in zip(route.path.split("/"), path.split("/"), strict=True):
+            name = template[1:-1]
+            if template.startswith("<") and not re.fullmatch(_PARAMETER_CHARACTERS, segment):
+                details.append(ErrorDetail(field=name, location="path", problem="must match the documented pattern"))
+    return details
+
+
+# What Powertools' router takes in one path parameter (api_gateway._NAMED_GROUP_BOUNDARY_PATTERN):
+# RFC 3986's unreserved and sub-delims, a few more, and word characters.
+_PARAMETER_CHARACTERS = r"[-._~()'!*:@,;=+&$%<> \[\]{}|^\w]+"
+
+
+def register_unrouted(
+    resolver: APIGatewayHttpResolver, routes_of: APIGatewayHttpResolver, *, routed: bool = False
+) -> None:
+    """Answer what no route of `routes_of` takes: 405 with Allow for a known path, else 404.
+
+    `routed`: API Gateway matched the request to one of the API's routes (a path parameter takes
+    any non-empty segment there), so a path of a route's shape that Powertools' rule refuses is
+    a bad parameter of that route: 422. The $default route's requests matched none: 404 or 405.
     """
-    routes = [*app._static_routes, *app._dynamic_routes]
-    return sorted({route.method.upper() for route in routes if route.rule.match(path)})
-
-
-def register_unrouted(resolver: APIGatewayHttpResolver, routes_of: APIGatewayHttpResolver) -> None:
-    """Answer what no route of `routes_of` takes: 405 with Allow for a known path, else 404."""
 
     @resolver.not_found
     def not_found(_exc: NotFoundError) -> Response:
@@ -212,6 +255,13 @@ def register_unrouted(resolver: APIGatewayHttpResolver, routes_of: APIGatewayHtt
                 f"{method} is not allowed on {path}; allowed: {listed}",
                 [ErrorDetail(field="method", location="request", problem=f"must be one of {listed}")],
                 headers={"Allow": listed},
+            )
+        refused = _refused_parameters(routes_of, method, path) if routed and allowed else []
+        if refused:
+            # The route exists (API Gateway routed it here); an id in its path cannot be one.
+            names = ", ".join(detail.field for detail in refused)
+            return error_response(
+                HTTPStatus.UNPROCESSABLE_ENTITY, "validation_error", f"invalid path parameter: {names}", refused
             )
         return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
 

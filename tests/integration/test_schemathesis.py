@@ -7,7 +7,7 @@ have a status the document lists for that operation, carry a body that validates
 schema documented for that status, and the content type it documents.
 
 `make test` runs a bounded number of examples per operation (SCHEMATHESIS_MAX_EXAMPLES,
-default 15: a few seconds per operation); `make fuzz` runs many more.
+default 10: a few seconds per operation); `make fuzz` runs many more.
 
 Requests carry a subscriber token for every feed and room (the history routes verify it; the
 others ignore it): with one, history answers are generated past the 401. The local stack does
@@ -43,7 +43,7 @@ from .conftest import Stack
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "15"))
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "10"))
 CASES: Counter[str] = Counter()
 TOKEN = tokens.issue(DEVELOPMENT_SECRET.encode(), sub="schemathesis", channels=["feed_*", "room_*"], ttl_seconds=3600)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .history import History
 
 if TYPE_CHECKING:
-    from realtime_transport.delivery import DeliveryReport
+    from realtime_transport.delivery import CloseReport, DeliveryReport
     from realtime_transport.models.items import Allocation
 
     from ..faithful import Faults
@@ -230,6 +230,23 @@ class Switchboard:
     def send(self, connection_id: str, data: bytes) -> bool:
         line = self._line(connection_id)
         return line is not None and line.push(data)
+
+    def disconnect_many(self, farewells: Mapping[str, bytes | None], *, budget_s: float | None = None) -> CloseReport:
+        """The fan-out closing connections whose token expired: the farewell frame, then the line drops.
+        (The checker's tokens outlive its runs, so this is here for the protocol, not exercised.)"""
+        from realtime_transport.delivery import CloseReport
+
+        report = CloseReport()
+        for connection_id, farewell in farewells.items():
+            line = self._line(connection_id)
+            if line is None:
+                report.gone.append(connection_id)
+                continue
+            if farewell is not None and line.push(farewell):
+                report.farewells += 1
+            line.drop()
+            report.closed.append(connection_id)
+        return report
 
     def send_many(self, plan: Mapping[str, Sequence[bytes]], *, budget_s: float | None = None) -> DeliveryReport:
         from realtime_transport.delivery import DeliveryReport

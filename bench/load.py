@@ -38,7 +38,7 @@ passes one second. Latency = arrival (the client's wall clock) - the envelope's 
 `sentAt` the producer put in its patch just before the PATCH (so it includes the rooms outbox hop).
 Presence events (joins at the start) count as deliveries but have no latency.
 
-    .venv/bin/python bench/load.py                      # the full run, about 5-6 minutes
+    .venv/bin/python bench/load.py                      # the full run: 12-13 minutes on the busy 2-core box
     .venv/bin/python bench/load.py --duration 20 --clients 40 --ramp 2 --burst 100   # development
     .venv/bin/python bench/load.py --drop-at 30         # also cut every socket 30 s into the steady phase
 

@@ -13,6 +13,10 @@ execution environment" after a timeout. A Python thread cannot be killed, so the
 handler goes on running in the background, but every AWS request it (or work it handed to a thread
 pool) makes after its deadline raises :class:`SandboxTimedOut`, a ``BaseException`` that no
 ``except Exception`` swallows: it can write nothing more through botocore.
+
+The sandboxes of a function share the imported libraries, so state a library keeps on a class
+would leak between concurrent invocations that Lambda keeps apart; Powertools' resolver does that,
+and :func:`isolate_powertools_routers` keeps it per sandbox thread.
 """
 
 from __future__ import annotations
@@ -150,6 +154,53 @@ def install_deadline_guard() -> None:
         setattr(Endpoint, _GUARD_MARK, True)
 
 
+class _PerThread:
+    """A class attribute whose value belongs to the thread that set it (read on the class or an instance)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._local = threading.local()
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        try:
+            return self._local.value
+        except AttributeError:
+            raise AttributeError(self._name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self._local.value = value
+
+    def __delete__(self, obj: Any) -> None:
+        self._local.__dict__.pop("value", None)
+
+
+_ROUTER_STATE = ("current_event", "lambda_context")
+_ISOLATED_MARK = "_realtime_devstack_per_thread"
+
+
+def isolate_powertools_routers() -> None:
+    """Give every sandbox thread its own Powertools resolver state (idempotent).
+
+    Powertools' event handler keeps the event being resolved on the router *class*
+    (``BaseRouter.current_event = ...``, and ``lambda_context``), which is sound on Lambda, where an
+    execution environment runs one invocation at a time. Here the sandboxes of one function are
+    threads of one process sharing the imported Powertools module, so two concurrent invocations
+    would read each other's event: one request validated against another's body and headers,
+    ``Authorization`` included. A data descriptor on the class (for instance access) and on its
+    metaclass (for the class-level assignments Powertools makes) keeps that state per thread.
+    """
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+
+    with _GUARD_LOCK:
+        if getattr(type(BaseRouter), _ISOLATED_MARK, False):
+            return
+        descriptors = {name: _PerThread(name) for name in _ROUTER_STATE}
+        for name, descriptor in descriptors.items():
+            type.__setattr__(BaseRouter, name, descriptor)
+        meta = type("PerThreadRouterMeta", (type(BaseRouter),), {**descriptors, _ISOLATED_MARK: True})
+        BaseRouter.__class__ = meta
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -226,6 +277,7 @@ class FunctionHost:
         self.timeouts = 0
         self.cold_starts = 0
         install_deadline_guard()
+        isolate_powertools_routers()
 
     def _new_instance(self) -> Any:
         # The function's own directory first on the path, as in its Lambda bundle.

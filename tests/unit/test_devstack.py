@@ -1607,3 +1607,61 @@ def test_tail_cursors_per_channel() -> None:
     ):
         with pytest.raises(ValueError, match=problem):
             cli.tail_cursors(channels, given)
+
+
+# A Powertools HTTP resolver whose route waits until both invocations are inside it, then answers
+# the body Powertools says it is resolving: shared resolver state would give both the same one.
+# Each sandbox imports the module afresh, so the barrier both wait on lives in `builtins`.
+RESOLVER_STUB = """
+import builtins
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
+app = APIGatewayHttpResolver()
+
+
+@app.post("/echo")
+def echo():
+    seen_at_entry = app.current_event.body
+    builtins.devstack_test_barrier.wait()
+    return {"entry": seen_at_entry, "now": app.current_event.body}
+
+
+def lambda_handler(event, context):
+    return app.resolve(event, context)
+"""
+
+
+def test_concurrent_invocations_never_see_each_others_powertools_event(tmp_path: Path) -> None:
+    """On Lambda one environment runs one invocation at a time; here sandboxes are threads of one
+    process, and Powertools keeps the current event on its router class (found by bench/load.py:
+    a PATCH validated against another request's body)."""
+    import builtins
+    import threading
+
+    (tmp_path / "app.py").write_text(RESOLVER_STUB)
+    host = FunctionHost("HttpApiFunction", tmp_path)
+    events = [
+        {
+            "version": "2.0",
+            "routeKey": "POST /echo",
+            "rawPath": "/echo",
+            "headers": {"content-type": "application/json"},
+            "requestContext": {"http": {"method": "POST", "path": "/echo"}, "stage": "$default"},
+            "body": f'{{"n": {n}}}',
+            "isBase64Encoded": False,
+        }
+        for n in (1, 2)
+    ]
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(*(host.invoke(event) for event in events)))
+
+    builtins.devstack_test_barrier = threading.Barrier(2, timeout=10)  # type: ignore[attr-defined]
+    try:
+        answers = asyncio.run(both())
+    finally:
+        del builtins.devstack_test_barrier  # type: ignore[attr-defined]
+        host.close()
+    bodies = [json.loads(answer["body"]) for answer in answers]
+    assert bodies == [{"entry": '{"n": 1}', "now": '{"n": 1}'}, {"entry": '{"n": 2}', "now": '{"n": 2}'}]

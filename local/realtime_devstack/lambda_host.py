@@ -198,7 +198,7 @@ def isolate_powertools_routers() -> None:
         for name, descriptor in descriptors.items():
             type.__setattr__(BaseRouter, name, descriptor)
         meta = type("PerThreadRouterMeta", (type(BaseRouter),), {**descriptors, _ISOLATED_MARK: True})
-        BaseRouter.__class__ = meta
+        BaseRouter.__class__ = meta  # type: ignore[method-assign]  # a class, not a method: its metaclass
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

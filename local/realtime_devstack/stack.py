@@ -650,7 +650,7 @@ class LocalStack:
         app.router.add_post("/dev/connections/drop", self._drop_connections)
         # Development only, never deployed: counters for tests and benchmarks.
         app.router.add_get("/dev/stats", self._serve_stats)
-        app.router.add_route("*", "/{tail:.*}", HttpGateway(self._http_routes(), self.cors_configuration()).handle)
+        app.router.add_route("*", "/{tail:(?s:.*)}", HttpGateway(self._http_routes(), self.cors_configuration()).handle)
 
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()

@@ -276,3 +276,20 @@ def test_ctrl_c_stops_the_stack_cleanly() -> None:
     running = start_stack()
     assert stop_stack(running) == 0
     assert "stopping" in "".join(running.output)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/feeds/p%0At/control", 422, "validation_error"),  # a routed path whose id is not a feed id
+        ("/nothing%0Ahere", 404, "not_found"),  # routed nowhere: the $default route
+    ],
+)
+def test_a_path_with_an_encoded_newline_is_answered_in_the_error_shape(
+    http: Http, path: str, status: int, code: str
+) -> None:
+    """API Gateway hands such a path to the routes like any other; the local gateway's catch-all
+    used `.*`, which stops at a newline, so aiohttp answered a plain-text 404 (found by
+    schemathesis)."""
+    got, body = http.post(path, {"action": "a", "commandId": "c"})
+    assert (got, body["error"]) == (status, code)

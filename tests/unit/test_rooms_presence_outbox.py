@@ -94,7 +94,8 @@ def test_a_failure_holds_back_only_that_members_later_records(
     monkeypatch.setattr(Channel, "publish", throttled_at_alices_update)
     first = PresenceOutbox(rt).publish(records)
     assert len(first.failed) == 2, "alice's update and, unpublished, her leave"
-    assert [(e.type, e.data["memberId"]) for e in room_events(rt, "R")] == [
+    # Members are independent (published at once): the order is per member, not across them.
+    assert sorted((e.type, e.data["memberId"]) for e in room_events(rt, "R")) == [
         ("presence.join", "alice"),
         ("presence.join", "bob"),
     ], "nothing of alice overtakes her failed update"
@@ -104,12 +105,13 @@ def test_a_failure_holds_back_only_that_members_later_records(
     numbers = [r["dynamodb"]["SequenceNumber"] for r in records]
     second = PresenceOutbox(rt).publish(records[min(numbers.index(n) for n in first.failed) :])
     assert second.failed == []
-    assert [(e.type, e.data["memberId"]) for e in room_events(rt, "R")] == [
-        ("presence.join", "alice"),
-        ("presence.join", "bob"),
-        ("presence.update", "alice"),
-        ("presence.leave", "alice"),
-    ]
+    events = [(e.type, e.data["memberId"]) for e in room_events(rt, "R")]
+    assert [kind for kind, member in events if member == "alice"] == [
+        "presence.join",
+        "presence.update",
+        "presence.leave",
+    ], "alice's changes in her order"
+    assert [kind for kind, member in events if member == "bob"] == ["presence.join"]
     assert len(room_events(rt, "other")) == 2, "replayed, not doubled"
 
 

@@ -277,7 +277,7 @@ def main() -> None:
     with local_endpoint() as endpoint:
         os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint  # only the by-channel Query is asked of it
         os.environ["WEBSOCKET_MANAGEMENT_URL"] = endpoint
-        from realtime_transport.models.websocket import event_frame
+        from realtime_transport.models.frames import event_frame
 
         event = stream_event(1)
         frame = event_frame(CHANNEL, event["Records"][0]["dynamodb"]["NewImage"]["event"]["S"])

@@ -22,8 +22,8 @@ from .cursor import CURSOR_PLACEHOLDER
 from .errors import EventTooLarge, IdempotencyConflict, InvalidChannel, InvalidCursor, InvalidInput, StoreUnavailable
 from .ids import new_ulid
 from .models.envelope import Event
+from .models.frames import event_frame
 from .models.items import Allocation, AttributeMap, IdempotencyRecord, Kind, Position, channel_key, position_item
-from .models.websocket import event_frame
 from .observability import logger
 from .store import KeyTaken, PositionTaken, WriteConflict
 

@@ -42,8 +42,9 @@ from .connections import Connection, ConnectionStore, Subscriber
 from .cursor import CursorCodec
 from .delivery import CloseReport, DeliveryReport, Pusher
 from .errors import RealtimeError, StoreUnavailable
+from .models.frames import event_frame
 from .models.stream import StreamRecord
-from .models.websocket import TOKEN_EXPIRED, ErrorMessage, event_frame
+from .models.websocket import TOKEN_EXPIRED, ErrorMessage
 from .observability import logger, metrics
 from .secrets import signing_secret
 

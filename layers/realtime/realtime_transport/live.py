@@ -32,6 +32,7 @@ from .connections import Connection
 from .delivery import DeliveryFailed
 from .errors import Forbidden, RealtimeError, StoreUnavailable, Unauthorized
 from .limits import FRAME_BYTES
+from .models.frames import packed_frames
 from .models.websocket import (
     ACTIONS,
     AUTH_REFUSED,
@@ -47,7 +48,6 @@ from .models.websocket import (
     Unsubscribe,
     Unsubscribed,
     client_message,
-    packed_frames,
 )
 from .models.websocket import RoomMessage as _RoomMessage
 from .observability import logger

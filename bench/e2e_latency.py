@@ -72,24 +72,6 @@ else:  # pragma: no cover - not Linux: the wall clock is the one both processes 
     CLOCK_NAME = "time.time_ns (wall clock, shared by both processes on this machine)"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent busy (not idle or waiting on I/O) since boot (Linux)."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 # =====================================================================================================
 # The subscriber process: N WebSocket connections on one channel, one asyncio loop.
 #
@@ -397,6 +379,8 @@ async def publish(http: Any, url: str, feed: str, rate: float, count: int, step:
 async def run_step(
     http: Any, url: str, feed: str, subscribers: Subscribers, pids: dict[str, int], name: str, rate: float, count: int
 ) -> Step:
+    from _common import cpu_seconds, machine_busy_seconds
+
     step = Step(name=name, rate=rate)
     duplicates_before, reorders_before = len(subscribers.duplicates), len(subscribers.reorders)
     cpu_before = {who: cpu_seconds(pid) for who, pid in pids.items()}

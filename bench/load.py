@@ -61,7 +61,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 CLIENTS = 200
@@ -456,24 +455,6 @@ async def clients_process() -> None:
 # =====================================================================================================
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (Linux /proc/stat; NaN elsewhere)."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Target:
     kind: str  # "feed" or "room"
@@ -709,7 +690,7 @@ class Measured:
 
 async def run(args: argparse.Namespace) -> Measured:
     import aiohttp
-    from _common import STACK_SECRET, start_stack, stop_stack
+    from _common import STACK_SECRET, cpu_seconds, machine_busy_seconds, start_stack, stop_stack
 
     from realtime_transport import tokens
 

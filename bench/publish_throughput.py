@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import statistics
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from _common import goal, percentile, reader_token, start_stack, stop_stack, table
+from _common import cpu_seconds, goal, percentile, reader_token, start_stack, stop_stack, table
 
 PRODUCERS = (1, 4, 8, 16)
 ORDER = (1, 4, 8, 16, 16, 8, 4, 1) * 2  # palindromes: a linear drift hits every configuration alike
@@ -65,15 +63,6 @@ class Run:
     @property
     def rate(self) -> float:
         return len(self.seqs) / self.seconds
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def publish_for(url: str, run: Run, seconds: float, pid: int) -> None:

@@ -12,22 +12,9 @@ from realtime_transport import Realtime, tokens
 from realtime_transport.errors import Forbidden, Unauthorized
 from realtime_transport.live import LiveService
 
+from .doubles import RecordingPusher
+
 SECRET = b"unit-test-secret-long-enough-for-hs256"
-
-
-class RecordingPusher:
-    def __init__(self) -> None:
-        self.frames: dict[str, list[dict[str, Any]]] = {}
-        self.gone: set[str] = set()
-
-    def send(self, connection_id: str, data: bytes) -> bool:
-        if connection_id in self.gone:
-            return False
-        self.frames.setdefault(connection_id, []).append(json.loads(data))
-        return True
-
-    def take(self, connection_id: str) -> list[dict[str, Any]]:
-        return self.frames.pop(connection_id, [])
 
 
 @pytest.fixture

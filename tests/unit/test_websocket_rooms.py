@@ -22,22 +22,9 @@ from realtime_transport.rooms.presence import Presence
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
 from tests.conftest import stream_records
 
+from .doubles import RecordingPusher
+
 SECRET = b"unit-test-secret-long-enough-for-hs256"
-
-
-class RecordingPusher:
-    def __init__(self) -> None:
-        self.frames: dict[str, list[dict[str, Any]]] = {}
-        self.lock = threading.Lock()
-
-    def send(self, connection_id: str, data: bytes) -> bool:
-        with self.lock:
-            self.frames.setdefault(connection_id, []).append(json.loads(data))
-        return True
-
-    def take(self, connection_id: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return self.frames.pop(connection_id, [])
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from realtime_transport.connections import Connection, ConnectionStore, Subscriber
+from realtime_transport.connections import Connection, ConnectionStore, Subscriber, bucket_keys, subscriber_bucket
 from realtime_transport.delivery import Pusher
 from realtime_transport.errors import StoreUnavailable
 from tests.conftest import TABLE_NAMES, LambdaContext, load_function, sample_event
@@ -132,7 +132,13 @@ def frames(api: FakeManagementApi, connection_id: str) -> list[dict[str, Any]]:
 
 
 def seqs(api: FakeManagementApi, connection_id: str, channel: str | None = None) -> list[int]:
-    return [f["event"]["seq"] for f in frames(api, connection_id) if channel is None or f["channel"] == channel]
+    """The seqs delivered, in order, whether one per `event` frame or several in an `events` frame."""
+    return [
+        event["seq"]
+        for f in frames(api, connection_id)
+        if channel is None or f["channel"] == channel
+        for event in (f["events"] if f["type"] == "events" else [f["event"]])
+    ]
 
 
 def record(channel: str, seq: int, *, name: str = "INSERT", kind: str = "event", number: int | None = None) -> dict:
@@ -170,10 +176,10 @@ def test_sample_event_reaches_every_subscriber_in_order(fanout: Any, store: Conn
     assert invoke(fanout, event) == []
 
     stored = [json.loads(r["dynamodb"]["NewImage"]["event"]["S"]) for r in event["Records"]]
-    # Each frame carries its event's cursor: a client resumes from the last one it delivered.
+    # A channel's events of one batch travel together (`events`), with the last one's cursor: a
+    # client resumes from it. One event alone is an `event` frame with its own cursor.
     assert frames(api, "a") == [
-        {"type": "event", "channel": "feed_42", "event": stored[0], "cursor": cursor_of("feed_42", 17)},
-        {"type": "event", "channel": "feed_42", "event": stored[1], "cursor": cursor_of("feed_42", 18)},
+        {"type": "events", "channel": "feed_42", "events": stored[:2], "cursor": cursor_of("feed_42", 18)},
     ]
     assert seqs(api, "b") == [17, 18]
     assert frames(api, "c") == [
@@ -256,7 +262,7 @@ def test_transient_failures_are_retried_and_never_fail_the_batch(fanout: Any, st
         assert seqs(api, connection_id) == [17, 18]
     assert len(api.requests_for("broken")) == 3  # given up after the bounded attempts, for it alone
     assert store.connection("broken") is not None  # not gone: kept, its client fills the gap from history
-    assert len(api.requests_for("fine")) == 2  # and nobody else got anything twice
+    assert len(api.requests_for("fine")) == 1  # one message of both events: nobody else got anything twice
 
 
 def test_an_unresponsive_endpoint_cannot_run_the_invocation_out_of_time(
@@ -290,7 +296,8 @@ def test_metrics_count_deliveries_failures_gone_and_latency(fanout: Any, store: 
 
     values = {name: metric["Value"] for name, metric in metrics.metric_set.items()}
     metrics.clear_metrics()
-    assert values["Deliveries"] == [2.0] and values["GoneConnections"] == [1.0]
+    # "ok" gets feed_42's two events in one message: one delivery.
+    assert values["Deliveries"] == [1.0] and values["GoneConnections"] == [1.0]
     assert values["DeliveryFailures"] == [1.0]
     assert len(values["FanoutLatency"]) == 3 and all(v > 0 for v in values["FanoutLatency"])
 
@@ -357,8 +364,13 @@ def test_each_channel_is_looked_up_once_per_batch_across_all_pages(
     assert invoke(fanout, {"Records": records}) == []
 
     assert calls == {FEED_42: 1, FEED_7: 1}
-    by_channel = Counter(q["ExpressionAttributeValues"][":c"]["S"] for q in queries if q.get("IndexName"))
-    assert by_channel == {FEED_42: 3, FEED_7: 1}
+    # Every bucket of each channel (and the bare key of subscriptions older than the buckets), each
+    # paged: a page of `Limit` items comes with a LastEvaluatedKey, so n items take n // 2 + 1 reads.
+    by_key = Counter(q["ExpressionAttributeValues"][":c"]["S"] for q in queries if q.get("IndexName"))
+    in_bucket = Counter(f"{FEED_42}#{subscriber_bucket(c)}" for c in subscribers)
+    in_bucket[f"{FEED_7}#{subscriber_bucket('other')}"] += 1
+    expected = {key: in_bucket[key] // 2 + 1 for key in [*bucket_keys(FEED_42), *bucket_keys(FEED_7)]}
+    assert by_key == expected
     for connection_id in subscribers:
         assert seqs(api, connection_id) == [1, 2, 3]
     assert seqs(api, "other") == [1, 2]

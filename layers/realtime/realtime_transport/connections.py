@@ -1,9 +1,10 @@
 """The data access layer of the connections table: WebSocket connections and their subscriptions.
 
-| item         | pk             | sk              | GSI `by-channel` (channel, connectionId; INCLUDE tokenExp) |
-| ------------ | -------------- | --------------- | ---------------------------------------------------------- |
-| connection   | `conn#{id}`    | `meta`          | -                                                          |
-| subscription | `conn#{id}`    | `sub#{chanKey}` | channel = chanKey, connectionId = id, tokenExp             |
+| item            | pk             | sk              | GSI `by-channel` (channel, connectionId; INCLUDE tokenExp)     |
+| --------------- | -------------- | --------------- | -------------------------------------------------------------- |
+| connection      | `conn#{id}`    | `meta`          | -                                                              |
+| subscription    | `conn#{id}`    | `sub#{chanKey}` | channel = `{chanKey}#{bucket}`, connectionId = id, tokenExp    |
+| channel version | `chan#{key}`   | `version`       | - (`v`: a counter, `changedAt`: epoch ms of the last change)   |
 
 A subscription carries the expiry (`tokenExp`, epoch seconds) of the token it was made under,
 projected into `by-channel`, so the fan-out sees from the index alone which subscribers' tokens
@@ -11,6 +12,20 @@ have run out. The index is a hint (it lags, and an `auth` renewal updates the co
 before its subscriptions): the connection item's `tokenExp` is the truth, read consistently
 before anything is closed (`Fanout`). Subscriptions written before the attribute existed carry
 none: the fan-out checks those against the connection item too.
+
+Index partitions: a channel's subscriptions are spread over `SUBSCRIBER_BUCKETS` index partition
+key values (`{chanKey}#{bucket}`, bucket = a stable hash of the connection id), so one large
+channel's lookups never concentrate on one partition ("Best practices for designing and using
+partition keys effectively"; a partition, of a GSI too, serves at most 3,000 read units/s).
+Readers query every bucket (`subscriber_entries`, one paged Query per bucket, side by side),
+plus the bare `{chanKey}` that subscriptions written before the buckets carry (at most 3 h: their
+`ttl`; `LEGACY_UNBUCKETED` can go once every deployment has run that long with buckets).
+
+Channel version: every subscribe, unsubscribe and `delete_connection` bumps the channel's
+version item after its subscription write (`ADD v 1`), so a warm fan-out re-reads the index only
+when the subscribers changed (`shards.SubscriberCache`). Its `ttl` follows the subscriptions' (none
+outlives it); should it expire and come back at 1, its `changedAt` differs, so a cache keyed by
+both never mistakes it for the old one.
 
 The same partition also holds the connection's room memberships (`room#{ns}#{roomId}`) and the
 table holds room members and member counts: those are `rooms/presence_store.py`'s. Here,
@@ -24,7 +39,9 @@ Everything carries `ttl` past API Gateway's two-hour connection limit, since
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -37,6 +54,26 @@ BY_CHANNEL_INDEX = "by-channel"
 CONNECTION_TTL_SECONDS = 3 * 3600  # API Gateway closes every connection after 2 hours
 _META = "meta"
 _SUB = "sub#"
+# Index partition key values per channel. Not to be changed casually: readers must read every
+# bucket a subscription can be in, so changing it means writing subscriptions under both schemes
+# (and reading both) for the 3 h a subscription lives. 16 partitions of 3,000 read units/s each
+# read a channel of 100,000 subscribers (with tokenExp, ~100 bytes an entry: ~2,500 entries per
+# 1 MB page of eventually consistent reads at 0.5 unit per 4 KB) many times a second.
+SUBSCRIBER_BUCKETS = 16
+# Subscriptions written before the buckets sit under the bare channel key (see the docstring).
+LEGACY_UNBUCKETED = True
+_VERSION = "version"
+
+
+def subscriber_bucket(connection_id: str) -> int:
+    """The index bucket of a connection's subscriptions: stable across processes (not `hash()`)."""
+    return zlib.crc32(connection_id.encode()) % SUBSCRIBER_BUCKETS
+
+
+def bucket_keys(channel_key: str) -> list[str]:
+    """Every `by-channel` partition key value under which the channel's subscriptions can be."""
+    keys = [f"{channel_key}#{bucket}" for bucket in range(SUBSCRIBER_BUCKETS)]
+    return [*keys, channel_key] if LEGACY_UNBUCKETED else keys
 
 
 def _pk(connection_id: str) -> str:
@@ -62,10 +99,22 @@ class Subscriber(NamedTuple):
     token_exp: int | None  # None: a subscription written before subscriptions carried it
 
 
+class ChannelVersion(NamedTuple):
+    """A channel's subscriber-set version: (0, 0) when nobody ever (un)subscribed since its ttl."""
+
+    version: int
+    changed_at_ms: int
+
+
 class ConnectionStore:
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table_name: str, *, clock_ms: Callable[[], int] | None = None, readers: int = 8
+    ) -> None:
         self._client = client
         self._table = table_name
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._readers = readers
+        self._executor: ThreadPoolExecutor | None = None
 
     def _expiry(self) -> str:
         return str(int(time.time()) + CONNECTION_TTL_SECONDS)
@@ -111,13 +160,14 @@ class ConnectionStore:
         item: dict[str, Any] = {
             "pk": {"S": _pk(connection_id)},
             "sk": {"S": f"sub#{channel_key}"},
-            "channel": {"S": channel_key},
+            "channel": {"S": f"{channel_key}#{subscriber_bucket(connection_id)}"},
             "connectionId": {"S": connection_id},
             "ttl": {"N": self._expiry()},
         }
         if token_exp is not None:
             item["tokenExp"] = {"N": str(token_exp)}
         self._call(self._client.put_item, TableName=self._table, Item=item)
+        self.bump_version(channel_key)  # after the write: a fan-out that sees the bump re-reads
 
     def renew(self, connection_id: str, sub: str, channels: tuple[str, ...], write: tuple[str, ...], exp: int) -> bool:
         """A new token on an open connection: its rights and expiry. False when the connection item
@@ -180,6 +230,34 @@ class ConnectionStore:
             TableName=self._table,
             Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": f"sub#{channel_key}"}},
         )
+        self.bump_version(channel_key)
+
+    def bump_version(self, channel_key: str) -> None:
+        """The channel's subscribers changed: `ADD v 1`, `changedAt` now (warm fan-outs re-read)."""
+        self._call(
+            self._client.update_item,
+            TableName=self._table,
+            Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": _VERSION}},
+            UpdateExpression="ADD v :one SET changedAt = :now, #ttl = :ttl",
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":now": {"N": str(self._clock_ms())},
+                ":ttl": {"N": self._expiry()},
+            },
+        )
+
+    def channel_version(self, channel_key: str) -> ChannelVersion:
+        """The channel's subscriber-set version, read consistently (one GetItem)."""
+        item = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": _VERSION}},
+            ConsistentRead=True,
+        ).get("Item")
+        if not item:
+            return ChannelVersion(0, 0)
+        return ChannelVersion(int(item["v"]["N"]), int(item.get("changedAt", {}).get("N", "0")))
 
     def subscriptions(self, connection_id: str) -> list[str]:
         """The channel keys the connection is subscribed to (only `sub#` items: not its room memberships)."""
@@ -200,6 +278,10 @@ class ConnectionStore:
                 if not pending:
                     break
                 time.sleep(0.05)
+        # Its subscriptions are gone: warm fan-outs re-read those channels' subscribers.
+        for sk in keys:
+            if sk.startswith(_SUB):
+                self.bump_version(sk.removeprefix(_SUB))
         return len(keys)
 
     def subscribers(self, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
@@ -208,12 +290,27 @@ class ConnectionStore:
             yield [entry.connection_id for entry in page]
 
     def subscriber_entries(self, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
-        """The index entries of a channel's subscribers (id and `tokenExp` hint), a page at a time."""
+        """The index entries of a channel's subscribers (id and `tokenExp` hint), a page at a time.
+
+        Every bucket is queried (each paged), the buckets side by side; a connection appears
+        once (a subscription written under both schemes is one subscription)."""
+        keys = bucket_keys(channel_key)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._readers, thread_name_prefix="subscribers")
+        seen: set[str] = set()
+        for pages in self._executor.map(lambda key: list(self._bucket_entries(key, page_size)), keys):
+            for page in pages:
+                fresh = [entry for entry in page if entry.connection_id not in seen]
+                seen.update(entry.connection_id for entry in fresh)
+                if fresh:
+                    yield fresh
+
+    def _bucket_entries(self, index_key: str, page_size: int) -> Iterator[list[Subscriber]]:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": BY_CHANNEL_INDEX,
             "KeyConditionExpression": "channel = :c",
-            "ExpressionAttributeValues": {":c": {"S": channel_key}},
+            "ExpressionAttributeValues": {":c": {"S": index_key}},
             "Limit": page_size,
         }
         while True:

@@ -4,8 +4,10 @@ One stream batch is worked out whole before Powertools' `BatchProcessor` sees it
 
 1. keep only INSERTs of `kind=event` items (the template's filter does this on AWS too);
 2. group them by channel, in `seq` order (positions can commit out of order by a few ms);
-3. read each channel's subscribers once, every page of the `by-channel` index, with the
-   expiry of the token each subscription was made under (`tokenExp`, projected into the index);
+3. read each channel's subscribers once, every page of every bucket of the `by-channel` index,
+   with the expiry of the token each subscription was made under (`tokenExp`, projected into
+   the index), unless this warm instance holds them under the channel's current version
+   (`shards.SubscriberCache`: one consistent GetItem of the version instead of the Query);
 4. a subscriber whose index entry says its token has expired (or says nothing) is checked
    against its connection item (one consistent GetItem): the entry is a hint, an `auth` may
    have renewed the token since. Still expired: it gets no events, but an `error` frame
@@ -13,7 +15,12 @@ One stream batch is worked out whole before Powertools' `BatchProcessor` sees it
    which cleans up; if that never comes, the next batch finds it again and the DELETE answers
    410, so it is forgotten as below). A connection item that cannot be read: no delivery, no
    close (fail closed; its client catches up once it can);
-5. deliver every other connection its frames in order, all connections at once (`Pusher.send_many`);
+5. deliver every other connection its frames in order, all connections at once (`Pusher.send_many`).
+   A channel's events bound for one connection travel together: `events` frames of at most
+   `limits.FRAME_BYTES` (one event alone: an `event` frame), the cursor of each the last
+   event's, as catch-up packs them. A plan of more than `shard_size` connections is cut into
+   shards, each delivered by a delivery worker invoked synchronously, all at once; this
+   invocation waits for every one (`workers.py` says why, and how a failed shard is retried);
 6. connections that answered 410 leave their rooms (`connection_gone`: reason `disconnected`,
    so a member whose only socket vanished enters its grace period), then are deleted with
    their subscriptions, all at once.
@@ -42,11 +49,14 @@ from .connections import Connection, ConnectionStore, Subscriber
 from .cursor import CursorCodec
 from .delivery import CloseReport, DeliveryReport, Pusher
 from .errors import RealtimeError, StoreUnavailable
-from .models.frames import event_frame
+from .limits import FRAME_BYTES
+from .models.frames import event_frame, packed_frames
 from .models.stream import StreamRecord
 from .models.websocket import TOKEN_EXPIRED, ErrorMessage
 from .observability import logger, metrics
 from .secrets import signing_secret
+from .shards import DEFAULT_SHARD_SIZE, SubscriberCache, shards
+from .workers import LambdaInvoker, ShardFailed, ShardInvoker, ShardRequest, ShardResult, build_requests
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -56,6 +66,9 @@ _T = TypeVar("_T")
 # connections and returns the answer.
 DELIVERY_SHARE = 0.8
 _R = TypeVar("_R")
+# Above DeliveryWorkerFunction's Timeout (30 s in template.yaml): Lambda itself reports a hung
+# worker (Sandbox.Timedout) before the coordinator's client gives up on the answer.
+WORKER_READ_TIMEOUT_SECONDS = 35.0
 
 
 class SubscribersUnavailable(RealtimeError):
@@ -118,6 +131,7 @@ class FanoutResult:
     renewed: list[str] = field(default_factory=list)
     unconfirmed: list[str] = field(default_factory=list)
     closing: CloseReport = field(default_factory=CloseReport)
+    shards: _ShardStats = field(default_factory=lambda: _ShardStats())
 
     @property
     def failed_channels(self) -> set[str]:
@@ -144,6 +158,10 @@ class Fanout:
         cursors: CursorCodec | None = None,
         presence: GonePresence | None = None,
         clock: Callable[[], float] = time.time,
+        invoker: ShardInvoker | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        cache: SubscriberCache | None = None,
+        max_parallel_shards: int = 128,
     ) -> None:
         self.connections = connections
         # Epoch seconds, against which tokens' expiry is judged (tests move it).
@@ -156,6 +174,12 @@ class Fanout:
         self._page_size = page_size
         self._store_workers = store_workers
         self._executor: ThreadPoolExecutor | None = None
+        # Delivery workers for plans of more than `shard_size` connections (None: never shard).
+        self.invoker = invoker
+        self.shard_size = shard_size
+        self.cache = cache
+        self._max_parallel_shards = max_parallel_shards
+        self._shard_executor: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Fanout:
@@ -171,13 +195,25 @@ class Fanout:
             Pusher.from_settings(settings),
             cursors=CursorCodec(secret),
             presence=PresenceRegistry(Realtime(settings=settings, secret=secret)),
+            invoker=(
+                LambdaInvoker(settings.delivery_worker_function, read_timeout_s=WORKER_READ_TIMEOUT_SECONDS)
+                if settings.delivery_worker_function
+                else None
+            ),
+            shard_size=settings.fanout_shard_size,
+            cache=SubscriberCache(trust_after_ms=int(settings.subscriber_cache_settle_seconds * 1000)),
         )
 
-    def _frame(self, channel: str, record: StreamRecord) -> bytes:
-        cursor = None
-        if self.cursors is not None and record.channel_key is not None and record.seq is not None:
-            cursor = self.cursors.encode(record.channel_key, record.seq)
-        return event_frame(channel, record.event_json or "", cursor)
+    def _frames(self, batch: ChannelBatch) -> list[bytes]:
+        """The channel's frames for this batch: its events packed as catch-up packs them."""
+        cursors = self.cursors
+        if cursors is None:  # (tests of delivery alone: no cursors, one frame per event)
+            return [event_frame(batch.name, record.event_json or "") for record in batch.records]
+        events = [(record.seq or 0, record.event_json or "") for record in batch.records]
+        return [
+            frame
+            for frame, _ in packed_frames(batch.name, events, lambda seq: cursors.encode(batch.key, seq), FRAME_BYTES)
+        ]
 
     def deliver(self, records: Iterable[Any], *, remaining_ms: int | None = None) -> FanoutResult:
         """Deliver a stream batch (Powertools `DynamoDBRecord`s or raw record dicts).
@@ -204,13 +240,16 @@ class Fanout:
         for batch in channels.values():
             if not batch.subscribers:
                 continue
-            frames = [self._frame(batch.name, record) for record in batch.records]
+            frames = self._frames(batch)
             for connection_id in batch.subscribers:
                 held = plan.get(connection_id)
                 # Shared list for the common case of one channel per connection; a new one when merging.
                 plan[connection_id] = frames if held is None else [*held, *frames]
         report = DeliveryReport()
-        if plan and deadline is None:
+        shard_stats = _ShardStats()
+        if plan and self.invoker is not None and len(plan) > self.shard_size:
+            report, shard_stats = self._send_sharded(self.invoker, plan, deadline)
+        elif plan and deadline is None:
             report = self.pusher.send_many(plan)  # (simple test doubles take just the plan)
         elif plan and deadline is not None:
             report = self.pusher.send_many(plan, budget_s=max(0.0, deadline - time.monotonic()))
@@ -223,6 +262,7 @@ class Fanout:
             expired=expired,
             renewed=renewed,
             unconfirmed=unconfirmed,
+            shards=shard_stats,
         )
         if expired:
             budget = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -235,12 +275,98 @@ class Fanout:
                 result.deleted.append(connection_id)
                 if forgotten:
                     result.left_rooms[connection_id] = forgotten
+        if self.cache is not None:
+            self.cache.drop_connections(result.deleted)
         self._record(result, delivered_at)
         return result
+
+    # --- sharded delivery ----------------------------------------------------------------
+
+    def _send_sharded(
+        self, invoker: ShardInvoker, plan: Mapping[str, Sequence[bytes]], deadline: float | None
+    ) -> tuple[DeliveryReport, _ShardStats]:
+        """Every shard to a worker at once; wait for all (the order across batches rests on it)."""
+        started = time.monotonic()
+        cut = shards(list(plan), self.shard_size)
+        if self._shard_executor is None:
+            self._shard_executor = ThreadPoolExecutor(
+                max_workers=self._max_parallel_shards, thread_name_prefix="fanout-shard"
+            )
+        outcomes = list(
+            self._shard_executor.map(lambda ids: self._run_shard(invoker, {c: plan[c] for c in ids}, deadline), cut)
+        )
+        report = DeliveryReport()
+        stats = _ShardStats(shards=len(cut))
+        for outcome in outcomes:
+            report.delivered += outcome.delivered
+            report.gone.extend(outcome.gone)
+            report.failed.extend(outcome.failed)
+            report.errors.update(outcome.failed)
+            report.skipped += outcome.skipped
+            report.requests += outcome.requests
+            report.retries += outcome.retries
+            stats.invocations += outcome.invocations
+            stats.retried += outcome.retried
+            stats.given_up += outcome.given_up
+        report.elapsed_ms = (time.monotonic() - started) * 1000
+        return report, stats
+
+    def _run_shard(
+        self, invoker: ShardInvoker, plan: dict[str, Sequence[bytes]], deadline: float | None
+    ) -> _ShardOutcome:
+        """One shard: its request parts in order, each retried once if its invocation fails.
+
+        A part that fails twice gives up the shard's remaining connections (reported failed:
+        their clients fill the gap from history); the rest of the batch is not affected."""
+        outcome = _ShardOutcome()
+        deadline_ms = None if deadline is None else now_ms() + int((deadline - time.monotonic()) * 1000)
+        dropped: set[str] = set()
+        for request in build_requests(plan, deadline_ms):
+            request = _without(request, dropped)
+            if request is None:
+                break
+            result: ShardResult | None = None
+            error = ""
+            for attempt in range(2):
+                if attempt and deadline is not None and time.monotonic() >= deadline:
+                    break  # no time left to retry: given up below
+                outcome.invocations += 1
+                outcome.retried += attempt
+                try:
+                    result = invoker.invoke(request)
+                    break
+                except ShardFailed as exc:
+                    error = exc.message
+                    logger.warning("a delivery worker failed", extra={"attempt": attempt + 1, "error": error[:500]})
+            if result is None:
+                outcome.given_up += 1
+                remaining = [c for group in request.groups for c in group.connections]
+                outcome.failed.update(dict.fromkeys(remaining, f"shard failed: {error[:200]}"))
+                break
+            outcome.delivered += result.delivered
+            outcome.gone.extend(result.gone)
+            outcome.failed.update(result.failed)
+            outcome.skipped += result.skipped
+            outcome.requests += result.requests
+            outcome.retries += result.retries
+            dropped.update(result.gone)
+            dropped.update(result.failed)
+        return outcome
 
     # --- steps ------------------------------------------------------------------------
 
     def _subscribers(self, batch: ChannelBatch) -> list[Subscriber] | StoreUnavailable:
+        version = None
+        if self.cache is not None:
+            try:
+                version = self.connections.channel_version(batch.key)
+            except StoreUnavailable as exc:  # the index is still the truth: read it, cache nothing
+                logger.warning("channel version unreadable", extra={"channel": batch.key, "error": exc.message})
+            if version is not None:
+                cached = self.cache.get(batch.key, version)
+                if cached is not None:
+                    return cached
+        read_from = now_ms()  # before the Query: what it reads is at least this fresh
         entries: dict[str, Subscriber] = {}
         try:
             for page in self.connections.subscriber_entries(batch.key, page_size=self._page_size):
@@ -248,6 +374,8 @@ class Fanout:
                     entries.setdefault(entry.connection_id, entry)
         except StoreUnavailable as exc:
             return exc
+        if self.cache is not None and version is not None:
+            self.cache.put(batch.key, version, read_from, entries.values())
         return list(entries.values())
 
     def _check_tokens(self, batches: Iterable[ChannelBatch]) -> tuple[list[str], list[str], list[str]]:
@@ -270,6 +398,8 @@ class Fanout:
                 expired.append(connection_id)
             else:
                 renewed.append(connection_id)
+                if self.cache is not None:
+                    self.cache.renew_hint(connection_id, found.token_expires_at)
         if unconfirmed:
             logger.warning("token expiry not confirmed: not delivered", extra={"connections": unconfirmed[:10]})
         return expired, renewed, unconfirmed
@@ -327,6 +457,10 @@ class Fanout:
             metrics.add_metric(
                 name="SubscriberLookupFailures", unit=MetricUnit.Count, value=len(result.failed_channels)
             )
+        if result.shards.shards:
+            metrics.add_metric(name="DeliveryShards", unit=MetricUnit.Count, value=result.shards.shards)
+            metrics.add_metric(name="ShardRetries", unit=MetricUnit.Count, value=result.shards.retried)
+            metrics.add_metric(name="ShardFailures", unit=MetricUnit.Count, value=result.shards.given_up)
         for batch in result.channels.values():
             if not batch.subscribers:
                 continue
@@ -355,14 +489,56 @@ class Fanout:
             "retries": report.retries,
             "delivery_ms": round(report.elapsed_ms, 1),
         }
+        if result.shards.shards:
+            summary["shards"] = {
+                "shards": result.shards.shards,
+                "invocations": result.shards.invocations,
+                "retried": result.shards.retried,
+                "given_up": result.shards.given_up,
+            }
         if result.closing.errors:
             summary["close_errors"] = dict(list(result.closing.errors.items())[:10])
         if report.errors:
             summary["errors"] = dict(list(report.errors.items())[:10])  # a sample: the reasons repeat
-        if result.failed_channels:
+        if result.shards.given_up:
+            logger.error("fanout batch: delivery shards given up", extra=summary)
+        elif result.failed_channels:
             logger.error("fanout batch: subscribers unreadable", extra=summary)
         else:
             logger.info("fanout batch", extra=summary)
+
+
+@dataclass
+class _ShardStats:
+    shards: int = 0  # shards the plan was cut into (0: delivered by this invocation alone)
+    invocations: int = 0  # worker invocations, retries included
+    retried: int = 0  # retries after a failed invocation
+    given_up: int = 0  # shards (or parts) that failed twice: their connections reported failed
+
+
+@dataclass
+class _ShardOutcome:
+    delivered: int = 0
+    gone: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+    requests: int = 0
+    retries: int = 0
+    invocations: int = 0
+    retried: int = 0
+    given_up: int = 0
+
+
+def _without(request: ShardRequest, dropped: set[str]) -> ShardRequest | None:
+    """A later part of a shard without the connections an earlier part found gone or failed."""
+    if not dropped:
+        return request
+    groups = [
+        group.model_copy(update={"connections": [c for c in group.connections if c not in dropped]})
+        for group in request.groups
+    ]
+    groups = [group for group in groups if group.connections]
+    return request.model_copy(update={"groups": groups}) if groups else None
 
 
 @dataclass(frozen=True)

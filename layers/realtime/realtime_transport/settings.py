@@ -52,6 +52,14 @@ class Settings(BaseModel):
     websocket_management_url: str | None = Field(None, alias="WEBSOCKET_MANAGEMENT_URL")
     # Browsers read history with their subscriber token (on AWS that route takes it instead of IAM).
     require_history_token: bool = Field(False, alias="REQUIRE_HISTORY_TOKEN")
+    # Sharded delivery (fanout.py, workers.py): a batch reaching more than FANOUT_SHARD_SIZE
+    # connections is cut into shards of at most that many, each delivered by the worker function
+    # DELIVERY_WORKER_FUNCTION (unset: never sharded). A warm fan-out trusts its cached subscribers
+    # of a channel only if read SUBSCRIBER_CACHE_SETTLE_SECONDS after the channel's last
+    # (un)subscribe: the index lags its table.
+    fanout_shard_size: int = Field(2000, alias="FANOUT_SHARD_SIZE", ge=1, le=100_000)
+    delivery_worker_function: str | None = Field(None, alias="DELIVERY_WORKER_FUNCTION", min_length=1)
+    subscriber_cache_settle_seconds: float = Field(2.0, alias="SUBSCRIBER_CACHE_SETTLE_SECONDS", ge=0, le=3600)
     # The built-in development secret is only acceptable off Lambda.
     on_lambda: bool = Field(False, alias="AWS_LAMBDA_FUNCTION_NAME")
 

@@ -14,12 +14,21 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import clock
 from .cursor import CURSOR_PLACEHOLDER
-from .errors import EventTooLarge, IdempotencyConflict, InvalidChannel, InvalidCursor, InvalidInput, StoreUnavailable
+from .errors import (
+    EventTooLarge,
+    IdempotencyConflict,
+    InvalidChannel,
+    InvalidCursor,
+    InvalidInput,
+    RealtimeError,
+    StoreUnavailable,
+)
 from .ids import new_ulid
 from .models.envelope import Event
 from .models.frames import event_frame
@@ -28,6 +37,7 @@ from .observability import logger
 from .store import KeyTaken, PositionTaken, WriteConflict
 
 if TYPE_CHECKING:
+    from .batch import BatchItem
     from .realtime import Realtime
 
 CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -114,28 +124,7 @@ class Channel:
                 return self._replay(record, fingerprint, idempotency_key)
 
         # Check the size before taking a position, so a refused event leaves no hole.
-        draft = Event(
-            id=new_ulid(),
-            channel=self.name,
-            seq=10**15,
-            type=type,
-            data=data,
-            metadata=metadata,
-            published_at=clock.iso_ms(clock.now_ms()),
-            idempotency_key=idempotency_key,
-        )
-        try:
-            # What a subscriber receives is the whole frame around the envelope: count that.
-            size = len(event_frame(self.name, draft.to_json(), CURSOR_PLACEHOLDER))
-        except (UnicodeEncodeError, ValueError) as exc:
-            # e.g. "\ud800" in the JSON: valid JSON text, but not Unicode that can be stored or sent.
-            raise InvalidInput(f"data is not valid Unicode JSON: {exc}", field="payload") from exc
-        limit = self._realtime.settings.max_event_bytes
-        if size > limit:
-            raise EventTooLarge(
-                f"event is {size} bytes as delivered (envelope, channel and cursor); the limit is {limit}",
-                field="payload",
-            )
+        draft = self._draft(type, data, metadata, idempotency_key)
 
         for _ in range(_WRITE_ATTEMPTS):
             now = clock.now_ms()
@@ -180,6 +169,43 @@ class Channel:
                     return PublishResult(event=event, duplicate=False)
                 raise
         raise StoreUnavailable(f"no position could be filled after {_WRITE_ATTEMPTS} attempts")
+
+    def _draft(self, type: str, data: Any, metadata: dict[str, Any], idempotency_key: str | None) -> Event:
+        """The envelope before it has a position, refused if it is too large or not Unicode."""
+        draft = Event(
+            id=new_ulid(),
+            channel=self.name,
+            seq=10**15,
+            type=type,
+            data=data,
+            metadata=metadata,
+            published_at=clock.iso_ms(clock.now_ms()),
+            idempotency_key=idempotency_key,
+        )
+        try:
+            # What a subscriber receives is the whole frame around the envelope: count that.
+            size = len(event_frame(self.name, draft.to_json(), CURSOR_PLACEHOLDER))
+        except (UnicodeEncodeError, ValueError) as exc:
+            # e.g. "\ud800" in the JSON: valid JSON text, but not Unicode that can be stored or sent.
+            raise InvalidInput(f"data is not valid Unicode JSON: {exc}", field="payload") from exc
+        limit = self._realtime.settings.max_event_bytes
+        if size > limit:
+            raise EventTooLarge(
+                f"event is {size} bytes as delivered (envelope, channel and cursor); the limit is {limit}",
+                field="payload",
+            )
+        return draft
+
+    def broadcast_batch(self, items: Sequence[BatchItem]) -> list[PublishResult | RealtimeError]:
+        """Store up to 100 events at once, in request order: one result (or error) per item.
+
+        One ADD takes the positions of every event that will be written; keyed events go in
+        transactions of up to 50, unkeyed ones in BatchWriteItem, and a position whose event
+        fails is tombstoned, so the batch never leaves a hole (batch.py).
+        """
+        from .batch import publish_batch
+
+        return publish_batch(self, items)
 
     def _fill(self, item: AttributeMap, idempotency_key: str | None, fingerprint: str | None, now: int) -> None:
         """Write our position; a keyed write rides out transaction conflicts on its key.

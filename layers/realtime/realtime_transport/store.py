@@ -42,6 +42,20 @@ class KeyTaken(Exception):
         self.record = record
 
 
+class TransactionCancelled(Exception):
+    """A TransactWriteItems was cancelled: nothing of it was written.
+
+    `reasons` are DynamoDB's CancellationReasons, one per item in request order, each with a
+    `Code` ("None" for an item that did not fail, "ConditionalCheckFailed" with the item as it
+    is under ReturnValuesOnConditionCheckFailure, "TransactionConflict", "ThrottlingError" ...:
+    TransactWriteItems, Amazon DynamoDB API Reference).
+    """
+
+    def __init__(self, reasons: list[dict[str, Any]]) -> None:
+        super().__init__("transaction cancelled")
+        self.reasons = reasons
+
+
 class WriteConflict(Exception):
     """DynamoDB refused the write because a transaction was in progress on one of its items.
 
@@ -123,30 +137,10 @@ class EventStore:
 
         An expired record (TTL deletion runs days late) counts as absent.
         """
-        record = idempotency_item(chan_key, key, fingerprint, event_item["event"]["S"], key_expires_at)
         try:
             self._call(
                 self._client.transact_write_items,
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": event_item,
-                            "ConditionExpression": _NOT_EXISTS,
-                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": record,
-                            "ConditionExpression": f"{_NOT_EXISTS} OR #ttl <= :now",
-                            "ExpressionAttributeNames": {"#ttl": "ttl"},
-                            "ExpressionAttributeValues": {":now": {"N": str(now_s)}},
-                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                        }
-                    },
-                ],
+                TransactItems=self._keyed_puts(event_item, chan_key, key, fingerprint, key_expires_at, now_s),
                 _expected=("TransactionCanceledException",),
             )
         except _ExpectedFailure as exc:
@@ -161,6 +155,139 @@ class EventStore:
             if any(reason.get("Code") == "TransactionConflict" for reason in reasons):
                 raise WriteConflict("another transaction holds the idempotency key or the position") from exc
             raise StoreUnavailable(f"transaction cancelled: {reasons}") from exc
+
+    def _keyed_puts(
+        self, event_item: AttributeMap, chan_key: str, key: str, fingerprint: str, key_expires_at: int, now_s: int
+    ) -> list[dict[str, Any]]:
+        """The two conditional Puts of a keyed event: its position, and its idempotency record."""
+        record = idempotency_item(chan_key, key, fingerprint, event_item["event"]["S"], key_expires_at)
+        return [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": event_item,
+                    "ConditionExpression": _NOT_EXISTS,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": record,
+                    "ConditionExpression": f"{_NOT_EXISTS} OR #ttl <= :now",
+                    "ExpressionAttributeNames": {"#ttl": "ttl"},
+                    "ExpressionAttributeValues": {":now": {"N": str(now_s)}},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+        ]
+
+    # --- batch writes (batch.py holds the algorithm) ----------------------------------------
+
+    def allocate_many(self, chan_key: str, count: int, now_ms: int, token: str) -> list[Allocation]:
+        """Take `count` consecutive positions with one atomic ADD (the batch owns head-count+1..head).
+
+        All of them are allocated at `now_ms`, so the head's prevAllocatedAt (when head - 1 was
+        allocated) is `now_ms` too; the first one's predecessor was allocated when the previous
+        head was, which the head keeps in `firstPrevAllocatedAt` (read from the item before the
+        update, as `allocate` reads it). The token makes a retried ADD return the positions its
+        first attempt took, as `allocate`'s does: the item as it is (ALL_OLD on the failed
+        condition) is then the first attempt's ALL_NEW.
+        """
+        if count == 1:
+            return [self.allocate(chan_key, now_ms, token)]
+        values = {
+            ":count": {"N": str(count)},
+            ":zero": {"N": "0"},
+            ":now": {"N": str(now_ms)},
+            ":kind": {"S": Kind.HEAD.value},
+            ":token": {"S": token},
+        }
+        try:
+            response = self._call(
+                self._client.update_item,
+                TableName=self._table,
+                Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
+                UpdateExpression=(
+                    "ADD head :count SET firstPrevAllocatedAt = if_not_exists(allocatedAt, :zero), "
+                    "prevAllocatedAt = :now, allocatedAt = :now, createdAt = if_not_exists(createdAt, :now), "
+                    "kind = :kind, lastAlloc = :token"
+                ),
+                ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                _expected=("ConditionalCheckFailedException",),
+            )
+            item = response["Attributes"]
+        except _ExpectedFailure as exc:
+            item = exc.response["Item"]
+        head, at = int(item["head"]["N"]), int(item["allocatedAt"]["N"])
+        first_prev = int(item.get("firstPrevAllocatedAt", {"N": "0"})["N"])
+        return [
+            Allocation(seq=seq, allocated_at_ms=at, prev_allocated_at_ms=first_prev if n == 0 else at)
+            for n, seq in enumerate(range(head - count + 1, head + 1))
+        ]
+
+    def idempotency_records(self, chan_key: str, keys: list[str]) -> tuple[dict[str, IdempotencyRecord], list[str]]:
+        """One consistent BatchGetItem of up to 100 keys' records: (found by key, keys left unprocessed).
+
+        "BatchGetItem" (Amazon DynamoDB API Reference): at most 100 items a request, ConsistentRead
+        per table, and keys it did not get to come back in UnprocessedKeys, to be asked again.
+        """
+        by_pk = {idempotency_pk(chan_key, key): key for key in keys}
+        response = self._call(
+            self._client.batch_get_item,
+            RequestItems={
+                self._table: {
+                    "Keys": [{"pk": {"S": pk}, "sk": {"N": str(HEAD_SK)}} for pk in by_pk],
+                    "ConsistentRead": True,
+                }
+            },
+        )
+        found = {
+            by_pk[item["pk"]["S"]]: IdempotencyRecord.from_item(item)
+            for item in response.get("Responses", {}).get(self._table, [])
+            if item["pk"]["S"] in by_pk
+        }
+        left = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+        return found, [by_pk[key["pk"]["S"]] for key in left if key["pk"]["S"] in by_pk]
+
+    def put_positions(self, items: list[AttributeMap]) -> list[AttributeMap]:
+        """Write up to 25 positions with one BatchWriteItem; returns the items it did not write.
+
+        BatchWriteItem takes no condition (a put replaces what is there), so it only ever writes
+        positions this writer owns and nobody else can fill before the writer timeout; the
+        writer stops retrying well inside it and tombstones the rest conditionally. Items
+        DynamoDB did not get to (throttled, or an item held by a transaction) come back in
+        UnprocessedItems and must be retried ("BatchWriteItem", Amazon DynamoDB API Reference).
+        """
+        response = self._call(
+            self._client.batch_write_item,
+            RequestItems={self._table: [{"PutRequest": {"Item": item}} for item in items]},
+        )
+        left = response.get("UnprocessedItems", {}).get(self._table, [])
+        return [request["PutRequest"]["Item"] for request in left if "PutRequest" in request]
+
+    def put_keyed_events(self, entries: list[tuple[AttributeMap, str, str, int]], chan_key: str, now_s: int) -> None:
+        """Up to 50 keyed events, each its position and its record (100 items), in one TransactWriteItems.
+
+        `entries` are (event item, idempotency key, fingerprint, key expiry). Every Put is
+        conditional as in `put_keyed_event`. A cancelled transaction writes nothing and raises
+        TransactionCancelled with one reason per item: 2n for the event, 2n + 1 for its record.
+        """
+        transact: list[dict[str, Any]] = []
+        for event_item, key, fingerprint, expires_at in entries:
+            transact += self._keyed_puts(event_item, chan_key, key, fingerprint, expires_at, now_s)
+        try:
+            self._call(
+                self._client.transact_write_items,
+                TransactItems=transact,
+                _expected=("TransactionCanceledException",),
+            )
+        except _ExpectedFailure as exc:
+            reasons = list(exc.response.get("CancellationReasons") or [])
+            raise TransactionCancelled(reasons + [{}] * (len(transact) - len(reasons))) from exc
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -77,6 +77,51 @@ class GatewayError(BaseModel):
     message: str = Field(description='e.g. "Forbidden".')
 
 
+# --- batch publish (POST /feeds/{feedId}/events/batch) --------------------------------------
+
+MAX_BATCH_EVENTS = 100  # realtime_transport.batch.MAX_BATCH_EVENTS
+
+
+class PublishBatchRequest(_Body):
+    """Up to 100 events, each as POST /feeds/{feedId}/events takes it.
+
+    Each event is checked on its own: one that is not valid gets its own 4xx result and the
+    others are still stored. An empty list is a 400, more than 100 a 413, for the whole request.
+    """
+
+    events: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_EVENTS,
+        # The document names the items PublishEventRequest (http_errors.as_sent); validated one by one.
+        description="1 to 100 events (PublishEventRequest); an invalid one is refused alone, in its result.",
+    )
+
+
+class BatchEventResult(_Body):
+    """A stored event: 201 new, 200 a duplicate (the event first stored with its key)."""
+
+    status: Literal[200, 201]
+    event: Event
+    duplicate: bool
+
+
+class BatchErrorResult(_Body):
+    """An event that was not stored, with the status and error the single route would answer."""
+
+    status: Literal[400, 409, 413, 422, 503] = Field(
+        description="400 not an object; 409 key reused for another event; 413 over MaxEventBytes; "
+        "422 invalid field or text that is not valid Unicode; 503 DynamoDB failed after retries "
+        "(retry it with the same eventId)."
+    )
+    error: ErrorResponse
+
+
+class PublishBatchResponse(_Body):
+    results: list[BatchEventResult | BatchErrorResult] = Field(
+        description="One per event, in request order; stored events hold increasing seqs in that order."
+    )
+
+
 # --- rooms ---------------------------------------------------------------------------------
 
 # A room's version: one counter for every committed change of its state and metadata. Strict:

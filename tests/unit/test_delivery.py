@@ -383,3 +383,45 @@ def test_from_settings_needs_the_management_url(settings_factory: Any) -> None:
         settings_factory(WEBSOCKET_MANAGEMENT_URL="https://x.execute-api.sa-east-1.amazonaws.com/p")
     )
     assert pusher.region == "sa-east-1" and pusher.endpoint.endswith("/p")
+
+
+def test_within_a_budget_throttling_is_retried_past_max_attempts(api: FakeManagementApi, make_pusher: Any) -> None:
+    # 429 is the account's token bucket saying "later": with a budget the frame waits for it.
+    api.script = {"throttled": [429] * 6 + [200], "broken": [500] * 6 + [200]}
+    pusher = make_pusher(api.url, max_attempts=3)
+
+    report = pusher.send_many({"throttled": [b"a"], "broken": [b"a"]}, budget_s=5.0)
+
+    assert report.delivered == 1 and report.failed == ["broken"] and report.throttled == 6
+    assert api.delivered("throttled") == [b"a"]
+    assert len(api.requests_for("broken")) == 3  # a 5xx is still bounded by max_attempts
+
+
+def test_without_a_budget_throttling_is_bounded_by_max_attempts(api: FakeManagementApi, make_pusher: Any) -> None:
+    api.script = {"throttled": [429] * 6 + [200]}
+    report = make_pusher(api.url, max_attempts=3).send_many({"throttled": [b"a"]})
+    assert report.failed == ["throttled"] and len(api.requests_for("throttled")) == 3
+    assert "429" in report.errors["throttled"]
+
+
+def test_another_http_client_can_carry_the_signed_requests(api: FakeManagementApi, make_pusher: Any) -> None:
+    # The Pusher's transport option (bench/fanout.py measures aiohttp and httpx through it).
+    from realtime_transport.http1 import TransportError
+
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    class Recording:
+        async def request(self, method: str, path: str, headers: Any, body: bytes, timeout: float) -> tuple[int, bytes]:
+            seen.append((method, path, dict(headers)))
+            if len(seen) == 1:
+                raise TransportError("reset")  # retried like any network error
+            return 200, b""
+
+        async def aclose(self) -> None:
+            pass
+
+    pusher = make_pusher(api.url, transport=Recording, max_attempts=2)
+    report = pusher.send_many({"c/1": [b"x"]})
+    assert report.delivered == 1 and report.retries == 1 and api.received == []
+    assert [(m, p) for m, p, _ in seen] == [("POST", "/@connections/c%2F1")] * 2
+    assert seen[0][2]["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")

@@ -2,8 +2,9 @@
 
 `POST {endpoint}/@connections/{id}` with the frame as the body, SigV4-signed for
 `execute-api`. 2xx is delivered, 410 means the connection is gone, 429 / 5xx /
-network errors are transient and retried with backoff and jitter, any other 4xx
-(400, 403, 413) cannot succeed on a retry. `DELETE {endpoint}/@connections/{id}`
+network errors are transient and retried with backoff and jitter (up to
+`max_attempts`; a 429, the account's throttle, for as long as a `budget_s` lasts),
+any other 4xx (400, 403, 413) cannot succeed on a retry. `DELETE {endpoint}/@connections/{id}`
 closes a connection ("Use @connections commands in your backend service": DELETE
 disconnects the client; API Gateway then runs `$disconnect`), with the same answers
 and retries (`disconnect_many`: a farewell frame first, then the close).
@@ -13,8 +14,9 @@ Why not boto3's `post_to_connection`: it spends about 0.8 ms of CPU per call
 thread per request in flight, so a fan-out to thousands of connections is CPU-
 and GIL-bound. Here the signing key is derived once a day, each request is a
 few string operations, and the requests in flight are coroutines on one event
-loop over pooled keep-alive connections (plain asyncio streams, TLS from the
-standard library): about a tenth of the CPU per delivery (see bench/fanout.py).
+loop over pooled keep-alive connections (`realtime_transport.http1`, which beats
+aiohttp and httpx in CPU per delivery: its docstring has the figures): about a
+tenth of the CPU per delivery (see bench/fanout.py).
 The loop runs in a daemon thread owned by the `Pusher`, so the keep-alive
 connections survive between invocations of a warm Lambda; callers stay
 synchronous.
@@ -27,16 +29,16 @@ import hashlib
 import hmac
 import random
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .errors import ConfigurationError, RealtimeError
+from .http1 import Http1Pool, TransportError
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -45,7 +47,6 @@ _T = TypeVar("_T")
 
 SERVICE = "execute-api"
 _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
-_MAX_HEAD_BYTES = 64 * 1024  # a response head larger than this is not API Gateway
 
 
 class DeliveryFailed(RealtimeError):
@@ -180,6 +181,7 @@ class DeliveryReport:
     skipped: int = 0  # frames never sent because their connection went or failed first
     requests: int = 0  # HTTP responses received (every attempt that reached the endpoint)
     retries: int = 0  # attempts after the first, whatever their cause
+    throttled: int = 0  # answers 429 (API Gateway's account throttle)
     errors: dict[str, str] = field(default_factory=dict)  # failed connection -> its last error
     elapsed_ms: float = 0.0
 
@@ -201,21 +203,16 @@ class _Outcome(Enum):
     FAILED = "failed"
 
 
-class _TransportError(Exception):
-    """No HTTP response: connect, TLS, reset, timeout or a malformed answer."""
+class Transport(Protocol):
+    """What the Pusher sends its signed requests through (one per event loop)."""
 
+    async def request(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes, timeout: float
+    ) -> tuple[int, bytes]:
+        """Status and body; `http1.TransportError` when no answer came (connect, reset, timeout)."""
+        ...
 
-class _Connection:
-    __slots__ = ("idle_since", "reader", "reused", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.idle_since = 0.0
-        self.reused = False
-
-    def close(self) -> None:
-        self.writer.close()
+    async def aclose(self) -> None: ...
 
 
 class Pusher:
@@ -239,6 +236,7 @@ class Pusher:
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
         idle_timeout: float = 20.0,
+        transport: Callable[[], Transport] | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -261,14 +259,14 @@ class Pusher:
         self._backoff_cap = backoff_cap
         self._connect_timeout = connect_timeout
         self._timeout = timeout
-        # API Gateway closes idle keep-alive connections on its own schedule, and a frozen
-        # Lambda may wake long after: older idle connections are not worth a failed write.
         self._idle_timeout = idle_timeout
-        self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._idle: list[_Connection] = []  # touched on the loop thread only
+        # Another HTTP client for the signed requests (bench/fanout.py measures aiohttp and httpx
+        # this way); by default the pool of realtime_transport.http1.
+        self._make_transport = transport
+        self._transport: Transport | None = None  # made and used on the loop thread only
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> Pusher:
@@ -324,7 +322,7 @@ class Pusher:
         if loop is None or thread is None:
             return
         if thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._close_idle(), loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(self._close_transport(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
         loop.close()
@@ -338,7 +336,7 @@ class Pusher:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="realtime-delivery", daemon=True)
                 thread.start()
-                self._loop, self._thread, self._idle = loop, thread, []
+                self._loop, self._thread, self._transport = loop, thread, None
             return self._loop
 
     # --- on the loop ------------------------------------------------------------------
@@ -441,7 +439,8 @@ class Pusher:
         path = f"{self._base_path}/@connections/{quote(connection_id, safe='-_.~')}"
         reason = ""
         loop = asyncio.get_running_loop()
-        for attempt in range(self._max_attempts):
+        attempt = failures = 0  # failures: the attempts that count against max_attempts
+        while failures < self._max_attempts:
             pause = self._backoff(attempt) if attempt else 0.0
             timeout = self._timeout
             if deadline is not None:
@@ -451,10 +450,13 @@ class Pusher:
             if attempt:
                 report.retries += 1
                 await asyncio.sleep(pause)
+            attempt += 1
             try:
-                status, body = await self._request(method, path, data, credentials, timeout)
-            except _TransportError as exc:
+                headers = self._signer.headers(credentials, method, self._host_header, path, data)
+                status, body = await self._transport_on_loop().request(method, path, headers, data, timeout)
+            except TransportError as exc:
                 reason = str(exc)
+                failures += 1
                 continue
             report.requests += 1
             if 200 <= status < 300:
@@ -462,8 +464,16 @@ class Pusher:
             if status == 410:
                 return _Outcome.GONE, "410 Gone"
             reason = f"HTTP {status} {body[:200].decode(errors='replace')}".rstrip()
-            if status != 429 and status < 500:
+            if status == 429:
+                report.throttled += 1
+                if deadline is not None:
+                    # The account's token bucket said "later", not "no": within a budget, a throttled
+                    # frame is retried (backing off, capped) until the budget runs out, so a fan-out
+                    # above the quota is slowed to it instead of losing frames after max_attempts.
+                    continue
+            elif status < 500:
                 break  # 400 / 403 / 413: the same request will be refused again
+            failures += 1
         return _Outcome.FAILED, reason
 
     def _backoff(self, attempt: int) -> float:
@@ -471,127 +481,23 @@ class Pusher:
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
 
-    async def _request(
-        self, method: str, path: str, body: bytes, credentials: Credentials, timeout: float
-    ) -> tuple[int, bytes]:
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self._host_header}"]
-        head.extend(
-            f"{name}: {value}"
-            for name, value in self._signer.headers(credentials, method, self._host_header, path, body)
+    def _transport_on_loop(self) -> Transport:
+        if self._transport is None:
+            self._transport = self._make_transport() if self._make_transport else self._http1()
+        return self._transport
+
+    def _http1(self) -> Transport:
+        return Http1Pool(
+            self._host,
+            self._port,
+            tls=self._tls,
+            host_header=self._host_header,
+            max_idle=self._max_concurrency,
+            connect_timeout=self._connect_timeout,
+            idle_timeout=self._idle_timeout,
         )
-        head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        request = "\r\n".join(head).encode() + body
-        fresh = False
-        while True:
-            try:
-                connection = await self._acquire(fresh, min(self._connect_timeout, timeout))
-            except (OSError, TimeoutError) as exc:
-                raise _TransportError(f"connect: {exc!r}") from exc
-            try:
-                async with asyncio.timeout(timeout):
-                    connection.writer.write(request)
-                    await connection.writer.drain()
-                    status, payload, keep_alive = await _read_response(connection.reader)
-            except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
-                connection.close()
-                if connection.reused and not fresh and _stale(exc):
-                    # The peer closed it while it sat idle, before reading our request: its
-                    # pool-mates idled as long, so drop them and go again on a new connection
-                    # (not an attempt: nothing reached API Gateway).
-                    self._drop_idle()
-                    fresh = True
-                    continue
-                raise _TransportError(f"{exc!r}") from exc
-            self._release(connection, keep_alive)
-            return status, payload
 
-    async def _acquire(self, fresh: bool, connect_timeout: float) -> _Connection:
-        now = time.monotonic()
-        while self._idle and not fresh:
-            connection = self._idle.pop()  # the most recently used: the most likely still open
-            if (
-                now - connection.idle_since < self._idle_timeout
-                and not connection.reader.at_eof()
-                and not connection.writer.is_closing()
-            ):
-                connection.reused = True
-                return connection
-            connection.close()
-        async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                self._host,
-                self._port,
-                ssl=self._ssl_context() if self._tls else None,
-                server_hostname=self._host if self._tls else None,
-                limit=_MAX_HEAD_BYTES,
-            )
-        return _Connection(reader, writer)
-
-    def _release(self, connection: _Connection, keep_alive: bool) -> None:
-        if keep_alive and len(self._idle) < self._max_concurrency:
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        else:
-            connection.close()
-
-    def _drop_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
-
-    async def _close_idle(self) -> None:
-        self._drop_idle()
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            # The CA bundle boto3 itself verifies AWS endpoints with (certifi, or botocore's own).
-            from botocore.httpsession import get_cert_path
-
-            self._ssl = ssl.create_default_context(cafile=get_cert_path(True))
-        return self._ssl
-
-
-def _stale(exc: BaseException) -> bool:
-    """The peer had closed a pooled connection before our request: nothing was processed."""
-    if isinstance(exc, asyncio.IncompleteReadError):
-        return not exc.partial
-    return isinstance(exc, ConnectionResetError | BrokenPipeError | ssl.SSLEOFError)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """One HTTP/1.x response: status, body, and whether the connection may be reused."""
-    while True:
-        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status = int(rest[:3])
-        if not 100 <= status < 200:
-            break  # interim 1xx responses precede the real one
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    connection = headers.get("connection", "").lower()
-    keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
-    if status in (204, 304):
-        body = b""
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await _read_chunked(reader)
-    elif "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    else:
-        body = await reader.read()  # delimited by the end of the connection
-        keep_alive = False
-    return status, body, keep_alive
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, up to the blank line
-                pass
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+    async def _close_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()

@@ -321,8 +321,8 @@ class Fanout:
         outcome = _ShardOutcome()
         deadline_ms = None if deadline is None else now_ms() + int((deadline - time.monotonic()) * 1000)
         dropped: set[str] = set()
-        for request in build_requests(plan, deadline_ms):
-            request = _without(request, dropped)
+        for part in build_requests(plan, deadline_ms):
+            request = _without(part, dropped)
             if request is None:
                 break
             result: ShardResult | None = None

@@ -96,6 +96,12 @@ class SubscriberCache:
                 if connection_id in entry.subscribers:
                     entry.subscribers[connection_id] = Subscriber(connection_id, token_exp)
 
+    def cached(self, channel_key: str) -> list[str] | None:
+        """The connection ids held for a channel (None: nothing held), whatever the version."""
+        with self._lock:
+            entry = self._entries.get(channel_key)
+            return None if entry is None else list(entry.subscribers)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .base import Model
 
-class Event(BaseModel):
+
+class Event(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
     id: str

@@ -25,8 +25,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
-
+from .base import Model
 from .envelope import Event
 
 AttributeMap = dict[str, Any]
@@ -49,7 +48,7 @@ def idempotency_pk(chan_key: str, key: str) -> str:
     return f"{chan_key}#key#{key}"
 
 
-class Position(BaseModel):
+class Position(Model):
     """One log position as read back: an event, or a tombstone."""
 
     seq: int
@@ -103,7 +102,7 @@ class Position(BaseModel):
             return None
 
 
-class IdempotencyRecord(BaseModel):
+class IdempotencyRecord(Model):
     fingerprint: str
     event_json: str
     expires_at: int
@@ -120,7 +119,7 @@ class IdempotencyRecord(BaseModel):
         return Event.model_validate_json(self.event_json)
 
 
-class Head(BaseModel):
+class Head(Model):
     seq: int
     allocated_at_ms: int
     prev_allocated_at_ms: int | None = None  # when seq - 1 was allocated
@@ -145,7 +144,7 @@ class Head(BaseModel):
         return self.allocated_at_ms
 
 
-class Allocation(BaseModel):
+class Allocation(Model):
     """A position just taken, and when the one before it was taken."""
 
     seq: int

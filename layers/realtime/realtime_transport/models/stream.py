@@ -13,15 +13,16 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from .base import Model
 from .envelope import Event
 from .items import Kind
 
 INSERT = "INSERT"
 
 
-class StreamRecord(BaseModel):
+class StreamRecord(Model):
     """One stream record of the events table (NEW_IMAGE view)."""
 
     model_config = ConfigDict(frozen=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
+from .base import Model
 from .envelope import Event
 
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
@@ -16,7 +17,7 @@ Cursor = Annotated[str, Field(min_length=1, max_length=256)]
 JsonObject = dict[str, Any]
 
 
-class _In(BaseModel):
+class _In(Model):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -81,11 +82,11 @@ class Patch(_In):
 RoomMessage = Join | Leave | Members | Update | Patch
 ClientMessages = Subscribe | Unsubscribe | Ping | Auth | Join | Leave | Members | Update | Patch
 ClientMessage = Annotated[ClientMessages, Field(discriminator="action")]
-client_message: TypeAdapter[ClientMessages] = TypeAdapter(ClientMessage)
+client_message: TypeAdapter[ClientMessages] = TypeAdapter(ClientMessage, config=ConfigDict(defer_build=True))
 ACTIONS = ("subscribe", "unsubscribe", "ping", "auth", "join", "leave", "members", "update", "patch")
 
 
-class Subscribed(BaseModel):
+class Subscribed(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
     type: Literal["subscribed"] = "subscribed"
@@ -99,7 +100,7 @@ class Subscribed(BaseModel):
     has_more: bool = False
 
 
-class Unsubscribed(BaseModel):
+class Unsubscribed(Model):
     type: Literal["unsubscribed"] = "unsubscribed"
     channel: str
     # Set when the server ended the subscription itself: "not_allowed" (an `auth` token that no
@@ -107,7 +108,7 @@ class Unsubscribed(BaseModel):
     reason: str | None = None
 
 
-class Authed(BaseModel):
+class Authed(Model):
     """The answer to `auth`: the connection now runs on the new token, until `exp` (epoch s)."""
 
     type: Literal["authed"] = "authed"
@@ -118,14 +119,14 @@ class Authed(BaseModel):
     left: list[str] | None = None
 
 
-class Pong(BaseModel):
+class Pong(Model):
     type: Literal["pong"] = "pong"
     # The last allocated seq of each channel the connection is subscribed to: a client behind it
     # may have missed an event the live path never brought (a quiet channel's last one).
     heads: dict[str, int] | None = None
 
 
-class ErrorMessage(BaseModel):
+class ErrorMessage(Model):
     type: Literal["error"] = "error"
     code: str
     message: str
@@ -142,7 +143,7 @@ TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
 AUTH_REFUSED = "auth_refused"
 
 
-class _Out(BaseModel):
+class _Out(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
 
@@ -157,7 +158,7 @@ class MemberView(_Out):
     rev: int
 
 
-class StateView(BaseModel):
+class StateView(Model):
     version: int
     doc: dict[str, Any]
 
@@ -183,7 +184,7 @@ class Joined(_Out):
     state: StateView | None = None
 
 
-class Left(BaseModel):
+class Left(Model):
     type: Literal["left"] = "left"
     room: str
     reason: str | None = None  # as in `unsubscribed`: "not_allowed" when the server left for the client
@@ -203,13 +204,13 @@ class Updated(_Out):
     self_: MemberView = Field(alias="self")
 
 
-class Patched(BaseModel):
+class Patched(Model):
     type: Literal["patched"] = "patched"
     room: str
     version: int
 
 
-class EventMessage(BaseModel):
+class EventMessage(Model):
     type: Literal["event"] = "event"
     channel: str
     event: Event
@@ -217,7 +218,7 @@ class EventMessage(BaseModel):
     cursor: str | None = None
 
 
-class EventsMessage(BaseModel):
+class EventsMessage(Model):
     """Several events of one channel in one message, in seq order; `cursor` names the last one."""
 
     type: Literal["events"] = "events"

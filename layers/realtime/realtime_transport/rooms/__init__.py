@@ -7,19 +7,55 @@ the path-level conflict rule, the room item's data access, and `Room`; and prese
 
 from __future__ import annotations
 
-from .errors import (
-    MemberTooLarge,
-    MetadataTooLarge,
-    NotInRoom,
-    PatchTestFailed,
-    PreconditionFailed,
-    RoomContended,
-    RoomTooLarge,
-    StateConflict,
-    StateTooLarge,
-)
-from .presence import Member, MembersPage, Presence, PresenceRegistry, SweepReport
-from .room import PatchResult, Room, RoomState, room, room_channel_name
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        MemberTooLarge,
+        MetadataTooLarge,
+        NotInRoom,
+        PatchTestFailed,
+        PreconditionFailed,
+        RoomContended,
+        RoomTooLarge,
+        StateConflict,
+        StateTooLarge,
+    )
+    from .presence import Member, MembersPage, Presence, PresenceRegistry, SweepReport
+    from .room import PatchResult, Room, RoomState, room, room_channel_name
+
+# Each name's module, imported on first access (PEP 562): importing one submodule (the HTTP
+# function's `rooms.service`, the fan-out's `rooms.presence`) no longer imports every other one
+# at cold start.
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "MemberTooLarge",
+            "MetadataTooLarge",
+            "NotInRoom",
+            "PatchTestFailed",
+            "PreconditionFailed",
+            "RoomContended",
+            "RoomTooLarge",
+            "StateConflict",
+            "StateTooLarge",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(("Member", "MembersPage", "Presence", "PresenceRegistry", "SweepReport"), "presence"),
+    **dict.fromkeys(("PatchResult", "Room", "RoomState", "room", "room_channel_name"), "room"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Member",

@@ -24,9 +24,6 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-import jsonpatch
-import jsonpointer
-
 from ..errors import InvalidInput
 from .errors import PatchTestFailed
 
@@ -107,6 +104,9 @@ def validate_operations(operations: Any) -> list[dict[str, Any]]:
             raise InvalidInput(f"{where} ({name}) needs a value", field="operations")
         if name == "move" and _is_prefix(op["from"], op["path"]) and op["from"] != op["path"]:
             raise InvalidInput(f"{where} moves a value into itself", field="operations")
+    import jsonpatch  # here, not at import: only a JSON Patch request needs it (cold start)
+    import jsonpointer
+
     try:
         jsonpatch.JsonPatch(operations)  # the library's own checks, e.g. of array indices
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError) as exc:
@@ -132,6 +132,9 @@ def apply_json_patch(doc: Any, operations: list[dict[str, Any]]) -> tuple[Any, l
     `doc` is never modified. A failed `test` raises `PatchTestFailed`; an operation that cannot
     apply to this document (a missing path, an index out of range) raises `InvalidInput`.
     """
+    import jsonpatch
+    import jsonpointer
+
     validate_operations(operations)
     work = copy.deepcopy(doc)
     paths: list[str] = []
@@ -154,6 +157,8 @@ def apply_json_patch(doc: Any, operations: list[dict[str, Any]]) -> tuple[Any, l
 
 def _widened(doc: Any, pointer: str) -> str:
     """`pointer`, or its parent when that is an array (inserting or removing shifts the rest)."""
+    import jsonpointer
+
     if pointer == ROOT:
         return ROOT
     try:

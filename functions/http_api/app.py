@@ -7,6 +7,7 @@ import json
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import http_batch
 import http_bodies
 import http_errors
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -102,6 +103,15 @@ def send_control(feedId: FeedId, request: ControlRequest) -> Response[PublishRes
     return _published(
         feeds.send_control(feedId, command_id=request.command_id, action=request.action, target=request.target)
     )
+
+
+@app.post(
+    "/feeds/<feedId>/events/batch",
+    summary="Publish up to 100 events at once (each idempotent on its eventId), one result per event",
+    responses=http_batch.RESPONSES,
+)
+def publish_events_batch(feedId: FeedId, request: http_batch.PublishBatchRequest) -> Response[Any]:
+    return http_batch.publish(app, feeds, feedId, request)
 
 
 @app.get(

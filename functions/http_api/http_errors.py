@@ -119,24 +119,70 @@ def _unsupported_media_type(method: str, content_type: str) -> Response:
     )
 
 
+def body_too_large(path: str, size: int, limit: int) -> Response:
+    """413 for a body over the route's cap (the batch route checks its own)."""
+    return _too_large(path, size, limit)
+
+
+# POST /feeds/{feedId}/events/batch (http_batch.py) and its body cap.
+BATCH_PATH_SUFFIX = "/events/batch"
+# The whole body. API Gateway takes 10 MB ("Quotas for HTTP APIs"), but the function behind it
+# is invoked synchronously, 6 MB each way ("Lambda quotas": invocation payload), and the event
+# and the answer both carry the body as an escaped JSON string (a quote or backslash doubles,
+# non-ASCII text may become \uXXXX escapes); the answer also repeats every event's envelope.
+# 1 MiB keeps both well inside 6 MB, and a transaction of 50 events, each stored twice (event
+# and key record), inside TransactWriteItems' 4 MB. Each event is still held to MaxEventBytes.
+MAX_BATCH_BODY_BYTES = 1024 * 1024
+_BATCH_TOO_LARGE = "batch_too_large"
+
+
+def _body_limit(path: str, max_body_bytes: int) -> int:
+    return MAX_BATCH_BODY_BYTES if path.endswith(BATCH_PATH_SUFFIX) else max_body_bytes
+
+
+def validation_error_body(errors: list[dict[str, Any]]) -> tuple[HTTPStatus, ErrorResponse]:
+    """The status and body of a validation failure (`loc`s as Powertools gives them: body first).
+
+    400 when the body is not a JSON object, or a batch's `events` is empty; 413 when it holds
+    more than the route takes; 422 for the rest.
+    """
+    details = _validation_details(RequestValidationError(errors))
+    types = {(error.get("type"), tuple(error.get("loc", ()))) for error in errors}
+    code = "validation_error"
+    if any(kind in _MALFORMED for kind, _ in types) or ("too_short", ("body", "events")) in types:
+        status = HTTPStatus.BAD_REQUEST
+    elif ("too_long", ("body", "events")) in types:
+        status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _BATCH_TOO_LARGE
+    else:
+        status = HTTPStatus.UNPROCESSABLE_ENTITY
+    message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
+    return status, ErrorResponse(error=code, message=message, details=details)
+
+
+def domain_error_body(exc: errors.RealtimeError) -> tuple[HTTPStatus, ErrorResponse]:
+    """The status and body `register`'s handler answers for a domain error (rooms' aside)."""
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), HTTPStatus.BAD_REQUEST)
+    details = [ErrorDetail(field=exc.field, location="request", problem=exc.message)] if exc.field else []
+    return status, ErrorResponse(error=exc.code, message=exc.message, details=details)
+
+
 def register(app: APIGatewayHttpResolver, max_body_bytes: int) -> None:
     @app.exception_handler(RequestValidationError)
     def invalid_request(exc: RequestValidationError) -> Response:
         # Size first: a body over the cap is refused as such, whatever else is wrong with it.
         size = int(app.context.get(http_bodies.BODY_SIZE, 0))
-        if size > max_body_bytes:
-            return _too_large(app.current_event.path, size, max_body_bytes)
-        details = _validation_details(exc)
-        malformed = any(error.get("type") in _MALFORMED for error in exc.errors())
-        status = HTTPStatus.BAD_REQUEST if malformed else HTTPStatus.UNPROCESSABLE_ENTITY
-        message = "; ".join(f"{d.field}: {d.problem}" for d in details) or "request is invalid"
+        limit = _body_limit(app.current_event.path, max_body_bytes)
+        if size > limit:
+            return _too_large(app.current_event.path, size, limit)
+        status, body = validation_error_body(list(exc.errors()))
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
-        return error_response(status, "validation_error", message, details)
+        return error_body(status, body)
 
     @app.exception_handler(http_bodies.UnreadableBody)
     def unreadable_body(exc: http_bodies.UnreadableBody) -> Response:
-        if exc.size is not None and exc.size > max_body_bytes:
-            return _too_large(app.current_event.path, exc.size, max_body_bytes)
+        limit = _body_limit(app.current_event.path, max_body_bytes)
+        if exc.size is not None and exc.size > limit:
+            return _too_large(app.current_event.path, exc.size, limit)
         metrics.add_metric(name="RequestsRejected", unit="Count", value=1)
         return error_response(
             HTTPStatus.BAD_REQUEST,
@@ -315,6 +361,21 @@ PUBLISH_ERRORS = error_responses(
     },
     by_api_gateway={403},
 )
+BATCH_ERRORS = error_responses(
+    {
+        400: _BODY_400 + " Or `events` is empty.",
+        403: (
+            "From API Gateway, not the function (when deployed with ProducerAuth=IAM): the request "
+            "is not signed (SigV4) by a principal allowed execute-api:Invoke."
+        ),
+        413: "`batch_too_large`: more than 100 events; `event_too_large`: the body is over 1 MiB. Nothing stored. "
+        "(An event over MaxEventBytes is a 413 in its own result.)",
+        415: "`unsupported_media_type`: the Content-Type is not application/json (forms and multipart included).",
+        422: '`validation_error`: the body is not `{"events": [...]}`, feedId does not match its pattern, or '
+        "a number is too large (details name each). An invalid event is a 4xx in its own result instead.",
+    },
+    by_api_gateway={403},
+)
 HISTORY_ERRORS = error_responses(
     {
         400: "`invalid_cursor`: the cursor is malformed, forged, or from another channel.",
@@ -427,6 +488,7 @@ SigV4 signature (ProducerAuth=IAM), 413 for a body over 10 MB, 429 when throttle
 
 
 _POWERTOOLS_422 = "#/components/schemas/HTTPValidationError"
+_ITEM_SCHEMAS = [("PublishBatchRequest", "events", "PublishEventRequest")]
 
 
 def as_sent(document: dict[str, Any]) -> dict[str, Any]:
@@ -443,6 +505,11 @@ def as_sent(document: dict[str, Any]) -> dict[str, Any]:
             kept = {s: r for s, r in responses.items() if _POWERTOOLS_422 not in json.dumps(r)}
             operation["responses"] = dict(sorted(kept.items()))
     schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    # A batch's events are validated one by one (each may fail alone), so the model takes any
+    # value; the document names what each should be.
+    for model, property_name, item in _ITEM_SCHEMAS:
+        if model in schemas and item in schemas:
+            schemas[model]["properties"][property_name]["items"] = {"$ref": f"#/components/schemas/{item}"}
     used: set[str] = set()
     pending = [json.dumps({key: value for key, value in document.items() if key != "components"})]
     while pending:

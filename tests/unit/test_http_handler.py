@@ -254,6 +254,8 @@ def test_a_direct_invocation_of_an_unknown_route_is_a_404_or_405(handler: Any) -
 
 ERROR_STATUSES = {
     ("post", "/feeds/{feedId}/events"): {400, 403, 409, 413, 415, 422, 503},
+    # Each event's own 409 or 503 is in its result of the 200.
+    ("post", "/feeds/{feedId}/events/batch"): {400, 403, 413, 415, 422},
     ("post", "/feeds/{feedId}/control"): {400, 403, 409, 413, 415, 422, 503},
     ("get", "/feeds/{feedId}/events"): {400, 401, 403, 422, 500, 503},
     ("get", "/rooms/{roomId}"): {403, 422, 503},
@@ -266,6 +268,7 @@ ERROR_STATUSES = {
 # API Gateway's own 403 (IAM) on the IAM-authorized routes; the history routes check a token themselves.
 GATEWAY_403 = {
     ("post", "/feeds/{feedId}/events"),
+    ("post", "/feeds/{feedId}/events/batch"),
     ("post", "/feeds/{feedId}/control"),
     ("get", "/rooms/{roomId}"),
     ("put", "/rooms/{roomId}/metadata"),
@@ -280,6 +283,7 @@ ERROR_MODELS = {
 }
 SUCCESS_STATUSES = {
     ("post", "/feeds/{feedId}/events"): {200: "PublishResponse", 201: "PublishResponse"},
+    ("post", "/feeds/{feedId}/events/batch"): {200: "PublishBatchResponse"},
     ("post", "/feeds/{feedId}/control"): {200: "PublishResponse", 201: "PublishResponse"},
     ("get", "/feeds/{feedId}/events"): {200: "HistoryResponse"},
     ("get", "/rooms/{roomId}"): {200: "RoomResponse"},

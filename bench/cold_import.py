@@ -271,6 +271,17 @@ def _room_change(_: Endpoints) -> dict[str, Any]:
     return event
 
 
+WORKER_CONNECTIONS = 10
+
+
+def _shard(_: Endpoints) -> dict[str, Any]:
+    """What a fan-out hands one delivery worker: a signed frame for WORKER_CONNECTIONS connections."""
+    event = _sample("dynamodb_stream_insert")["Records"][0]["dynamodb"]["NewImage"]["event"]["S"]
+    frame = json.dumps({"type": "event", "channel": "feed_42", "event": json.loads(event), "cursor": "c"})
+    connections = [f"shard{n}{UNIQUE}=" for n in range(WORKER_CONNECTIONS)]
+    return {"frames": [frame], "groups": [{"frames": [0], "connections": connections}]}
+
+
 def _status(code: int) -> Callable[[Any], bool]:
     return lambda result: isinstance(result, dict) and result.get("statusCode") == code
 
@@ -291,6 +302,11 @@ HANDLERS = [
         lambda _: {},
         lambda result: result == {"passes": 1},
         env={"PRESENCE_SWEEP_SECONDS": "5"},
+    ),
+    Handler(
+        "delivery_worker",
+        _shard,
+        lambda result: isinstance(result, dict) and result.get("delivered") == WORKER_CONNECTIONS,
     ),
 ]
 

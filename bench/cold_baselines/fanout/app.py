@@ -1,6 +1,7 @@
 """Baseline for functions/fanout: a stream batch to every subscriber, with boto3 alone.
 
-The same requests as the function's: a Query of the `by-channel` index per partition key value
+The same requests as the function's: GetItem of the channel's subscriber-set version (a warm
+instance re-reads its cached subscribers only when it moved), a Query of the `by-channel` index per partition key value
 the function reads (BASELINE_INDEX_QUERIES, which the bench sets from the function's own count:
 its index keys are `{channel}#{bucket}` and the bare channel key), GetSecretValue for AWSCURRENT,
 AWSPENDING and AWSPREVIOUS (the cursor in each frame is signed), and PostToConnection per
@@ -36,6 +37,9 @@ def signing_key():
 
 
 def subscribers(channel_key):
+    dynamodb.get_item(
+        TableName=TABLE, Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": "version"}}, ConsistentRead=True
+    )
     keys = [f"{channel_key}#{bucket}" for bucket in range(QUERIES - 1)] + [channel_key]
     found = []
     for key in keys:

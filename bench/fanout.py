@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, fake_aws_env, goal, table
+from _common import REPO, fake_aws_env, goal, machine_busy_seconds, table
 
 CONNECTIONS = 2000
 DELAY_S = 0.020
@@ -371,6 +371,7 @@ class Sharded:
     wall_s: float
     cpu_s: float  # the workers' CPU
     server_cpu_s: float  # the endpoint's CPU (it shares the 2 cores here; on AWS it is API Gateway's)
+    other_cpu_s: float  # what else kept this machine's cores busy meanwhile (other processes)
 
     @property
     def rate(self) -> float:
@@ -404,11 +405,13 @@ def run_sharded(endpoint: str, workers: int, total: int, client: str = "http1") 
         for process in processes:
             assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         before = stats(endpoint)  # zeroes the counts and fills the bucket: the warm-ups do not count
+        busy = machine_busy_seconds()
         for process in processes:
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
         results = [json.loads(p.stdout.readline()) for p in processes if p.stdout is not None]
+        busy = machine_busy_seconds() - busy
         after = stats(endpoint)
     finally:
         for process in processes:
@@ -423,6 +426,7 @@ def run_sharded(endpoint: str, workers: int, total: int, client: str = "http1") 
         wall_s=max(r["finished"] for r in results) - min(r["started"] for r in results),
         cpu_s=sum(r["cpu_s"] for r in results),
         server_cpu_s=after["cpu_s"] - before["cpu_s"],
+        other_cpu_s=max(0.0, busy - sum(r["cpu_s"] for r in results) - (after["cpu_s"] - before["cpu_s"])),
     )
 
 
@@ -467,6 +471,7 @@ def main() -> None:
                     run.throttled,
                     run.failed,
                     round(run.wall_s, 2),
+                    round(run.other_cpu_s, 2),
                     round(free.rate / args.rate, 2),
                 )
             )
@@ -481,6 +486,7 @@ def main() -> None:
             "429s",
             "failed",
             "wall s",
+            "other CPU s",
             "throttle ratio",
         ],
         rows,
@@ -500,7 +506,7 @@ def main() -> None:
         "throttled": [asdict(r) for r in throttled],
     }
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures for bench/fanout_model.py written to {args.json.relative_to(REPO)}")
+    print(f"figures for bench/fanout_model.py written to {args.json}")
 
 
 def single(endpoint: str, rounds: int) -> dict[str, Any]:

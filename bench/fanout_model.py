@@ -1,0 +1,371 @@
+"""A discrete-event model of one event's fan-out to N subscribers on AWS (issue 10 item 4).
+
+What it models, in the order an event meets it:
+
+1. the stream: DynamoDB Streams to the fan-out function. Lambda polls a stream's shards
+   "at a base rate of 4 times per second" ("Using AWS Lambda with Amazon DynamoDB"): up to
+   250 ms, taken whole here;
+2. the coordinator (functions/fanout) reads the channel's subscribers from the `by-channel`
+   index, spread over P partition key values (connections.SUBSCRIBER_BUCKETS) read at once:
+   a partition serves 3,000 read units/s, a 1 MB page of eventually consistent reads costs
+   0.5 unit per 4 KB ("Read/write capacity mode"), ~100 bytes an entry; and the coordinator's
+   own CPU parses every entry (measured: the fan-out invocation's CPU per delivery less the
+   Pusher's). A warm coordinator may have the shards cached (`cached`): no read;
+3. it cuts shards of at most K connections and invokes a delivery worker per shard, at most
+   128 invocations at once (fanout.Fanout max_parallel_shards); each new worker environment
+   is a cold start, and Lambda adds at most 1,000 environments per 10 s per function ("Lambda
+   scaling behavior");
+4. each worker delivers its shard with a Pusher: `concurrency` requests in flight, each
+   costing `cpu_ms` of the worker's one core (measured) and answered after `latency_s`; a
+   connection's frames go one after the other (the ordering rule);
+5. every request takes a token from the account's API Gateway bucket (10,000 requests/s,
+   burst 5,000 by default: "Amazon API Gateway quotas"); without one it is answered 429 and
+   retried with the Pusher's backoff and jitter (delivery.Pusher._backoff).
+
+The measured figures come from bench/fanout_figures.json, which bench/fanout.py writes. The
+model first replays the local sharded runs (W worker processes sharing this machine's cores
+with the endpoint) beside what was measured, then extrapolates. Times in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, table
+
+FIGURES = REPO / "bench" / "fanout_figures.json"
+
+
+@dataclass(frozen=True)
+class Aws:
+    """AWS's documented limits, and latencies assumed (not measured here) where AWS states none."""
+
+    stream_s: float = 0.25  # documented: Lambda polls each stream shard 4 times a second
+    partitions: int = 16  # connections.SUBSCRIBER_BUCKETS
+    partition_rcu: float = 3000.0  # documented: read units per second per partition
+    entry_bytes: int = 100  # a by-channel entry with tokenExp (connections.py)
+    page_s: float = 0.02  # assumed: one 1 MB Query page
+    invoke_s: float = 0.03  # assumed: a synchronous Invoke's own overhead (request, queueing to an environment)
+    invoke_parallel: int = 128  # fanout.Fanout max_parallel_shards
+    cold_start_s: float = 0.5  # assumed: a Python function's init with the layer, and its first TLS connections
+    scale_burst: int = 1000  # documented: 1,000 new environments ...
+    scale_per_s: float = 100.0  # ... per 10 s per function, refilled continuously
+    backoff_base: float = 0.05  # delivery.Pusher defaults
+    backoff_cap: float = 1.0
+
+
+AWS = Aws()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What bench/fanout.py measured (defaults: its run of this issue, if the JSON is missing)."""
+
+    cpu_ms: float = 0.10  # worker CPU per delivery (Pusher over realtime_transport.http1)
+    read_cpu_ms: float = 0.011  # coordinator CPU per subscriber read (invocation less Pusher, per delivery)
+    endpoint_cpu_ms: float = 0.05  # the local endpoint's CPU per request (local replay only)
+    latency_s: float = 0.020
+    concurrency: int = 128
+
+    @property
+    def worker_rate(self) -> float:
+        """One worker's ceiling, deliveries/s: its requests in flight, or its core."""
+        return min(self.concurrency / (self.latency_s + self.cpu_ms / 1000), 1000 / self.cpu_ms)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    subscribers: int
+    shard: int  # K
+    quota: float  # requests/s (math.inf: no throttle)
+    burst: float
+    cold: bool = True  # new worker environments (else warm ones, within the scaling limit alike)
+    cached: bool = False  # the coordinator has the channel's shards cached: no index read
+    local_cores: float | None = None  # a local replay: the workers and the endpoint share these cores
+    frames: int = 1  # frames per connection, delivered in order
+
+
+@dataclass
+class Result:
+    last_s: float = 0.0  # the last delivery
+    delivered: int = 0
+    throttled: int = 0  # 429 answers
+    workers: int = 0
+    stream_s: float = 0.0
+    read_s: float = 0.0  # until the last worker's shard was read
+    start_s: float = 0.0  # from then until that worker ran (invoke, cold start, scaling)
+    deliver_s: float = 0.0  # that worker's first request to its last delivery
+    throttle_s: float = 0.0  # the part of last_s the throttle adds (against the same run unthrottled)
+    notes: list[str] = field(default_factory=list)
+
+
+class TokenBucket:
+    """`rate` tokens/s into a bucket of `burst`; a request takes one or is refused (429)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = burst, 0.0
+
+    def take(self, now: float) -> bool:
+        if math.isinf(self.rate):
+            return True
+        if now > self.last:  # requests reach it within a CPU slice of time order: no refill for those
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def worker_starts(s: Scenario, m: Measured, aws: Aws) -> tuple[list[float], list[float]]:
+    """When each shard is read and when its worker starts delivering."""
+    workers = math.ceil(s.subscribers / s.shard)
+    if s.local_cores is not None:
+        return [0.0] * workers, [0.0] * workers  # the local runs start every worker at once
+    per_partition = aws.partition_rcu / (0.5 * 256)  # 1 MB pages/s: 256 units of 4 KB at 0.5 each
+    entries_per_s = min(
+        aws.partitions * per_partition * (1 << 20) / aws.entry_bytes,  # read units
+        aws.partitions / aws.page_s * (1 << 20) / aws.entry_bytes,  # page latency
+        1000 / m.read_cpu_ms,  # the coordinator's one core parses them
+    )
+    ready = [
+        aws.stream_s + (0.0 if s.cached else min(s.subscribers, (i + 1) * s.shard) / entries_per_s)
+        for i in range(workers)
+    ]
+    invokers = [0.0] * min(aws.invoke_parallel, workers)  # when each invoking thread is free
+    environments, scaled_at = float(aws.scale_burst), 0.0
+    starts = []
+    for shard_ready in ready:
+        slot = min(range(len(invokers)), key=invokers.__getitem__)
+        at = max(shard_ready, invokers[slot])
+        environments = min(aws.scale_burst, environments + (at - scaled_at) * aws.scale_per_s)
+        scaled_at = at
+        if environments < 1:  # wait for Lambda's scaling rate to allow one more environment
+            at += (1 - environments) / aws.scale_per_s
+            environments, scaled_at = 1.0, at
+        environments -= 1
+        invokers[slot] = at + aws.invoke_s  # a synchronous invocation holds its thread to the end,
+        starts.append(at + aws.invoke_s + (aws.cold_start_s if s.cold else 0.0))
+    return ready, starts
+
+
+def simulate(s: Scenario, m: Measured, aws: Aws = AWS, seed: int = 1) -> Result:
+    """The fan-out of one event, request by request."""
+    rnd = random.Random(seed)
+    ready, starts = worker_starts(s, m, aws)
+    workers = len(starts)
+    cpu_s = m.cpu_ms / 1000
+    if s.local_cores is not None:
+        # W workers (one core each at most: the GIL) and the endpoint share the cores: a worker's
+        # CPU per delivery stretches to what the shared cores and the endpoint's one core allow.
+        share = m.endpoint_cpu_ms / 1000
+        cpu_s = max(cpu_s, workers * (cpu_s + share) / s.local_cores, workers * share)
+    bucket = TokenBucket(s.quota, s.burst)
+    sizes = [min(s.shard, s.subscribers - i * s.shard) for i in range(workers)]
+    taken = [0] * workers  # connections each worker has started
+    cpu_free = list(starts)
+    finished = list(starts)
+    result = Result(workers=workers)
+    events: list[tuple[float, int, int, int, int, int]] = []  # (time, seq, what, worker, frame, attempt)
+    seq = 0
+    answered, refused, retry = 0, 1, 2
+
+    def push(at: float, what: int, worker: int, frame: int, attempt: int) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (at, seq, what, worker, frame, attempt))
+
+    def send(worker: int, frame: int, attempt: int, now: float) -> None:
+        at = max(now, cpu_free[worker]) + cpu_s  # the worker's core signs and writes it
+        cpu_free[worker] = at
+        push(at + m.latency_s, answered if bucket.take(at) else refused, worker, frame, attempt)
+
+    for worker in range(workers):
+        for _ in range(min(m.concurrency, sizes[worker])):
+            taken[worker] += 1
+            send(worker, 0, 0, starts[worker])
+    while events:
+        now, _, what, worker, frame, attempt = heapq.heappop(events)
+        if what == refused:  # 429: back off (the Pusher's schedule), then the same frame again
+            result.throttled += 1
+            ceiling = min(aws.backoff_cap, aws.backoff_base * 2**attempt)
+            push(now + ceiling / 2 + rnd.uniform(0, ceiling / 2), retry, worker, frame, attempt + 1)
+        elif what == retry:
+            send(worker, frame, attempt, now)
+        else:
+            result.delivered += 1
+            finished[worker] = now
+            if frame + 1 < s.frames:
+                send(worker, frame + 1, 0, now)  # the connection's next frame, once this one was accepted
+            elif taken[worker] < sizes[worker]:
+                taken[worker] += 1
+                send(worker, 0, 0, now)
+    last = max(range(workers), key=finished.__getitem__)
+    result.last_s = finished[last]
+    result.stream_s = 0.0 if s.local_cores is not None else aws.stream_s
+    result.read_s = ready[last] - result.stream_s
+    result.start_s = starts[last] - ready[last]
+    result.deliver_s = finished[last] - starts[last]
+    return result
+
+
+def simulate_with_throttle_share(s: Scenario, m: Measured, aws: Aws = AWS) -> Result:
+    result = simulate(s, m, aws)
+    free = simulate(replace(s, quota=math.inf), m, aws)
+    result.throttle_s = max(0.0, result.last_s - free.last_s)
+    result.deliver_s -= result.throttle_s
+    return result
+
+
+def load_measured(path: Path) -> tuple[Measured, dict[str, Any] | None]:
+    if not path.exists():
+        print(f"{path.relative_to(REPO)} missing: the figures of issue 10's run (run bench/fanout.py)")
+        return Measured(), None
+    figures = json.loads(path.read_text())
+    single = figures.get("single")
+    sharded = figures["sharded"]
+    one = sharded["unthrottled"][0]  # one worker alone
+    measured = Measured(
+        cpu_ms=single["clients"]["http1"]["cpu_ms"] if single else one["cpu_s"] * 1000 / one["delivered"],
+        read_cpu_ms=max(0.0, single["invocation"]["cpu_ms"] - single["clients"]["http1"]["cpu_ms"])
+        if single
+        else Measured.read_cpu_ms,
+        endpoint_cpu_ms=1000 * one["server_cpu_s"] / max(1, one["requests"]),
+        latency_s=figures["latency_s"],
+    )
+    return measured, figures
+
+
+def check_local(m: Measured, figures: dict[str, Any]) -> None:
+    """Replay the local sharded runs. This machine is shared: the cores the workers and the endpoint
+    had are what other processes left free during each run (bench/fanout.py measures that beside it)."""
+    sharded = figures["sharded"]
+    rows = []
+    for kind, quota, burst in (("no throttle", math.inf, 0.0), ("throttled", sharded["rate"], sharded["burst"])):
+        for run in sharded["unthrottled" if kind == "no throttle" else "throttled"]:
+            cores = max(0.25, figures["cpus"] - run["other_cpu_s"] / run["wall_s"])
+            s = Scenario(run["delivered"] + run["failed"], run["shard"], quota, burst, local_cores=cores)
+            model = simulate(s, m)
+            rows.append(
+                (
+                    run["workers"],
+                    kind,
+                    round(cores, 2),
+                    round(run["wall_s"], 2),
+                    round(model.last_s, 2),
+                    round(run["delivered"] / run["wall_s"]),
+                    round(model.delivered / model.last_s),
+                    run["throttled"],
+                    model.throttled,
+                )
+            )
+    print(
+        f"\nthe model against bench/fanout.py's sharded runs ({sharded['total']} connections; the cores other "
+        f"processes left free shared by the workers and the endpoint; quota {sharded['rate']:.0f}/s, "
+        f"burst {sharded['burst']:.0f})"
+    )
+    table(
+        [
+            "workers",
+            "endpoint",
+            "free cores",
+            "measured s",
+            "model s",
+            "measured/s",
+            "model/s",
+            "measured 429s",
+            "model 429s",
+        ],
+        rows,
+    )
+
+
+def extrapolate(m: Measured, aws: Aws) -> None:
+    quotas = (("default", 10_000.0, 5_000.0), ("raised", 150_000.0, 75_000.0))
+    print(
+        f"\nextrapolation to AWS: a worker delivers at most {m.worker_rate:.0f}/s ({m.concurrency} in flight, "
+        f"{m.latency_s * 1000:.0f} ms, {m.cpu_ms:.3f} ms CPU a delivery, a core each); the coordinator reads "
+        f"{aws.partitions} index partitions at once at {m.read_cpu_ms * 1000:.0f} us CPU an entry; cold: new "
+        f"environments ({aws.cold_start_s:.1f} s) and an uncached read, warm: neither. K for a quota: the fewest "
+        "workers whose ceiling reaches the quota (more only trade deliveries for 429s), and FANOUT_SHARD_SIZE's "
+        "2,000 beside it. The raised quota's burst is assumed half its rate, as the default's is."
+    )
+    rows = []
+    for subscribers in (10_000, 100_000, 1_000_000):
+        for name, quota, burst in quotas:
+            floor = max(0.0, subscribers - burst) / quota
+            matched = math.ceil(subscribers / max(1, math.ceil(quota / m.worker_rate)))
+            for shard in dict.fromkeys((matched, 2000)):
+                if shard != matched and subscribers / shard * m.concurrency * floor > 2e6:
+                    continue  # too many 429 retries to simulate quickly (and the matched K is faster)
+                for cold in (True, False):
+                    s = Scenario(subscribers, min(shard, subscribers), quota, burst, cold=cold, cached=not cold)
+                    r = simulate_with_throttle_share(s, m, aws)
+                    rows.append(
+                        (
+                            subscribers,
+                            name,
+                            s.shard,
+                            r.workers,
+                            "cold" if cold else "warm",
+                            round(r.last_s, 2),
+                            round(floor, 2),
+                            round(r.stream_s, 2),
+                            round(r.read_s, 2),
+                            round(r.start_s, 2),
+                            round(r.deliver_s, 2),
+                            round(r.throttle_s, 2),
+                            r.throttled,
+                        )
+                    )
+    table(
+        [
+            "subscribers",
+            "quota",
+            "K",
+            "workers",
+            "start",
+            "last delivery s",
+            "quota floor s",
+            "stream",
+            "read",
+            "invoke+cold",
+            "delivery",
+            "throttle",
+            "429s",
+        ],
+        rows,
+    )
+    print(
+        "stream / read / invoke+cold / delivery / throttle: where the last delivery's time went (the worker that "
+        "finished last: its shard read, its start, its own deliveries, and what the throttle added)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="what bench/fanout.py wrote")
+    parser.add_argument("--check-only", action="store_true", help="only the replay of the local runs")
+    args = parser.parse_args()
+    measured, figures = load_measured(args.figures)
+    print(
+        f"measured (bench/fanout.py): {measured.cpu_ms:.3f} ms CPU a delivery, {measured.read_cpu_ms:.3f} ms a "
+        f"subscriber read, endpoint {measured.endpoint_cpu_ms:.3f} ms a request, {measured.latency_s * 1000:.0f} ms "
+        "latency"
+    )
+    if figures is not None:
+        check_local(measured, figures)
+    if not args.check_only:
+        extrapolate(measured, AWS)
+
+
+if __name__ == "__main__":
+    main()

@@ -39,6 +39,7 @@ NOT_REACHABLE_LOCALLY = {
     ("post", "/feeds/{feedId}/events", 403),
     ("post", "/feeds/{feedId}/control", 403),
     ("post", "/feeds/{feedId}/events", 503),
+    ("post", "/feeds/{feedId}/events/batch", 403),
     ("post", "/feeds/{feedId}/control", 503),
     ("get", "/feeds/{feedId}/events", 500),
     ("get", "/feeds/{feedId}/events", 503),
@@ -184,6 +185,39 @@ def test_control_commands(contract: Contract, stack: Stack) -> None:
     huge = json.dumps({"commandId": "c-3", "action": "a", "target": "x" * 70_000}).encode()
     assert exchange(contract, stack, "POST", path, huge, **JSON).status == 413
     assert exchange(contract, stack, "POST", path, command, content_type="text/plain").status == 415
+
+
+def test_batch_publishing(contract: Contract, stack: Stack) -> None:
+    feed_id = feed()
+    path = f"/feeds/{feed_id}/events/batch"
+    events = [
+        json.loads(event("e-1")),
+        json.loads(event("e-1")),  # the same key earlier in the batch: a duplicate
+        json.loads(event("e-1", payload=2)),  # ... for another event: 409
+        {"eventId": "e-2"},  # invalid: 422
+        [1],  # not an object: 400
+        json.loads(event("e-3", payload="x" * 70_000)),  # over MaxEventBytes: 413
+        json.loads(event("e-4")),
+    ]
+    answer = exchange(contract, stack, "POST", path, json.dumps({"events": events}).encode(), **JSON)
+    assert answer.status == 200
+    assert [r["status"] for r in answer.body["results"]] == [201, 200, 409, 422, 400, 413, 201]
+    history = exchange(contract, stack, "GET", f"/feeds/{feed_id}/events").body["items"]
+    assert [(e["seq"], e["data"]["eventId"]) for e in history] == [(1, "e-1"), (2, "e-4")]
+    # A retry of the batch: every stored event a duplicate, nothing new stored.
+    again = exchange(contract, stack, "POST", path, json.dumps({"events": events[:1]}).encode(), **JSON)
+    assert [(r["status"], r["event"]["id"]) for r in again.body["results"]] == [(200, history[0]["id"])]
+    for raw, status in [
+        (b'{"events": []}', 400),
+        (b'{"events": [', 400),
+        (json.dumps({"events": [json.loads(event(f"e-{n}")) for n in range(101)]}).encode(), 413),
+        (json.dumps({"events": [json.loads(event(f"e-{n}", "x" * 60_000)) for n in range(20)]}).encode(), 413),
+        (b'{"events": "e-1"}', 422),
+    ]:
+        assert exchange(contract, stack, "POST", path, raw, **JSON).status == status
+    assert exchange(contract, stack, "POST", path, b'{"events": []}', content_type="text/plain").status == 415
+    assert exchange(contract, stack, "POST", "/feeds/bad%20feed/events/batch", b'{"events": [1]}', **JSON).status == 422
+    assert len(exchange(contract, stack, "GET", f"/feeds/{feed_id}/events").body["items"]) == 2
 
 
 BAD_BODIES: list[tuple[str, bytes, dict[str, str], int]] = [
@@ -370,6 +404,7 @@ UNROUTED = [
     ("GET", "/feeds/42"),
     ("POST", "/feeds/42/events/extra"),
     ("GET", "/openapi.yaml"),
+    ("GET", "/feeds/42/events/batch"),
     ("DELETE", "/feeds/42/events"),
     ("PATCH", "/feeds/42/control"),
     ("POST", "/openapi.json"),
@@ -391,6 +426,7 @@ def test_every_documented_status_is_sent(document: dict[str, Any], stack: Stack)
     """The other way round: each status the document lists is one the stack sends (or only AWS can)."""
     contract = Contract(document)
     test_publishing(contract, stack)
+    test_batch_publishing(contract, stack)
     test_control_commands(contract, stack)
     for case in BAD_BODIES:
         test_refused_bodies(contract, stack, *case)

@@ -20,7 +20,8 @@ What it models, in the order an event meets it:
    connection's frames go one after the other (the ordering rule);
 5. every request takes a token from the account's API Gateway bucket (10,000 requests/s,
    burst 5,000 by default: "Amazon API Gateway quotas"); without one it is answered 429 and
-   retried with the Pusher's backoff and jitter (delivery.Pusher._backoff).
+   retried with the Pusher's backoff and jitter (delivery.Pusher._backoff, capped at 250 ms
+   after a 429).
 
 The measured figures come from bench/fanout_figures.json, which bench/fanout.py writes. The
 model first replays the local sharded runs (W worker processes sharing this machine's cores
@@ -58,7 +59,7 @@ class Aws:
     scale_burst: int = 1000  # documented: 1,000 new environments ...
     scale_per_s: float = 100.0  # ... per 10 s per function, refilled continuously
     backoff_base: float = 0.05  # delivery.Pusher defaults
-    backoff_cap: float = 1.0
+    backoff_cap: float = 0.25  # (the cap after a 429: Pusher throttle_backoff_cap)
 
 
 AWS = Aws()

@@ -425,3 +425,12 @@ def test_another_http_client_can_carry_the_signed_requests(api: FakeManagementAp
     assert report.delivered == 1 and report.retries == 1 and api.received == []
     assert [(m, p) for m, p, _ in seen] == [("POST", "/@connections/c%2F1")] * 2
     assert seen[0][2]["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+
+
+def test_a_throttled_frame_backs_off_less_than_a_failing_one(make_pusher: Any) -> None:
+    # The account's bucket refills continuously: long sleeps after a 429 would waste quota.
+    pusher = make_pusher("http://127.0.0.1:9", backoff_base=0.05, backoff_cap=1.0, throttle_backoff_cap=0.25)
+    for _ in range(50):
+        assert 0.125 <= pusher._backoff(10, throttled=True) <= 0.25
+        assert 0.5 <= pusher._backoff(10) <= 1.0
+        assert 0.025 <= pusher._backoff(1, throttled=True) <= 0.05  # the same schedule until the cap

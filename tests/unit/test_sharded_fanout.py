@@ -48,6 +48,7 @@ class Workers:
         self.module = module
         self.lock = threading.Lock()
         self.calls: list[list[str]] = []
+        self.sizes: list[int] = []  # of each request, as JSON
         self.fail_first: set[str] = set()
         self.fail_always: set[str] = set()
         self.midway = 1
@@ -58,6 +59,7 @@ class Workers:
         ids = [c for group in request.groups for c in group.connections]
         with self.lock:
             self.calls.append(ids)
+            self.sizes.append(len(json.dumps(payload)))
             hook, self.before = self.before, None
             doomed = bool(self.fail_always & set(ids))
             crash = doomed or bool(self.fail_first & set(ids))
@@ -332,3 +334,65 @@ def test_fifty_events_to_a_hundred_subscribers_take_a_hundred_requests_not_five_
     assert len(api.received) == 100, "one message per subscriber instead of one per event (5,000)"
     for connection_id in subscribers[::17]:
         assert seqs(api, connection_id) == list(range(1, 51))
+
+
+# --- the worker boundary ----------------------------------------------------------------------------
+
+
+def test_a_shard_whose_frames_pass_the_payload_limit_goes_in_parts_in_order(
+    fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    for connection_id in SUBSCRIBERS:
+        connect(old_store, connection_id, FEED_42)
+    fanout.fanout.max_payload_bytes = 30_000  # (4 MB in production): about one 20 KB frame per request
+    api.script = {"s2": [410]}  # gone at its first frame: left out of its shard's later parts
+    records = [sized(n, 20_000) for n in range(1, 5)]
+
+    assert invoke(fanout, {"Records": records}) == []
+
+    assert len(workers.calls) == 3 * 4, "four parts per shard, one after another"
+    assert all(size < 30_000 for size in workers.sizes)
+    with_s2 = [call for call in workers.calls if "s2" in call]
+    assert len(with_s2) == 1, "gone after the first part: left out of its shard's later parts"
+    assert sum(1 for call in workers.calls if set(call) == set(with_s2[0]) - {"s2"}) == 3
+    for connection_id in SUBSCRIBERS:
+        assert seqs(api, connection_id) == ([] if connection_id == "s2" else [1, 2, 3, 4])
+
+
+def test_the_worker_refuses_a_request_that_is_not_a_shard_request(workers: Workers) -> None:
+    from pydantic import ValidationError
+
+    bad: dict[str, Any]
+    for bad in ({}, {"frames": [], "groups": []}, {"frames": ["{}"], "groups": [{"frames": [0], "connections": []}]}):
+        with pytest.raises(ValidationError):  # Lambda answers FunctionError: Unhandled to the coordinator
+            workers.module.lambda_handler(bad, LambdaContext())
+
+
+class _LambdaClient:
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        import io
+
+        self.calls.append(kwargs)
+        return {**self.answer, "Payload": io.BytesIO(self.answer["Payload"])}
+
+
+def test_the_lambda_invoker_invokes_synchronously_and_maps_every_failure_to_shard_failed() -> None:
+    from realtime_transport.workers import LambdaInvoker
+
+    request = ShardRequest(frames=["{}"], groups=[{"frames": [0], "connections": ["a"]}], deadline_ms=1)
+    ok = _LambdaClient({"StatusCode": 200, "Payload": b'{"delivered": 1, "elapsed_ms": 2.0}'})
+    assert LambdaInvoker("worker", read_timeout_s=1, client=ok).invoke(request).delivered == 1
+    (call,) = ok.calls
+    assert call["InvocationType"] == "RequestResponse" and call["FunctionName"] == "worker"
+    assert ShardRequest.model_validate_json(call["Payload"]) == request
+    for answer in (
+        {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": b'{"errorType": "Sandbox.Timedout"}'},
+        {"StatusCode": 200, "Payload": b'{"unexpected": true}'},
+        {"StatusCode": 200, "Payload": b"not json"},
+    ):
+        with pytest.raises(ShardFailed):
+            LambdaInvoker("worker", read_timeout_s=1, client=_LambdaClient(answer)).invoke(request)

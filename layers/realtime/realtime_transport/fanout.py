@@ -56,7 +56,15 @@ from .models.websocket import TOKEN_EXPIRED, ErrorMessage
 from .observability import logger, metrics
 from .secrets import signing_secret
 from .shards import DEFAULT_SHARD_SIZE, SubscriberCache, shards
-from .workers import LambdaInvoker, ShardFailed, ShardInvoker, ShardRequest, ShardResult, build_requests
+from .workers import (
+    MAX_PAYLOAD_BYTES,
+    LambdaInvoker,
+    ShardFailed,
+    ShardInvoker,
+    ShardRequest,
+    ShardResult,
+    build_requests,
+)
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -179,6 +187,7 @@ class Fanout:
         self.shard_size = shard_size
         self.cache = cache
         self._max_parallel_shards = max_parallel_shards
+        self.max_payload_bytes = MAX_PAYLOAD_BYTES  # of one worker request (Lambda takes 6 MB)
         self._shard_executor: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -305,6 +314,7 @@ class Fanout:
             report.skipped += outcome.skipped
             report.requests += outcome.requests
             report.retries += outcome.retries
+            report.throttled += outcome.throttled
             stats.invocations += outcome.invocations
             stats.retried += outcome.retried
             stats.given_up += outcome.given_up
@@ -321,7 +331,7 @@ class Fanout:
         outcome = _ShardOutcome()
         deadline_ms = None if deadline is None else now_ms() + int((deadline - time.monotonic()) * 1000)
         dropped: set[str] = set()
-        for part in build_requests(plan, deadline_ms):
+        for part in build_requests(plan, deadline_ms, self.max_payload_bytes):
             request = _without(part, dropped)
             if request is None:
                 break
@@ -349,6 +359,7 @@ class Fanout:
             outcome.skipped += result.skipped
             outcome.requests += result.requests
             outcome.retries += result.retries
+            outcome.throttled += result.throttled
             dropped.update(result.gone)
             dropped.update(result.failed)
         return outcome
@@ -524,6 +535,7 @@ class _ShardOutcome:
     skipped: int = 0
     requests: int = 0
     retries: int = 0
+    throttled: int = 0
     invocations: int = 0
     retried: int = 0
     given_up: int = 0

@@ -87,6 +87,7 @@ class ShardResult(BaseModel):
     skipped: int = 0
     requests: int = 0
     retries: int = 0
+    throttled: int = 0  # answers 429 (the account's API Gateway throttle)
     elapsed_ms: float = 0.0
 
 
@@ -157,6 +158,7 @@ def deliver_shard(
         skipped=report.skipped,
         requests=report.requests,
         retries=report.retries,
+        throttled=report.throttled,
         elapsed_ms=report.elapsed_ms,
     )
 

@@ -283,6 +283,17 @@ def test_requests_per_batch(realtime: Realtime, size: int, with_keys: bool, expe
         assert calls == {"BatchGetItem": 1} and all(status(r) == 200 for r in again)
 
 
+def test_large_keyed_events_are_split_under_the_transaction_size_limit(aws: Any, settings_factory: Any) -> None:
+    """TransactWriteItems takes at most 4 MB; 40 events of 100 KB, each stored twice, are 8 MB."""
+    realtime = Realtime(settings=settings_factory(MAX_EVENT_BYTES="128000"), secret=b"unit-test-secret")
+    channel = realtime.channel("feed_large")
+    with counting(realtime) as calls:
+        results = channel.broadcast_batch([keyed(f"k{n}", "x" * 100_000) for n in range(40)])
+    assert [status(r) for r in results] == [201] * 40
+    assert calls["TransactWriteItems"] == 3
+    assert len(assert_gapless(realtime, channel)) == 40
+
+
 def test_a_batch_holds_1_to_100_events(realtime: Realtime) -> None:
     channel = realtime.channel("feed_bounds")
     for items in ([], [unkeyed()] * (MAX_BATCH_EVENTS + 1)):

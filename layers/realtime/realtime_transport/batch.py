@@ -7,8 +7,8 @@ The single path (channel.py) costs 2 or 3 requests an event. A batch of k events
 * one `UpdateItem` ADD of k positions for the events that will be written, in request order
   (`EventStore.allocate_many`);
 * keyed events in `TransactWriteItems` of up to 50 events (100 items: each its position and its
-  idempotency record, each Put conditional as the single path's), unkeyed ones in
-  `BatchWriteItem` of 25.
+  idempotency record, each Put conditional as the single path's) and under 4 MB, unkeyed ones
+  in `BatchWriteItem` of 25.
 
 So 50 keyed events take 3 requests, 50 unkeyed ones 3. Two events of one batch with the same
 key are one event: the second is a duplicate (or a 409) of the first, and takes no position.
@@ -52,6 +52,9 @@ MAX_BATCH_EVENTS = 100
 # "TransactWriteItems" (Amazon DynamoDB API Reference): at most 100 actions a transaction; a
 # keyed event is two (its position and its record).
 EVENTS_PER_TRANSACTION = 50
+# ... and at most 4 MB of items: each keyed event is stored twice (position and record). Kept
+# under it with room for the attributes around the envelope.
+TRANSACTION_BYTES = 3_500_000
 # "BatchWriteItem" (Amazon DynamoDB API Reference): at most 25 put or delete requests a call.
 ITEMS_PER_BATCH_WRITE = 25
 # UnprocessedItems / UnprocessedKeys: retried with exponential backoff and full jitter, as
@@ -103,6 +106,20 @@ def _backoff(attempt: int, base: float = _BACKOFF_S, cap: float = _BACKOFF_CAP_S
 
 def _chunks(entries: list[_Entry], size: int) -> list[list[_Entry]]:
     return [entries[n : n + size] for n in range(0, len(entries), size)]
+
+
+def _transactions(entries: list[_Entry]) -> list[list[_Entry]]:
+    """Keyed events in order, at most EVENTS_PER_TRANSACTION and TRANSACTION_BYTES a transaction."""
+    chunks: list[list[_Entry]] = []
+    size = 0
+    for entry in entries:
+        cost = 2 * (len(entry.item["event"]["S"].encode()) + 512) if entry.item else 0
+        if not chunks or len(chunks[-1]) >= EVENTS_PER_TRANSACTION or size + cost > TRANSACTION_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += cost
+    return chunks
 
 
 class _Batch:
@@ -220,7 +237,7 @@ class _Batch:
         failed: list[_Entry] = []
         for chunk in _chunks([e for e in writers if e.key is None], ITEMS_PER_BATCH_WRITE):
             failed += self._write_unkeyed(chunk)
-        for chunk in _chunks([e for e in writers if e.key is not None], EVENTS_PER_TRANSACTION):
+        for chunk in _transactions([e for e in writers if e.key is not None]):
             failed += self._write_keyed(chunk, now)
         for entry in failed:
             self._give_up(entry, now)

@@ -5,7 +5,9 @@ channel of 8 subscribers, so every batch goes out through DeliveryWorkerFunction
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -48,3 +50,46 @@ def test_every_subscriber_of_a_sharded_channel_gets_every_event_once_in_order(sh
     # 8 subscribers in shards of at most 3: three worker invocations per batch, none by the fan-out alone.
     assert functions["DeliveryWorkerFunction"]["invocations"] >= 3
     assert functions["DeliveryWorkerFunction"]["invocations"] % 3 == 0
+
+
+def _lambda(stack: Stack, *, key_id: str | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    line = next(text for text in stack.output if text.strip().startswith("Management:"))
+    given = dict(part.split("=", 1) for part in line.replace(")", " ").split() if part.startswith("AWS_"))
+    return boto3.client(
+        "lambda",
+        endpoint_url=stack.url,
+        region_name="us-east-1",
+        aws_access_key_id=key_id or given["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=given["AWS_SECRET_ACCESS_KEY"],
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def test_the_local_invoke_api_answers_as_lambda_does(sharded: Stack) -> None:
+    from botocore.exceptions import ClientError
+
+    client = _lambda(sharded)
+    # A request the worker refuses: Lambda's 200 with FunctionError, never a delivery.
+    answer = client.invoke(FunctionName="DeliveryWorkerFunction", Payload=b'{"frames": []}')
+    assert answer["StatusCode"] == 200 and answer["FunctionError"] == "Unhandled"
+    assert json.loads(answer["Payload"].read())["errorType"] == "ValidationError"
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:DeliveryWorkerFunction"
+    ok = client.invoke(
+        FunctionName=arn, Payload=json.dumps({"frames": ["{}"], "groups": [{"frames": [0], "connections": ["x"]}]})
+    )
+    assert "FunctionError" not in ok and json.loads(ok["Payload"].read())["gone"] == ["x"]
+    for call, code in (
+        (lambda: client.invoke(FunctionName="NoSuchFunction", Payload=b"{}"), "ResourceNotFoundException"),
+        (lambda: client.invoke(FunctionName="DeliveryWorkerFunction", Payload=b"{not json"), "InvalidRequestContent"),
+        (
+            lambda: client.invoke(FunctionName="DeliveryWorkerFunction", InvocationType="Event", Payload=b"{}"),
+            "InvalidParameterValueException",
+        ),
+        (lambda: _lambda(sharded, key_id="AKIAOTHER").invoke(FunctionName="x", Payload=b"{}"), "AccessDenied"),
+    ):
+        with pytest.raises(ClientError) as caught:
+            call()
+        assert caught.value.response["Error"]["Code"].startswith(code)

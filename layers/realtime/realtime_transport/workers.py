@@ -18,7 +18,8 @@ handler) waiting for every one before it returns:
   asynchronous invocations only ("Lambda function dead-letter queues", "Capturing records of
   Lambda asynchronous invocations"); the stream's own on-failure queue stays.
 
-Payloads: "Lambda quotas" limits a synchronous invocation's request and response to 6 MB each.
+Payloads: "Invoke" (Lambda API reference) and "Lambda quotas" limit a synchronous invocation's
+request and response to 6 MB each (1 MB for asynchronous ones).
 A request carries the shard's connection ids and its frames (already built and signed: the
 worker reads no table and holds no secret); frames are split over consecutive invocations of
 the same shard when they would pass `MAX_PAYLOAD_BYTES` (well below 6 MB), the next part sent

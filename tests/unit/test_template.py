@@ -41,6 +41,7 @@ from realtime_devstack.template import (
     websocket_routes,
 )
 from realtime_transport import Realtime, clients, tokens
+from realtime_transport.batch import BatchItem
 from realtime_transport.connections import BY_CHANNEL_INDEX, Connection, ConnectionStore
 from realtime_transport.delivery import CloseReport, DeliveryReport
 from realtime_transport.fanout import Fanout
@@ -52,12 +53,14 @@ from realtime_transport.rooms import PresenceRegistry, Room, room_channel_name
 from realtime_transport.rooms.outbox import RoomOutbox, room_change
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
 from realtime_transport.settings import Settings
+from realtime_transport.shards import SubscriberCache
 from tests.conftest import TABLE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
 PRODUCER_ROUTES = {
     ("POST", "/feeds/{feedId}/events"),
+    ("POST", "/feeds/{feedId}/events/batch"),
     ("POST", "/feeds/{feedId}/control"),
     # the backend's room routes: IAM like the producers'
     ("GET", "/rooms/{roomId}"),
@@ -361,6 +364,8 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
         "HttpApiReservedConcurrency": "0",
         "WebSocketReservedConcurrency": "0",
         "FanoutReservedConcurrency": "0",
+        "DeliveryWorkerReservedConcurrency": "0",
+        "FanoutShardSize": "2000",
         "RoomsOutboxReservedConcurrency": "0",
         "PresenceSweeperReservedConcurrency": "0",
         "PresenceGraceSeconds": "10",
@@ -368,6 +373,8 @@ def test_parameters_and_their_bounds(template: dict[str, Any]) -> None:
         "PresenceSweepSeconds": "10",
         "AlarmTopicArn": "",
     }
+    assert parameters["FanoutShardSize"]["Type"] == "Number"
+    assert (parameters["FanoutShardSize"]["MinValue"], parameters["FanoutShardSize"]["MaxValue"]) == (1, 100000)
     assert parameters["HistoryLimit"]["Type"] == "Number"
     assert (parameters["HistoryLimit"]["MinValue"], parameters["HistoryLimit"]["MaxValue"]) == (1, 10000)
     assert parameters["HistoryTtlHours"]["Type"] == "Number"
@@ -453,6 +460,12 @@ def test_websocket_and_fanout_function_environments(template: dict[str, Any]) ->
     assert function_environment(template, "FanoutFunction") == {
         **SHARED_ENVIRONMENT,
         "POWERTOOLS_SERVICE_NAME": "realtime-fanout",
+        "FANOUT_SHARD_SIZE": {"Ref": "FanoutShardSize"},
+        "DELIVERY_WORKER_FUNCTION": {"Ref": "DeliveryWorkerFunction"},
+    }
+    assert function_environment(template, "DeliveryWorkerFunction") == {
+        **SHARED_ENVIRONMENT,
+        "POWERTOOLS_SERVICE_NAME": "realtime-delivery-worker",
     }
 
 
@@ -514,6 +527,13 @@ def test_functions_code_and_sizes(template: dict[str, Any]) -> None:
             "code_uri": "functions/fanout/",
             "handler": "app.lambda_handler",
             "timeout": 60,
+            "memory": 1024,
+        },
+        # a shard of a large channel: below the fan-out's timeout (it outlives a hung worker)
+        "DeliveryWorkerFunction": {
+            "code_uri": "functions/delivery_worker/",
+            "handler": "app.lambda_handler",
+            "timeout": 30,
             "memory": 1024,
         },
         "RoomsOutboxFunction": {
@@ -970,6 +990,7 @@ CHECKOV_SKIPS = {
     "HttpApiFunction": {"CKV_AWS_116", "CKV_AWS_117"},
     "WebSocketFunction": {"CKV_AWS_116", "CKV_AWS_117"},
     "FanoutFunction": {"CKV_AWS_116", "CKV_AWS_117"},
+    "DeliveryWorkerFunction": {"CKV_AWS_116", "CKV_AWS_117"},
     "RoomsOutboxFunction": {"CKV_AWS_116", "CKV_AWS_117"},
     "PresenceSweeperFunction": {"CKV_AWS_116", "CKV_AWS_117"},
     # access logs on request (they need the account-level CloudWatch role)
@@ -1147,6 +1168,7 @@ def test_every_function_policy_names_only_what_it_uses(template: dict[str, Any])
                     "dynamodb": "AWS::DynamoDB::Table",
                     "secretsmanager": "AWS::SecretsManager::Secret",
                     "sqs": "AWS::SQS::Queue",
+                    "lambda": "AWS::Serverless::Function",
                 }[service]
                 assert types.get(target) == expected_type, (logical_id, statement)
                 if service == "sqs":
@@ -1194,6 +1216,7 @@ def test_http_api_function_policy_is_exactly_what_ingest_and_history_need(templa
         ("dynamodb:PutItem", "EventsTable"),
         ("dynamodb:UpdateItem", "EventsTable"),
         ("dynamodb:Query", "EventsTable"),
+        ("dynamodb:BatchGetItem", "EventsTable"),  # a batch publish reads its keys at once
         # a room's members and count: consistent Queries of its items, reads only
         ("dynamodb:Query", "ConnectionsTable"),
         ("secretsmanager:GetSecretValue", "RealtimeSecret"),
@@ -1243,10 +1266,28 @@ def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[st
         ("secretsmanager:GetSecretValue", SECRET),
         # the mapping's on-failure destination (the stream itself: SAM's AWSLambdaDynamoDBExecutionRole)
         ("sqs:SendMessage", arn_of("FanoutDeadLetterQueue")),
+        # large batches: one synchronous Invoke per shard, of the delivery worker only
+        ("lambda:InvokeFunction", arn_of("DeliveryWorkerFunction")),
     }
     assert not any("EventsTable" in resource for _, resource in grants(template, "FanoutFunction")), (
         "the fan-out reads events from the stream, never the table"
     )
+    env = function_environment(template, "FanoutFunction")
+    assert env["DELIVERY_WORKER_FUNCTION"] == {"Ref": "DeliveryWorkerFunction"}
+    assert env["FANOUT_SHARD_SIZE"] == {"Ref": "FanoutShardSize"}
+
+
+def test_delivery_worker_policy_is_exactly_posting_to_connections(template: dict[str, Any]) -> None:
+    # Frames arrive built and signed: no table, no secret, no DELETE; only POST @connections.
+    assert grants(template, "DeliveryWorkerFunction") == {("execute-api:ManageConnections", MANAGE_CONNECTIONS)}
+    worker = props(template, "DeliveryWorkerFunction")
+    assert worker["Timeout"] < props(template, "FanoutFunction")["Timeout"], "the coordinator outlives a hung worker"
+    assert worker["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReserveDeliveryWorker", {"Ref": "DeliveryWorkerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    # Invoked synchronously: no DLQ nor event invoke config (asynchronous invocations only).
+    assert "DeadLetterQueue" not in worker and "EventInvokeConfig" not in worker
+    assert not worker.get("Events"), "invoked by the fan-out only"
 
 
 def test_rooms_outbox_function_policy_is_exactly_what_publishing_needs(template: dict[str, Any]) -> None:
@@ -1655,6 +1696,8 @@ def _exercise_every_function(template: dict[str, Any], requests: DynamoDBRequest
     channel.publish(type="feed.control", data={"action": "pause"})
     channel.history(limit=2, cursor=channel.history(limit=1).next_cursor)
     event_json = channel.history(limit=1).items[0].model_copy(update={"seq": 6}).to_json()  # for the fan-out
+    # POST /feeds/{feedId}/events/batch: its events all carry a key (eventId).
+    channel.broadcast_batch([BatchItem(type="t", data=n, idempotency_key=f"b-{n}") for n in range(2)])
     http_requests = requests.take()
     assert http_requests and http_requests <= grants(template, "HttpApiFunction"), http_requests - grants(
         template, "HttpApiFunction"
@@ -1723,6 +1766,7 @@ def _exercise_every_function(template: dict[str, Any], requests: DynamoDBRequest
         ConnectionStore(clients.dynamodb(), TABLE_NAMES["ConnectionsTable"]),
         _Pusher(gone={"r4"}),
         presence=PresenceRegistry(realtime),
+        cache=SubscriberCache(),  # as deployed: the channel's version item is read too
     )
     live.handle("r4", json.dumps({"action": "subscribe", "channel": "room_R"}))
     # x1's token expired: its index entry says so, its connection item (read to confirm) too

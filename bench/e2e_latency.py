@@ -22,6 +22,11 @@ history (read from a cursor taken while it was empty): every committed event exa
 seq order on the wire. Receipts after a higher seq are counted, with how late they came, but do not
 fail a step: DESIGN 4.4 lets positions commit out of order and has clients hold a reorder buffer.
 
+A subscriber takes live frames of both shapes: `event` (one event) and `events` (several events of the
+channel in one message, as live delivery batches them under bursts); each event of an `events` frame
+counts as received when the frame is. Before/after the in-process DynamoDB transport: run it again
+with `--stack-arg=--dynamodb-over-http` (the stack's old transport).
+
 The table also gives the cores each process used per step, and what the REST of the machine used
 meanwhile ("others"): on a shared 2-core box other work competes with the stack, and a step run next
 to a busy neighbour is not comparable with one run on a quiet machine.
@@ -86,6 +91,22 @@ else:  # pragma: no cover - not Linux: the wall clock is the one both processes 
 # =====================================================================================================
 
 
+def frame_seqs(message: Any, channel: str) -> list[int] | None:
+    """The seqs a live frame for `channel` carries, in order; None for any other frame.
+
+    One event: `{"type": "event", "channel", "event": {...}}`. Several events of the channel in one
+    message (live delivery under bursts, as catch-up sends them):
+    `{"type": "events", "channel", "events": [{...}, ...], "cursor"}`.
+    """
+    if not isinstance(message, dict) or message.get("channel") != channel:
+        return None
+    if message.get("type") == "event" and isinstance(message.get("event"), dict):
+        return [int(message["event"]["seq"])]
+    if message.get("type") == "events" and isinstance(message.get("events"), list) and message["events"]:
+        return [int(event["seq"]) for event in message["events"]]
+    return None
+
+
 async def subscriber_process(ws_url: str, token: str, channel: str, count: int) -> None:
     import websockets
 
@@ -121,32 +142,34 @@ async def subscriber_process(ws_url: str, token: str, channel: str, count: int) 
                     return ws
                 raise RuntimeError(f"connection {index}: unexpected answer to subscribe: {reply}")
 
+    def receive(index: int, seq: int, now: int) -> None:
+        received[index].append(seq)
+        if seq in seen[index]:
+            emit(f"X {index} {seq} dup")
+            return
+        seen[index].add(seq)
+        if seq < highest[index]:
+            emit(f"X {index} {seq} order {now - highest_at[index]}")
+        else:
+            highest[index], highest_at[index] = seq, now
+        entry = per_seq.get(seq)
+        if entry is None:
+            per_seq[seq] = entry = [0, now, now]
+        entry[0] += 1
+        entry[2] = now
+        if entry[0] == count:
+            emit(f"D {seq} {entry[1]} {entry[2]}")
+
     async def read(index: int, ws: Any) -> None:
-        mine, seen_here = received[index], seen[index]
         try:
             async for raw in ws:
                 now = clock_ns()
-                message = json.loads(raw)
-                if message.get("type") != "event" or message.get("channel") != channel:
+                seqs = frame_seqs(json.loads(raw), channel)
+                if seqs is None:
                     error(f"connection {index}: unexpected frame {str(raw)[:200]}")
                     continue
-                seq = int(message["event"]["seq"])
-                mine.append(seq)
-                if seq in seen_here:
-                    emit(f"X {index} {seq} dup")
-                    continue
-                seen_here.add(seq)
-                if seq < highest[index]:
-                    emit(f"X {index} {seq} order {now - highest_at[index]}")
-                else:
-                    highest[index], highest_at[index] = seq, now
-                entry = per_seq.get(seq)
-                if entry is None:
-                    per_seq[seq] = entry = [0, now, now]
-                entry[0] += 1
-                entry[2] = now
-                if entry[0] == count:
-                    emit(f"D {seq} {entry[1]} {entry[2]}")
+                for seq in seqs:  # an `events` frame: each of its events, in the frame's order
+                    receive(index, seq, now)
         except websockets.ConnectionClosed as exc:
             if not stopping.is_set():
                 error(f"connection {index} closed: {exc}")

@@ -58,7 +58,8 @@ def _setup(faithful: bool) -> Any:
 
 def run(realtime: Any, name: str, writers: int, patches: int, same_path: bool) -> Run:
     from realtime_transport.clients import dynamodb
-    from realtime_transport.rooms import StateConflict, room
+    from realtime_transport.rooms import StateConflict
+    from realtime_transport.rooms.room import room
 
     result = Run(name, writers)
     lock = threading.Lock()

@@ -11,8 +11,8 @@ import pytest
 from realtime_transport import Realtime
 from realtime_transport.channel import Channel
 from realtime_transport.errors import StoreUnavailable
-from realtime_transport.rooms import room
 from realtime_transport.rooms.outbox import RoomOutbox
+from realtime_transport.rooms.room import room
 from tests.conftest import stream_records
 
 

@@ -21,10 +21,10 @@ from realtime_transport.rooms import (
     NotInRoom,
     Presence,
     PresenceRegistry,
-    room,
 )
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
 from realtime_transport.rooms.presence_store import COUNT_SHARDS, MemberRecord
+from realtime_transport.rooms.room import room
 from tests.conftest import stream_records
 
 TABLE = "test-connections"

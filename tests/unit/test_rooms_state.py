@@ -17,7 +17,6 @@ from realtime_transport.rooms import (
     PreconditionFailed,
     StateConflict,
     StateTooLarge,
-    room,
 )
 from realtime_transport.rooms import conflicts as conflicts_module
 from realtime_transport.rooms.conflicts import ChangeLog, overlaps
@@ -28,7 +27,7 @@ from realtime_transport.rooms.patches import (
     merge_patch_paths,
     validate_operations,
 )
-from realtime_transport.rooms.room import MAX_DOC_BYTES, MAX_METADATA_BYTES
+from realtime_transport.rooms.room import MAX_DOC_BYTES, MAX_METADATA_BYTES, room
 
 TABLE = "test-events"
 

@@ -15,11 +15,11 @@ import pytest
 
 from realtime_transport import Realtime, tokens
 from realtime_transport.live import LiveService
-from realtime_transport.rooms import room
 from realtime_transport.rooms.outbox import RoomOutbox
 from realtime_transport.rooms.patches import apply_merge_patch
 from realtime_transport.rooms.presence import Presence
 from realtime_transport.rooms.presence_outbox import PresenceOutbox
+from realtime_transport.rooms.room import room
 from tests.conftest import stream_records
 
 from .doubles import RecordingPusher

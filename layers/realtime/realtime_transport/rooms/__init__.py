@@ -23,11 +23,12 @@ if TYPE_CHECKING:
         StateTooLarge,
     )
     from .presence import Member, MembersPage, Presence, PresenceRegistry, SweepReport
-    from .room import PatchResult, Room, RoomState, room, room_channel_name
+    from .room import PatchResult, Room, RoomState, room_channel_name
 
 # Each name's module, imported on first access (PEP 562): importing one submodule (the HTTP
 # function's `rooms.service`, the fan-out's `rooms.presence`) no longer imports every other one
-# at cold start.
+# at cold start. The factory `room` is not among them: the submodule `rooms.room` has that name
+# (import it from `rooms.room`).
 _EXPORTS = {
     **dict.fromkeys(
         (
@@ -44,7 +45,7 @@ _EXPORTS = {
         "errors",
     ),
     **dict.fromkeys(("Member", "MembersPage", "Presence", "PresenceRegistry", "SweepReport"), "presence"),
-    **dict.fromkeys(("PatchResult", "Room", "RoomState", "room", "room_channel_name"), "room"),
+    **dict.fromkeys(("PatchResult", "Room", "RoomState", "room_channel_name"), "room"),
 }
 
 
@@ -75,6 +76,5 @@ __all__ = [
     "StateConflict",
     "StateTooLarge",
     "SweepReport",
-    "room",
     "room_channel_name",
 ]

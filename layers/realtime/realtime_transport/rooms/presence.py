@@ -1,6 +1,7 @@
 """Presence: who is in a room, with their tabs, their data, and their leaving.
 
-    from realtime_transport.rooms import Presence, PresenceRegistry, room
+    from realtime_transport.rooms import Presence, PresenceRegistry
+    from realtime_transport.rooms.room import room
 
     presence = room(realtime, "R").presence            # or Presence(realtime, "R")
     presence.join(connection_id, member_id, member=None) -> Member

@@ -1,6 +1,6 @@
 """`Room`: a room's shared state document and metadata, changed by one conditional write each.
 
-    from realtime_transport.rooms import room
+    from realtime_transport.rooms.room import room
     r = room(realtime, "design-review")
     r.state()                                   # RoomState(version=0, doc={})
     r.patch(0, merge_patch={"title": "Q3"})     # PatchResult(version=1, doc={...}, paths=["/title"])

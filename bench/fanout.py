@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, fake_aws_env, goal, machine_busy_seconds, table
+from _common import REPO, fake_aws_env, goal, table
 
 CONNECTIONS = 2000
 DELAY_S = 0.020
@@ -68,6 +68,18 @@ def connection_ids(count: int = CONNECTIONS) -> list[str]:
     return [base64.b64encode(n.to_bytes(4, "big") + b"conn-id-").decode() for n in range(count)]
 
 
+@functools.cache
+def _home_key(index_key: str) -> bool:
+    """The bench's subscribers all sit under one `by-channel` key: the first the store reads (of
+    `connections.bucket_keys`, when subscriptions are spread over buckets)."""
+    from realtime_transport import connections
+
+    bucket_keys = getattr(connections, "bucket_keys", None)
+    if bucket_keys is None:
+        return True
+    return bool(index_key == bucket_keys(re.sub(r"#\d+$", "", index_key))[0])
+
+
 def subscribers_page(body: bytes) -> bytes:
     """DynamoDB's answer to the fan-out's `by-channel` Query: KEYS_ONLY items, paged by Limit."""
     request = json.loads(body)
@@ -76,8 +88,8 @@ def subscribers_page(body: bytes) -> bytes:
     if "ExclusiveStartKey" in request:
         start = ids.index(request["ExclusiveStartKey"]["connectionId"]["S"]) + 1
     channel = request["ExpressionAttributeValues"][":c"]["S"]
-    if re.search(r"#[1-9][0-9]*$", channel):
-        ids = []  # subscriptions spread over index buckets (`{channel}#{n}`): all of them in bucket 0 here
+    if not _home_key(channel):
+        ids = []
     page = ids[start : start + int(request.get("Limit", 1_000_000))]
     items = [
         {
@@ -382,6 +394,16 @@ class Sharded:
         return 1000 * self.cpu_s / max(1, self.delivered)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the machine's cores were busy (user, nice, system, irq, steal), without softirq:
+    the loopback traffic of the run itself is processed there, charged to no process (Linux)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[7]) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(endpoint: str) -> dict[str, float]:
     """The endpoint's counts since the last call (and its bucket full again)."""
     import urllib.request
@@ -405,13 +427,13 @@ def run_sharded(endpoint: str, workers: int, total: int, client: str = "http1") 
         for process in processes:
             assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         before = stats(endpoint)  # zeroes the counts and fills the bucket: the warm-ups do not count
-        busy = machine_busy_seconds()
+        busy = _busy_seconds()
         for process in processes:
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
         results = [json.loads(p.stdout.readline()) for p in processes if p.stdout is not None]
-        busy = machine_busy_seconds() - busy
+        busy = _busy_seconds() - busy
         after = stats(endpoint)
     finally:
         for process in processes:
@@ -564,6 +586,13 @@ def single(endpoint: str, rounds: int) -> dict[str, Any]:
     fanout_rate, fanout_cpu = median_run(invoke, invoke, rounds)
     rows.append(("functions/fanout invocation, Pusher", fanout_rate, fanout_cpu))
     pusher.close()
+    # The subscriber read alone (every index bucket, botocore parsing each page): CPU per entry.
+    store = module.fanout.connections
+
+    def read_all() -> int:
+        return sum(len(page) for page in store.subscriber_entries(f"transport#{CHANNEL}"))
+
+    read_rate, read_cpu_ms = median_run(read_all, read_all, rounds)
 
     print(
         f"one event to {CONNECTIONS} connections; the management API answers in {DELAY_S * 1000:.0f} ms and a "
@@ -573,6 +602,10 @@ def single(endpoint: str, rounds: int) -> dict[str, Any]:
     table(
         ["variant", "deliveries/s", "CPU ms/delivery", "x baseline"],
         [(name, round(rate), round(cpu, 3), round(rate / base_rate, 2)) for name, rate, cpu in rows],
+    )
+    print(
+        f"the subscriber read alone (ConnectionStore.subscriber_entries, every index bucket): {read_rate:.0f} "
+        f"entries/s, {read_cpu_ms * 1000:.0f} us of CPU an entry"
     )
     ratio = fanout_rate / base_rate
     goal(
@@ -593,6 +626,7 @@ def single(endpoint: str, rounds: int) -> dict[str, Any]:
         "single": {
             "clients": {name: {"rate": r, "cpu_ms": c} for name, (r, c) in clients.items()},
             "invocation": {"rate": fanout_rate, "cpu_ms": fanout_cpu},
+            "read_cpu_ms": read_cpu_ms,
             "boto3": {"rate": base_rate, "cpu_ms": base_cpu},
         }
     }

@@ -1,11 +1,13 @@
 """A minimal HTTP/1.1 keep-alive client pool for the management API, kept because it spends
-2.3 times less CPU per delivery than aiohttp and about 100 times less than httpx.
+2.2 times less CPU per delivery than aiohttp and 45 times less than httpx.
 
 Measured by bench/fanout.py (2,000 connections, 128 requests in flight, a local endpoint in
 its own process answering after 20 ms; the same Pusher, SigV4 signer and retries over each
-client): 0.10 ms of CPU and 5,160 deliveries/s here, aiohttp 0.23 ms and 3,130/s, httpx
-10.5 ms and 71/s (its pool's cost per request grows with the requests waiting on it: 1.9 ms
-at 8 in flight, 6.3 at 32). Issue 10 keeps a hand-written client only at 1.5 times or more.
+client, interleaved rounds): 0.127 ms of CPU and 4,140 deliveries/s here, aiohttp 0.284 ms
+and 2,680/s, httpx 5.9 ms and 72/s (its pool's cost per request grows with the requests
+waiting on it: 1.9 ms at 8 in flight, 6.3 at 32, 20 at 128; httpx issue 3215). An earlier
+run on a quieter machine: 0.100 vs 0.229 ms (2.3x) and 10.5 ms. Issue 10 keeps a
+hand-written client only where it wins by 1.5 times or more.
 
 It does only what `delivery.Pusher` needs: one request at a time per pooled
 connection (no pipelining), `Content-Length` bodies out, `Content-Length`,

@@ -97,3 +97,7 @@ def transport_factory(name: str, endpoint: str, max_connections: int = 128) -> C
     if cls is None:
         return None
     return lambda: cls(endpoint, max_connections, 20.0)
+
+
+if __name__ == "__main__":
+    print("the HTTP clients bench/fanout.py measures the Pusher over; nothing to measure here")

@@ -248,3 +248,24 @@ def test_the_poller_skips_getrecords_on_an_unchanged_shard_and_still_delivers(mo
         poller.stop()
     assert delivered == ["1", "2", "3"]
     assert poller.skipped_polls >= 3
+
+
+def test_the_request_moto_gets_is_the_one_normalize_request_builds(moto_url: str) -> None:
+    """moto_inprocess builds moto's Request from an environ of its own: same method, URL, headers, body."""
+    from botocore.awsrequest import AWSRequest
+    from moto.core.request import normalize_request
+
+    body = json.dumps({"TableName": "t", "Key": {"pk": {"S": "ä/b?c"}}}).encode()
+    headers = {
+        "X-Amz-Target": "DynamoDB_20120810.GetItem",
+        "Content-Type": "application/x-amz-json-1.0",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=ASIAX/20260101/us-east-1/dynamodb/aws4_request, ...",
+        "X-Amz-Date": "20260101T000000Z",
+        "amz-sdk-request": b"attempt=1",
+    }
+    prepared = AWSRequest(method="POST", url=moto_url + "/", data=body, headers=headers).prepare()
+    ours, theirs = moto_inprocess._request(prepared), normalize_request(prepared)
+    for attribute in ("method", "url", "raw_url", "path", "raw_path", "host", "url_root", "content_type", "data"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert dict(ours.headers.items()) == dict(theirs.headers.items())
+    assert ours.form == theirs.form and not ours.files

@@ -23,6 +23,7 @@ For a handler that misses, one run under `-X importtime` lists the heaviest impo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -166,6 +167,7 @@ class Endpoints:
     def environment(self, handler: Handler, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_", "PYTHON"))}
         env.update(FAKE_AWS_ENV)
+        env.update(template_literals(handler.name))  # as deployed: PYDANTIC_DISABLE_PLUGINS, say
         env.update(
             AWS_LAMBDA_FUNCTION_NAME=f"bench-{handler.name}",
             AWS_ENDPOINT_URL_DYNAMODB=self.moto_url,
@@ -185,6 +187,21 @@ class Endpoints:
         if not path.exists():
             path.write_text(json.dumps(handler.event(self)))
         return path
+
+
+@functools.cache
+def template_literals(function_dir: str) -> dict[str, str]:
+    """The function's environment variables that the template gives as plain strings (Globals
+    included): what every deployed cold start runs with. Refs (table names, ARNs) are the
+    bench's own."""
+    from realtime_devstack import template
+
+    loaded = template.load_template()
+    for logical_id, spec in template.functions(loaded).items():
+        if spec["code_uri"].strip("/") == f"functions/{function_dir}":
+            variables = template.function_environment(loaded, logical_id)
+            return {name: str(value) for name, value in variables.items() if isinstance(value, str | int)}
+    return {}
 
 
 @contextmanager

@@ -438,6 +438,7 @@ SHARED_ENVIRONMENT = {
     "PRESENCE_SWEEP_SECONDS": {"Ref": "PresenceSweepSeconds"},
     "POWERTOOLS_METRICS_NAMESPACE": "RealtimeTransport",
     "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",
 }
 
 
@@ -482,8 +483,10 @@ def test_rooms_outbox_and_presence_sweeper_environments(template: dict[str, Any]
 
 def test_every_setting_a_function_gets_is_one_the_library_reads(template: dict[str, Any]) -> None:
     aliases = {field.alias for field in Settings.model_fields.values()}
+    # Read by Powertools and by pydantic itself, not by the settings model.
+    libraries = ("POWERTOOLS_", "PYDANTIC_")
     for logical_id in resources(template, "AWS::Serverless::Function"):
-        names = {name for name in function_environment(template, logical_id) if not name.startswith("POWERTOOLS_")}
+        names = {name for name in function_environment(template, logical_id) if not name.startswith(libraries)}
         assert names <= aliases, (logical_id, names - aliases)
 
 

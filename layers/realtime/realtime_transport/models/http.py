@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from .base import Model
 from .envelope import Event
 
 FEED_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -20,7 +21,7 @@ EventType = Annotated[str, StringConstraints(min_length=1, max_length=128, patte
 Source = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
 
 
-class _Body(BaseModel):
+class _Body(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
@@ -53,7 +54,7 @@ class HistoryResponse(_Body):
     truncated: bool = Field(description="True when events after the cursor fell out of the history window.")
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Model):
     model_config = ConfigDict(extra="forbid")
 
     field: str = Field(description="What is wrong: a body field (eventId), body, content-type, limit, cursor ...")
@@ -61,7 +62,7 @@ class ErrorDetail(BaseModel):
     problem: str
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Model):
     """Every error the function answers with, whatever its status."""
 
     model_config = ConfigDict(extra="forbid")
@@ -71,7 +72,7 @@ class ErrorResponse(BaseModel):
     details: list[ErrorDetail] = Field(description="One entry per problem found; may be empty.")
 
 
-class GatewayError(BaseModel):
+class GatewayError(Model):
     """What API Gateway itself answers when it refuses a request before the function runs."""
 
     message: str = Field(description='e.g. "Forbidden".')
@@ -157,7 +158,7 @@ class MetadataResponse(_Body):
     metadata: dict[str, Any]
 
 
-class _Operation(BaseModel):
+class _Operation(Model):
     # RFC 6902, section 4: members an operation does not define "MUST be ignored"; they are
     # dropped, so neither stored nor published.
     model_config = ConfigDict(extra="ignore")

@@ -269,3 +269,43 @@ def test_the_request_moto_gets_is_the_one_normalize_request_builds(moto_url: str
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
     assert dict(ours.headers.items()) == dict(theirs.headers.items())
     assert ours.form == theirs.form and not ours.files
+
+
+def test_a_cached_condition_is_evaluated_against_each_item_and_still_validates(moto_url: str) -> None:
+    ddb = client("dynamodb", moto_url)
+    create_table(ddb)
+    item = {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    condition = {"ConditionExpression": "attribute_not_exists(pk)"}
+    ddb.put_item(TableName="t", Item=item, **condition)
+    for _ in range(2):  # the same expression now fails: it is evaluated against the item, not remembered
+        with pytest.raises(ClientError) as taken:
+            ddb.put_item(TableName="t", Item=item, **condition)
+        assert taken.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    ddb.put_item(TableName="t", Item={**item, "sk": {"N": "2"}}, **condition)  # another item: passes
+    for sk in ("4", "5"):  # names it does use count as used on a hit too (else "unused #v")
+        ddb.put_item(
+            TableName="t",
+            Item={**item, "sk": {"N": sk}},
+            ConditionExpression="attribute_not_exists(pk) OR #v = :v",
+            ExpressionAttributeNames={"#v": "v"},
+            ExpressionAttributeValues={":v": {"N": "1"}},
+        )
+    for _ in range(2):  # a name the expression does not use is refused, hit or miss
+        with pytest.raises(ClientError) as unused:
+            ddb.put_item(
+                TableName="t",
+                Item={**item, "sk": {"N": "3"}},
+                ConditionExpression="attribute_not_exists(pk) OR #v = :v",
+                ExpressionAttributeNames={"#v": "v", "#unused": "w"},
+                ExpressionAttributeValues={":v": {"N": "1"}},
+            )
+        assert unused.value.response["Error"]["Code"] == "ValidationException"
+    transaction = [
+        {"Put": {"TableName": "t", "Item": {"pk": {"S": "b"}, "sk": {"N": "1"}}, **condition}},
+        {"ConditionCheck": {"TableName": "t", "Key": item, "ConditionExpression": "attribute_exists(pk)"}},
+    ]
+    ddb.transact_write_items(TransactItems=transaction)
+    with pytest.raises(ClientError) as cancelled:
+        ddb.transact_write_items(TransactItems=transaction)
+    reasons = [reason["Code"] for reason in cancelled.value.response["CancellationReasons"]]
+    assert reasons == ["ConditionalCheckFailed", "None"]

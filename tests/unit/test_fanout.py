@@ -305,18 +305,24 @@ def test_metrics_count_deliveries_failures_gone_and_latency(fanout: Any, store: 
 # --- reading subscribers -------------------------------------------------------------------------------
 
 
+def _channel_of(index_key: str) -> str:
+    """The channel key of a by-channel partition key value (a bucket's, or the bare legacy one)."""
+    head, _, tail = index_key.rpartition("#")
+    return head if tail.isdigit() else index_key
+
+
 def test_an_unreadable_channel_fails_only_its_own_records(
     fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connect(store, "a", FEED_42, FEED_7)
-    real = ConnectionStore.subscriber_entries
+    real = ConnectionStore.keys_entries
 
-    def flaky(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
-        if channel_key == FEED_7:
+    def flaky(self: ConnectionStore, index_keys: list[str], page_size: int = 1000) -> list[list[Subscriber]]:
+        if any(_channel_of(key) == FEED_7 for key in index_keys):
             raise StoreUnavailable("connections table: throttled")
-        return real(self, channel_key, page_size)
+        return real(self, index_keys, page_size)
 
-    monkeypatch.setattr(ConnectionStore, "subscriber_entries", flaky)
+    monkeypatch.setattr(ConnectionStore, "keys_entries", flaky)
     event = sample_event("dynamodb_stream_insert")
 
     assert invoke(fanout, event) == [event["Records"][2]["dynamodb"]["SequenceNumber"]]
@@ -326,11 +332,10 @@ def test_an_unreadable_channel_fails_only_its_own_records(
 def test_a_batch_whose_every_lookup_fails_lists_every_record(
     fanout: Any, store: ConnectionStore, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def down(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
+    def down(self: ConnectionStore, index_keys: list[str], page_size: int = 1000) -> list[list[Subscriber]]:
         raise StoreUnavailable("connections table: unavailable")
-        yield []  # a generator, like the real one
 
-    monkeypatch.setattr(ConnectionStore, "subscriber_entries", down)
+    monkeypatch.setattr(ConnectionStore, "keys_entries", down)
     event = sample_event("dynamodb_stream_insert")
     event["Records"].insert(0, record("feed_42", 1, name="MODIFY"))  # ignored: never a failure
 
@@ -348,13 +353,13 @@ def test_each_channel_is_looked_up_once_per_batch_across_all_pages(
         connect(store, connection_id, FEED_42)
     connect(store, "other", FEED_7)
     calls: Counter[str] = Counter()
-    real = ConnectionStore.subscriber_entries
+    real = ConnectionStore.keys_entries
 
-    def counted(self: ConnectionStore, channel_key: str, page_size: int = 1000) -> Iterator[list[Subscriber]]:
-        calls[channel_key] += 1
-        return real(self, channel_key, page_size)
+    def counted(self: ConnectionStore, index_keys: list[str], page_size: int = 1000) -> list[list[Subscriber]]:
+        calls.update({_channel_of(key) for key in index_keys})
+        return real(self, index_keys, page_size)
 
-    monkeypatch.setattr(ConnectionStore, "subscriber_entries", counted)
+    monkeypatch.setattr(ConnectionStore, "keys_entries", counted)
     queries: list[dict[str, Any]] = []
     client = fanout.fanout.connections._client
     client.meta.events.register("provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params))

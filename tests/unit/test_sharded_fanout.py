@@ -8,6 +8,7 @@ invocation fail, also midway (some of its connections delivered, then a Function
 # ruff: noqa: F811 - the fixtures of test_fanout, imported, are redefined as parameters by pytest's design
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import Counter
@@ -16,12 +17,19 @@ from typing import Any
 
 import pytest
 
-from realtime_transport.connections import ConnectionStore, bucket_keys
-from realtime_transport.delivery import Pusher
+from realtime_transport.connections import ConnectionStore, Subscriber, bucket_keys, subscriber_bucket
+from realtime_transport.delivery import DeliveryReport, Pusher
 from realtime_transport.limits import FRAME_BYTES
 from realtime_transport.models.frames import packed_frames
 from realtime_transport.shards import SubscriberCache
-from realtime_transport.workers import ShardFailed, ShardRequest, ShardResult
+from realtime_transport.workers import (
+    ReadRequest,
+    ReadResult,
+    ShardFailed,
+    ShardRequest,
+    ShardResult,
+    read_and_deliver,
+)
 from tests.conftest import LambdaContext, load_function
 from tests.unit.test_fanout import (  # noqa: F401 - fixtures
     CURSOR_SECRET,
@@ -31,6 +39,7 @@ from tests.unit.test_fanout import (  # noqa: F401 - fixtures
     connect,
     cursor_of,
     fanout,
+    frames,
     invoke,
     record,
     seqs,
@@ -40,19 +49,79 @@ from tests.unit.test_fanout import (  # noqa: F401 - fixtures
 SHARD = 3
 
 
+class RecordingStore(ConnectionStore):
+    """The worker's store: every range it reads, and what it found there."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        super().__init__(client, table)
+        self.lock = threading.Lock()
+        self.ranges: list[tuple[str, str | None, str | None, list[str]]] = []
+
+    def range_entries(
+        self, index_key: str, lo: str | None, hi: str | None, page_size: int = 1000
+    ) -> Iterator[list[Subscriber]]:
+        pages = list(super().range_entries(index_key, lo, hi, page_size))
+        with self.lock:
+            self.ranges.append((index_key, lo, hi, [e.connection_id for page in pages for e in page]))
+        return iter(pages)
+
+
+class Midway:
+    """A worker's pusher that delivers to the first `count` connections of its plan, then crashes."""
+
+    def __init__(self, pusher: Pusher, count: int) -> None:
+        self.pusher, self.count = pusher, count
+
+    def send_many(self, plan: Any, *, budget_s: float | None = None) -> DeliveryReport:
+        first = dict(list(plan.items())[: self.count])
+        if first:
+            self.pusher.send_many(first, budget_s=budget_s)
+        raise RuntimeError("the worker crashed midway")
+
+    def disconnect_many(self, farewells: Any, *, budget_s: float | None = None) -> Any:
+        return self.pusher.disconnect_many(farewells, budget_s=budget_s)
+
+
 class Workers:
     """`ShardInvoker` over the real worker handler; `fail_first`: connections whose shard's first
-    invocation fails after delivering to the first `midway` of its connections."""
+    invocation fails after delivering to the first `midway` of its connections; `fail_read_first`:
+    index keys whose read-and-deliver request's first invocation does the same."""
 
     def __init__(self, module: Any) -> None:
         self.module = module
         self.lock = threading.Lock()
         self.calls: list[list[str]] = []
+        self.reads: list[list[tuple[str, str | None, str | None]]] = []  # each read request's units
         self.sizes: list[int] = []  # of each request, as JSON
         self.fail_first: set[str] = set()
         self.fail_always: set[str] = set()
+        self.fail_read_first: set[str] = set()
         self.midway = 1
         self.before: Callable[[], None] | None = None
+
+    def invoke_read(self, request: ReadRequest) -> ReadResult:
+        payload = json.loads(request.model_dump_json(exclude_none=True))
+        units = [(u["key"], u.get("lo"), u.get("hi")) for u in payload["units"]]
+        with self.lock:
+            self.reads.append(units)
+            self.sizes.append(len(json.dumps(payload)))
+            hook, self.before = self.before, None
+            crash = bool(self.fail_read_first & {key for key, _, _ in units})
+            self.fail_read_first -= {key for key, _, _ in units}
+        if hook is not None:
+            hook()
+        if crash:
+            try:
+                read_and_deliver(
+                    Midway(self.module.pusher, self.midway),
+                    self.module._store(),
+                    ReadRequest.model_validate(payload),
+                    remaining_ms=10_000,
+                )
+            except RuntimeError as exc:
+                raise ShardFailed(f"Unhandled: {exc}") from exc
+        answer = self.module.lambda_handler(payload, LambdaContext())
+        return ReadResult.model_validate_json(json.dumps(answer))
 
     def invoke(self, request: ShardRequest) -> ShardResult:
         payload = json.loads(request.model_dump_json(exclude_none=True))
@@ -90,6 +159,7 @@ def workers(fanout: Any, api: ClosingManagementApi) -> Iterator[Workers]:
     module = load_function("delivery_worker")
     wired = module.pusher
     module.pusher = Pusher(api.url, backoff_base=0.002, backoff_cap=0.01, max_attempts=3, max_concurrency=8)
+    module.store = RecordingStore(fanout.fanout.connections._client, fanout.fanout.connections._table)
     double = Workers(module)
     fanout.fanout.invoker = double
     fanout.fanout.shard_size = SHARD
@@ -118,31 +188,96 @@ def deduplicated(values: list[int]) -> list[int]:
 SUBSCRIBERS = [f"s{n}" for n in range(8)]
 
 
-def test_a_large_channel_is_sharded_and_a_failed_worker_is_retried_for_its_shard_only(
+def ids_in_bucket(bucket: int, firsts: str) -> list[str]:
+    """One connection id per first character, each in `bucket` (API Gateway-like base64 characters)."""
+    found: list[str] = []
+    for first in firsts:
+        n = 0
+        while subscriber_bucket(f"{first}q{n}") != bucket:
+            n += 1
+        found.append(f"{first}q{n}")
+    return found
+
+
+def warm_up(fanout: Any, seq: int = 1) -> None:
+    """One batch, so the next ones find every bucket cached (subscriptions made by old_store)."""
+    assert invoke(fanout, {"Records": [record("feed_42", seq)]}) == []
+
+
+def _coordinator_index_queries(fanout: Any) -> list[str]:
+    """Index Queries made outside the worker's reader threads (the double runs it in process)."""
+    queries: list[str] = []
+
+    def seen(params: dict[str, Any], **_: Any) -> None:
+        if params.get("IndexName") and not threading.current_thread().name.startswith("worker-read"):
+            queries.append(params["ExpressionAttributeValues"][":c"]["S"])
+
+    fanout.fanout.connections._client.meta.events.register("provide-client-params.dynamodb.Query", seen)
+    return queries
+
+
+def test_a_cold_large_channel_is_read_by_workers_each_its_own_bucket_or_range_with_a_failure_midway(
+    fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    heavy = ids_in_bucket(5, "AKTcksz")  # 7 more in bucket 5, more than a shard: read in 3 ranges
+    everyone = [*SUBSCRIBERS, *heavy]
+    for connection_id in everyone:
+        connect(old_store, connection_id, FEED_42)
+    coordinator = _coordinator_index_queries(fanout)
+    doomed_key = f"{FEED_42}#{subscriber_bucket('s3')}"
+    workers.fail_read_first = {doomed_key}  # that request's worker delivers to one, then crashes
+    workers.midway = 1
+
+    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (1, 2, 3)]}) == []
+    first_reads = list(workers.reads)
+    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (4, 5, 6)]}) == []
+
+    assert coordinator == [], "the coordinator made no index Query: the workers read"
+    assert workers.reads == first_reads, "batch 2 found every bucket cached: no read at all"
+    assert sorted(c for ids in workers.calls for c in ids) == sorted(everyone), "batch 2: explicit shards"
+    requested = [unit for units in first_reads for unit in units]
+    assert sorted({key for key, _, _ in requested}) == sorted(bucket_keys(FEED_42)), "every bucket and the bare key"
+    read = workers.module.store.ranges
+    assert all((key, lo, hi) in requested for key, lo, hi, _ in read), "each worker read only its own units"
+    # The failed request was invoked again, for its units only; every other unit was read once.
+    (failed,) = [units for units in first_reads if any(key == doomed_key for key, _, _ in units)][:1]
+    assert first_reads.count(failed) == 2 and all(first_reads.count(u) == 1 for u in first_reads if u != failed)
+    heavy_key = f"{FEED_42}#5"
+    ranges = [(lo, hi) for key, lo, hi in requested if key == heavy_key]
+    assert len(ranges) == 3 and ranges[0][0] is None and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), "contiguous cut points"
+    found = [ids for key, _, _, ids in read if key == heavy_key]
+    assert len(found) == 3 and all(ids for ids in found), "each range holds some of the bucket"
+    in_bucket = [c for c in everyone if subscriber_bucket(c) == 5]
+    assert sorted(c for ids in found for c in ids) == sorted(in_bucket), "disjoint, and together the whole bucket"
+
+    in_failed = {c for key, lo, hi, ids in read if (key, lo, hi) in failed for c in ids}
+    repeated = [c for c in everyone if seqs(api, c) != [1, 2, 3, 4, 5, 6]]
+    assert len(repeated) == 1 and repeated[0] in in_failed, "only the crashed worker's first connection"
+    assert seqs(api, repeated[0]) == [1, 2, 3, 1, 2, 3, 4, 5, 6], "delivered before the crash, again by the retry"
+    for connection_id in everyone:
+        assert deduplicated(seqs(api, connection_id)) == [1, 2, 3, 4, 5, 6], connection_id
+
+
+def test_a_subscribe_to_one_bucket_invalidates_that_bucket_only(
     fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi
 ) -> None:
     for connection_id in SUBSCRIBERS:
         connect(old_store, connection_id, FEED_42)
-    workers.fail_first = {"s3"}  # the shard holding s3 dies midway through its first invocation
-    workers.midway = 1
+    warm_up(fanout)
+    workers.reads.clear()
+    workers.module.store.ranges.clear()
 
-    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (1, 2, 3)]}) == []
-    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (4, 5, 6)]}) == []
+    connect(old_store, "late", FEED_42)
+    assert invoke(fanout, {"Records": [record("feed_42", 2)]}) == []
 
-    first, second = workers.shards_of(slice(0, 4)), workers.shards_of(slice(4, None))
-    distinct = [ids for n, ids in enumerate(first) if ids not in first[:n]]
-    assert sorted(len(ids) for ids in distinct) == [2, 3, 3], "three shards of at most 3"
-    assert sorted(c for ids in distinct for c in ids) == sorted(SUBSCRIBERS)
-    (failed,) = [ids for ids in distinct if first.count(ids) == 2]  # invoked again: that shard only
-    assert "s3" in failed
-    assert sorted(c for ids in second for c in ids) == sorted(SUBSCRIBERS) and len(second) == 3
-    for connection_id in SUBSCRIBERS:
-        got = seqs(api, connection_id)
-        assert deduplicated(got) == [1, 2, 3, 4, 5, 6], connection_id  # every event, in order
-        if connection_id in failed[:1]:
-            assert got == [1, 2, 3, 1, 2, 3, 4, 5, 6], "delivered before the crash, again by the retry"
-        else:
-            assert got == [1, 2, 3, 4, 5, 6], f"{connection_id}: nobody else gets anything twice"
+    assert workers.reads == [[(f"{FEED_42}#{subscriber_bucket('late')}", None, None)]], "one bucket re-read"
+    (only,) = workers.module.store.ranges
+    late_bucket = {c for c in [*SUBSCRIBERS, "late"] if subscriber_bucket(c) == subscriber_bucket("late")}
+    assert set(only[3]) == late_bucket
+    shards_of = {c for ids in workers.calls for c in ids}
+    assert shards_of == set(SUBSCRIBERS) - late_bucket, "the other buckets came from the cache"
+    assert seqs(api, "late") == [2] and all(seqs(api, c) == [1, 2] for c in SUBSCRIBERS)
 
 
 def test_a_shard_that_fails_twice_is_given_up_alone_and_never_fails_the_batch(
@@ -152,11 +287,12 @@ def test_a_shard_that_fails_twice_is_given_up_alone_and_never_fails_the_batch(
 
     for connection_id in SUBSCRIBERS:
         connect(old_store, connection_id, FEED_42)
+    warm_up(fanout)
     workers.fail_always = {"s5"}
     workers.midway = 0
     metrics.clear_metrics()
 
-    result = fanout.fanout.deliver([record("feed_42", 1)])
+    result = fanout.fanout.deliver([record("feed_42", 2)])
 
     values = {name: metric["Value"] for name, metric in metrics.metric_set.items()}
     metrics.clear_metrics()
@@ -165,10 +301,62 @@ def test_a_shard_that_fails_twice_is_given_up_alone_and_never_fails_the_batch(
         result.report.errors[c].startswith("shard failed") for c in doomed
     )
     assert result.shards.given_up == 1 and result.shards.retried == 1
-    assert values["ShardFailures"] == [1.0] and values["DeliveryShards"] == [3.0]
+    assert values["ShardFailures"] == [1.0] and values["DeliveryShards"] == [3.0] and values["ReadShards"] == [0.0]
     for connection_id in SUBSCRIBERS:
-        assert seqs(api, connection_id) == ([] if connection_id in doomed else [1])
+        assert seqs(api, connection_id) == ([1] if connection_id in doomed else [1, 2])
     assert result.failed_channels == set(), "kept out of batchItemFailures: everyone else would get it twice"
+
+
+def test_a_read_request_that_fails_twice_is_given_up_alone(
+    fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi, monkeypatch: Any
+) -> None:
+    for connection_id in SUBSCRIBERS:
+        connect(old_store, connection_id, FEED_42)
+    doomed_key = f"{FEED_42}#{subscriber_bucket('s5')}"
+    real = workers.invoke_read
+
+    def failing(request: ReadRequest) -> ReadResult:
+        if any(unit.key == doomed_key for unit in request.units):
+            workers.reads.append([(u.key, u.lo, u.hi) for u in request.units])
+            raise ShardFailed("Unhandled: always")
+        return real(request)
+
+    monkeypatch.setattr(workers, "invoke_read", failing)
+    result = fanout.fanout.deliver([record("feed_42", 1)])
+
+    assert result.shards.given_up == 1 and result.shards.retried == 1 and result.failed_channels == set()
+    (doomed,) = [units for units in workers.reads if any(k == doomed_key for k, _, _ in units)][:1]
+    lost = {c for c in SUBSCRIBERS if f"{FEED_42}#{subscriber_bucket(c)}" in {k for k, _, _ in doomed}}
+    assert "s5" in lost
+    for connection_id in SUBSCRIBERS:
+        assert seqs(api, connection_id) == ([] if connection_id in lost else [1])
+    monkeypatch.undo()
+    assert invoke(fanout, {"Records": [record("feed_42", 2)]}) == []
+    assert all(seqs(api, c)[-1:] == [2] for c in SUBSCRIBERS), "its bucket was not cached: read again next batch"
+
+
+def test_an_expired_token_found_by_a_worker_gets_token_expired_and_delete_a_renewed_one_is_delivered(
+    fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    import time
+
+    from realtime_transport.connections import Connection
+
+    for connection_id in SUBSCRIBERS:
+        connect(old_store, connection_id, FEED_42)
+    past = int(time.time()) - 600
+    connect(old_store, "x", FEED_42, exp=past)  # expired, and its connection item says so
+    connect(old_store, "r", FEED_42, exp=past)  # its index hint says expired, but an auth renewed it
+    old_store.put_connection(Connection("r", "user", ("feed_*",), 2_000_000_000, 1_700_000_000_000))
+
+    result = fanout.fanout.deliver([record("feed_42", 1)])
+
+    assert result.shards.reads and result.expired == ["x"] and result.renewed == ["r"]
+    assert result.closing.closed == ["x"] and api.closed() == ["x"]
+    assert [(f["type"], f.get("code")) for f in frames(api, "x")] == [("error", "token_expired")]
+    assert seqs(api, "r") == [1] and all(seqs(api, c) == [1] for c in SUBSCRIBERS)
+    again = fanout.fanout.deliver([record("feed_42", 2)])
+    assert again.renewed == [] and seqs(api, "r") == [1, 2], "the renewed hint was cached: no check again"
 
 
 def test_a_subscribe_during_a_sharded_delivery_joins_with_the_next_batch(
@@ -176,17 +364,19 @@ def test_a_subscribe_during_a_sharded_delivery_joins_with_the_next_batch(
 ) -> None:
     for connection_id in SUBSCRIBERS:
         connect(old_store, connection_id, FEED_42)
-    # While batch 1 (seqs 1-3, committed) is being delivered, "late" subscribes: its catch-up
-    # reads history up to the head it finds, 3, so it is owed every event after 3, once.
+    warm_up(fanout, 1)
+    # While batch 2 (seqs 2-4, committed) is being delivered, "late" subscribes: its catch-up
+    # reads history up to the head it finds, 4, so it is owed every event after 4, once.
     workers.before = lambda: connect(store, "late", FEED_42)
-    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (1, 2, 3)]}) == []
-    caught_up_to = 3
-    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (4, 5, 6)]}) == []
+    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (2, 3, 4)]}) == []
+    caught_up_to = 4
+    workers.reads.clear()
+    assert invoke(fanout, {"Records": [record("feed_42", n) for n in (5, 6, 7)]}) == []
 
     live = seqs(api, "late")
-    assert [s for s in live if s > caught_up_to] == [4, 5, 6], "the version bump made batch 2 read it"
-    assert deduplicated([1, 2, 3, *live]) == [1, 2, 3, 4, 5, 6]
-    assert "late" in {c for ids in workers.calls[3:] for c in ids}
+    assert [s for s in live if s > caught_up_to] == [5, 6, 7], "the version bump made batch 3 read it"
+    assert deduplicated([2, 3, 4, *live]) == [2, 3, 4, 5, 6, 7]
+    assert workers.reads == [[(f"{FEED_42}#{subscriber_bucket('late')}", None, None)]], "its bucket alone"
 
 
 def test_a_small_batch_keeps_the_single_invocation_path(
@@ -197,7 +387,7 @@ def test_a_small_batch_keeps_the_single_invocation_path(
 
     assert invoke(fanout, {"Records": [record("feed_42", 1), record("feed_42", 2)]}) == []
 
-    assert workers.calls == [], "no worker invoked"
+    assert workers.calls == [] and workers.reads == [], "no worker invoked"
     for connection_id in SUBSCRIBERS[:SHARD]:
         assert seqs(api, connection_id) == [1, 2]
 
@@ -214,28 +404,83 @@ def _index_queries(fanout: Any) -> list[str]:
     return queries
 
 
-def test_a_warm_instance_reads_the_index_again_only_when_the_channel_version_changed(
+def _batch_gets(fanout: Any) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    client = fanout.fanout.connections._client
+    client.meta.events.register("provide-client-params.dynamodb.BatchGetItem", lambda params, **_: calls.append(params))
+    return calls
+
+
+def test_a_warm_instance_reads_again_only_the_buckets_whose_version_changed(
     fanout: Any, old_store: ConnectionStore, store: ConnectionStore, api: ClosingManagementApi
 ) -> None:
     for connection_id in ("a", "b"):
         connect(old_store, connection_id, FEED_42)
     queries = _index_queries(fanout)
+    gets = _batch_gets(fanout)
 
     invoke(fanout, {"Records": [record("feed_42", 1)]})
     assert sorted(queries) == sorted(bucket_keys(FEED_42)), "every bucket, once"
     queries.clear()
     invoke(fanout, {"Records": [record("feed_42", 2)]})
-    assert queries == [], "same version, cache filled well after its change: no Query"
+    assert queries == [], "same versions, cache filled well after their change: no Query"
 
-    connect(old_store, "c", FEED_42)  # a subscribe bumps the version
+    connect(old_store, "c", FEED_42)  # a subscribe bumps its bucket's version
     invoke(fanout, {"Records": [record("feed_42", 3)]})
-    assert len(queries) == len(bucket_keys(FEED_42))
+    assert queries == [f"{FEED_42}#{subscriber_bucket('c')}"]
     queries.clear()
     old_store.unsubscribe("a", FEED_42)  # so does an unsubscribe
     invoke(fanout, {"Records": [record("feed_42", 4)]})
-    assert len(queries) == len(bucket_keys(FEED_42))
+    assert queries == [f"{FEED_42}#{subscriber_bucket('a')}"]
+    queries.clear()
+    old_store.unsubscribe("a", FEED_42)  # unsubscribing nothing changes nothing
+    invoke(fanout, {"Records": [record("feed_42", 5)]})
+    assert queries == []
 
-    assert seqs(api, "a") == [1, 2, 3] and seqs(api, "b") == [1, 2, 3, 4] and seqs(api, "c") == [3, 4]
+    assert len(gets) == 5, "one BatchGetItem of the versions per channel per batch"
+    assert seqs(api, "a") == [1, 2, 3] and seqs(api, "b") == [1, 2, 3, 4, 5] and seqs(api, "c") == [3, 4, 5]
+
+
+def test_bucket_versions_are_one_consistent_batch_get_item_and_unprocessed_keys_are_retried(
+    store: ConnectionStore,
+) -> None:
+    for connection_id in ("a", "b", "c", "d"):
+        connect(store, connection_id, FEED_42)
+    connect(store, "a", FEED_42)  # a repeated subscribe: counted once
+    real = store._client
+    calls: list[dict[str, Any]] = []
+
+    class Partial:
+        """The first BatchGetItem answers half its keys and hands the rest back (as under throttling)."""
+
+        def batch_get_item(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            if len(calls) > 1:
+                return dict(real.batch_get_item(**kwargs))
+            ((table, request),) = kwargs["RequestItems"].items()
+            keys = request["Keys"]
+            answered = real.batch_get_item(RequestItems={table: {**request, "Keys": keys[::2]}})
+            return {**answered, "UnprocessedKeys": {table: {**request, "Keys": keys[1::2]}}}
+
+    partial = ConnectionStore(Partial(), store._table)  # type: ignore[arg-type]
+    versions = partial.channel_versions(FEED_42)
+
+    assert len(calls) == 2
+    (first,) = calls[0]["RequestItems"].values()
+    assert first["ConsistentRead"] is True and len(first["Keys"]) == len(bucket_keys(FEED_42))
+    assert versions == store.channel_versions(FEED_42)
+    assert versions.subscribers == 4
+    for connection_id in ("a", "b", "c", "d"):
+        assert versions.buckets[subscriber_bucket(connection_id)].version >= 1
+
+    class Never:
+        def batch_get_item(self, **kwargs: Any) -> dict[str, Any]:
+            return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
+
+    from realtime_transport.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable):
+        ConnectionStore(Never(), store._table).channel_versions(FEED_42)  # type: ignore[arg-type]
 
 
 def test_a_cache_filled_soon_after_a_change_is_not_trusted(
@@ -248,7 +493,7 @@ def test_a_cache_filled_soon_after_a_change_is_not_trusted(
     queries = _index_queries(fanout)
     for seq in (1, 2):
         invoke(fanout, {"Records": [record("feed_42", seq)]})
-    assert Counter(queries) == dict.fromkeys(bucket_keys(FEED_42), 2)
+    assert Counter(queries) == dict.fromkeys(bucket_keys(FEED_42), 1) | {f"{FEED_42}#{subscriber_bucket('a')}": 2}
     fanout.fanout.cache.trust_after_ms = 0  # (as if the settle time had passed)
     invoke(fanout, {"Records": [record("feed_42", 3)]})
     queries.clear()
@@ -344,9 +589,11 @@ def test_a_shard_whose_frames_pass_the_payload_limit_goes_in_parts_in_order(
 ) -> None:
     for connection_id in SUBSCRIBERS:
         connect(old_store, connection_id, FEED_42)
+    warm_up(fanout)
+    workers.sizes.clear()
     fanout.fanout.max_payload_bytes = 30_000  # (4 MB in production): about one 20 KB frame per request
     api.script = {"s2": [410]}  # gone at its first frame: left out of its shard's later parts
-    records = [sized(n, 20_000) for n in range(1, 5)]
+    records = [sized(n, 20_000) for n in range(2, 6)]
 
     assert invoke(fanout, {"Records": records}) == []
 
@@ -356,14 +603,38 @@ def test_a_shard_whose_frames_pass_the_payload_limit_goes_in_parts_in_order(
     assert len(with_s2) == 1, "gone after the first part: left out of its shard's later parts"
     assert sum(1 for call in workers.calls if set(call) == set(with_s2[0]) - {"s2"}) == 3
     for connection_id in SUBSCRIBERS:
-        assert seqs(api, connection_id) == ([] if connection_id == "s2" else [1, 2, 3, 4])
+        assert seqs(api, connection_id) == ([1] if connection_id == "s2" else [1, 2, 3, 4, 5])
+
+
+def test_a_read_request_whose_frames_pass_the_payload_limit_sends_the_rest_to_what_it_read(
+    fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi
+) -> None:
+    for connection_id in SUBSCRIBERS:
+        connect(old_store, connection_id, FEED_42)
+    fanout.fanout.max_payload_bytes = 30_000
+    api.script = {"s2": [410]}  # gone at its first frame (delivered by a read request)
+    records = [sized(n, 20_000) for n in range(1, 5)]
+
+    assert invoke(fanout, {"Records": records}) == []
+
+    assert workers.reads and all(size < 30_000 for size in workers.sizes)
+    assert workers.calls and all("s2" not in call for call in workers.calls), "the later parts skip the gone"
+    for connection_id in SUBSCRIBERS:
+        assert seqs(api, connection_id) == ([] if connection_id == "s2" else [1, 2, 3, 4]), connection_id
 
 
 def test_the_worker_refuses_a_request_that_is_not_a_shard_request(workers: Workers) -> None:
     from pydantic import ValidationError
 
     bad: dict[str, Any]
-    for bad in ({}, {"frames": [], "groups": []}, {"frames": ["{}"], "groups": [{"frames": [0], "connections": []}]}):
+    for bad in (
+        {},
+        {"frames": [], "groups": []},
+        {"frames": ["{}"], "groups": [{"frames": [0], "connections": []}]},
+        {"units": [], "frames": ["{}"]},
+        {"units": [{"key": ""}], "frames": ["{}"]},
+        {"units": [{"key": "k", "extra": 1}], "frames": ["{}"]},
+    ):
         with pytest.raises(ValidationError):  # Lambda answers FunctionError: Unhandled to the coordinator
             workers.module.lambda_handler(bad, LambdaContext())
 
@@ -389,6 +660,13 @@ def test_the_lambda_invoker_invokes_synchronously_and_maps_every_failure_to_shar
     (call,) = ok.calls
     assert call["InvocationType"] == "RequestResponse" and call["FunctionName"] == "worker"
     assert ShardRequest.model_validate_json(call["Payload"]) == request
+    read = ReadRequest(units=[{"key": "k#1", "lo": "A"}], frames=["{}"])
+    answered = _LambdaClient(
+        {"StatusCode": 200, "Payload": b'{"delivered": 2, "entries": [[["Ab", 5], ["Ac", null]]]}'}
+    )
+    result = LambdaInvoker("worker", read_timeout_s=1, client=answered).invoke_read(read)
+    assert result.delivered == 2 and result.entries == [[("Ab", 5), ("Ac", None)]]
+    assert ReadRequest.model_validate_json(answered.calls[0]["Payload"]) == read
     for answer in (
         {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": b'{"errorType": "Sandbox.Timedout"}'},
         {"StatusCode": 200, "Payload": b'{"unexpected": true}'},

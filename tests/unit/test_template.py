@@ -1265,6 +1265,8 @@ def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[st
         # then, still expired, DELETE @connections/{id}
         ("dynamodb:GetItem", arn_of("ConnectionsTable")),
         ("execute-api:ManageConnections", CLOSE_CONNECTIONS),
+        # a channel's bucket versions, one consistent BatchGetItem per channel per batch
+        ("dynamodb:BatchGetItem", arn_of("ConnectionsTable")),
         # live frames carry their event's signed cursor
         ("secretsmanager:GetSecretValue", SECRET),
         # the mapping's on-failure destination (the stream itself: SAM's AWSLambdaDynamoDBExecutionRole)
@@ -1280,9 +1282,17 @@ def test_fanout_function_policy_is_exactly_what_delivery_needs(template: dict[st
     assert env["FANOUT_SHARD_SIZE"] == {"Ref": "FanoutShardSize"}
 
 
-def test_delivery_worker_policy_is_exactly_posting_to_connections(template: dict[str, Any]) -> None:
-    # Frames arrive built and signed: no table, no secret, no DELETE; only POST @connections.
-    assert grants(template, "DeliveryWorkerFunction") == {("execute-api:ManageConnections", MANAGE_CONNECTIONS)}
+def test_delivery_worker_policy_is_exactly_posting_and_reading_its_buckets(template: dict[str, Any]) -> None:
+    # Frames arrive built and signed: no secret. Read and deliver: the index (reads only), the
+    # connection item of an expired hint, and DELETE for a token confirmed expired.
+    assert grants(template, "DeliveryWorkerFunction") == {
+        ("execute-api:ManageConnections", MANAGE_CONNECTIONS),
+        ("dynamodb:Query", BY_CHANNEL_INDEX_ARN),
+        ("dynamodb:GetItem", arn_of("ConnectionsTable")),
+        ("execute-api:ManageConnections", CLOSE_CONNECTIONS),
+    }
+    roles = props(template, "FunctionsKmsKeyPolicy")["Roles"]
+    assert {"Ref": "DeliveryWorkerFunctionRole"} in roles, "the table's customer key, when there is one"
     worker = props(template, "DeliveryWorkerFunction")
     assert worker["Timeout"] < props(template, "FanoutFunction")["Timeout"], "the coordinator outlives a hung worker"
     assert worker["ReservedConcurrentExecutions"] == {
@@ -1666,7 +1676,7 @@ class _Pusher:
     def send(self, connection_id: str, data: bytes) -> bool:
         return connection_id not in self.gone
 
-    def send_many(self, plan: Mapping[str, Sequence[bytes]]) -> DeliveryReport:
+    def send_many(self, plan: Mapping[str, Sequence[bytes]], *, budget_s: float | None = None) -> DeliveryReport:
         gone = sorted(set(plan) & self.gone)
         return DeliveryReport(delivered=sum(len(plan[c]) for c in plan if c not in self.gone), gone=gone)
 
@@ -1788,6 +1798,20 @@ def _exercise_every_function(template: dict[str, Any], requests: DynamoDBRequest
         template, "FanoutFunction"
     )
     assert fanout_requests == dynamodb_grants(template, "FanoutFunction"), "nothing unused"
+
+    # DeliveryWorkerFunction, read and deliver: a bucket of room_R (r4 and x1's), x1's expired hint
+    # confirmed against its connection item, then closed.
+    from realtime_transport.connections import subscriber_bucket
+    from realtime_transport.workers import ReadRequest, read_and_deliver
+
+    key = realtime.channel("room_R").key
+    units = [{"key": f"{key}#{subscriber_bucket(c)}", "lo": "a"} for c in ("r4", "x1")]
+    read = read_and_deliver(_Pusher(gone=set()), store, ReadRequest(units=units, frames=["{}"]), remaining_ms=10_000)
+    assert read.expired == ["x1"] and read.closed == ["x1"]
+    worker_requests = requests.take()
+    assert worker_requests == dynamodb_grants(template, "DeliveryWorkerFunction"), worker_requests ^ dynamodb_grants(
+        template, "DeliveryWorkerFunction"
+    )
 
     # PresenceSweeperFunction: grace periods over (bob, after r4's 410; carl; r5's member), a live
     # lease renewed (r6); then, later still, leases over (probe: gone).

@@ -4,7 +4,8 @@
 | --------------- | -------------- | --------------- | -------------------------------------------------------------- |
 | connection      | `conn#{id}`    | `meta`          | -                                                              |
 | subscription    | `conn#{id}`    | `sub#{chanKey}` | channel = `{chanKey}#{bucket}`, connectionId = id, tokenExp    |
-| channel version | `chan#{key}`   | `version`       | - (`v`: a counter, `changedAt`: epoch ms of the last change)   |
+| bucket version  | `chan#{key}#{bucket}` | `version` | - (`v`: a counter, `n`: ~subscribers, `changedAt`: epoch ms)   |
+| legacy version  | `chan#{key}`   | `version`       | - (`v`, `changedAt`: see "Versions" below)                      |
 
 A subscription carries the expiry (`tokenExp`, epoch seconds) of the token it was made under,
 projected into `by-channel`, so the fan-out sees from the index alone which subscribers' tokens
@@ -21,11 +22,21 @@ Readers query every bucket (`subscriber_entries`, one paged Query per bucket, si
 plus the bare `{chanKey}` that subscriptions written before the buckets carry (at most 3 h: their
 `ttl`; `LEGACY_UNBUCKETED` can go once every deployment has run that long with buckets).
 
-Channel version: every subscribe, unsubscribe and `delete_connection` bumps the channel's
-version item after its subscription write (`ADD v 1`), so a warm fan-out re-reads the index only
-when the subscribers changed (`shards.SubscriberCache`). Its `ttl` follows the subscriptions' (none
-outlives it); should it expire and come back at 1, its `changedAt` differs, so a cache keyed by
-both never mistakes it for the old one.
+Versions: every subscribe, unsubscribe and `delete_connection` bumps the version item of the
+subscription's bucket (`chan#{key}#{bucket}`) after its subscription write, with ONE UpdateItem
+that also keeps the bucket's approximate subscriber count (`ADD v :1, n :delta`), so one channel's
+churn spreads over 16 items on 16 partitions (a partition takes at most 1,000 write units/s: "Best
+practices for designing and using partition keys effectively") and a warm fan-out re-reads only
+the buckets whose version changed (`shards.SubscriberCache`). `n` is for planning only (how the
+fan-out splits a read), never for correctness: a TTL-deleted subscription is not seen, and
+subscriptions made before the counts existed are not counted. The writes return the item they
+replaced (`ReturnValues: ALL_OLD`), so a repeated subscribe counts 0, an unsubscribe of nothing
+bumps nothing. The bare `chan#{key}` item, the only version before the buckets, is still read
+(`channel_versions`, one BatchGetItem of all 17) and is part of every bucket's version: it is
+bumped when a subscription under the bare index key (`LEGACY_UNBUCKETED`) is removed or replaced,
+and it is what writers of the previous release bump. Every version item's `ttl` follows the
+subscriptions' (none outlives it); should one expire and come back at 1, its `changedAt`
+differs, so a cache keyed by both never mistakes it for the old one.
 
 The same partition also holds the connection's room memberships (`room#{ns}#{roomId}`) and the
 table holds room members and member counts: those are `rooms/presence_store.py`'s. Here,
@@ -70,6 +81,11 @@ def subscriber_bucket(connection_id: str) -> int:
     return zlib.crc32(connection_id.encode()) % SUBSCRIBER_BUCKETS
 
 
+def index_key(channel_key: str, bucket: int) -> str:
+    """The `by-channel` partition key value of a bucket (a negative one: the bare legacy key)."""
+    return channel_key if bucket < 0 else f"{channel_key}#{bucket}"
+
+
 def bucket_keys(channel_key: str) -> list[str]:
     """Every `by-channel` partition key value under which the channel's subscriptions can be."""
     keys = [f"{channel_key}#{bucket}" for bucket in range(SUBSCRIBER_BUCKETS)]
@@ -78,6 +94,16 @@ def bucket_keys(channel_key: str) -> list[str]:
 
 def _pk(connection_id: str) -> str:
     return f"conn#{connection_id}"
+
+
+def _version_key(channel_key: str, bucket: int | None) -> dict[str, Any]:
+    pk = f"chan#{channel_key}" if bucket is None else f"chan#{channel_key}#{bucket}"
+    return {"pk": {"S": pk}, "sk": {"S": _VERSION}}
+
+
+def _bucketed(old: dict[str, Any] | None, channel_key: str) -> bool:
+    """The replaced subscription item was under a bucket (counted), not the bare key (or none)."""
+    return old is not None and old.get("channel", {}).get("S", channel_key) != channel_key
 
 
 @dataclass(frozen=True)
@@ -100,10 +126,28 @@ class Subscriber(NamedTuple):
 
 
 class ChannelVersion(NamedTuple):
-    """A channel's subscriber-set version: (0, 0) when nobody ever (un)subscribed since its ttl."""
+    """One version item: (0, 0, 0) when nobody (un)subscribed there since its ttl."""
 
     version: int
     changed_at_ms: int
+    subscribers: int = 0  # the bucket's approximate subscriber count (`n`; never below 0 here)
+
+
+class ChannelVersions(NamedTuple):
+    """A channel's bucket versions (index = bucket) and the legacy bare-key one."""
+
+    buckets: tuple[ChannelVersion, ...]
+    legacy: ChannelVersion
+
+    @property
+    def subscribers(self) -> int:
+        """The channel's approximate subscriber count (planning only)."""
+        return sum(bucket.subscribers for bucket in self.buckets)
+
+
+# BatchGetItem's retries of UnprocessedKeys ("BatchGetItem": a partial result under throttling
+# is not an error; retry what it hands back, backing off).
+_BATCH_GET_ATTEMPTS = 5
 
 
 class ConnectionStore:
@@ -166,8 +210,12 @@ class ConnectionStore:
         }
         if token_exp is not None:
             item["tokenExp"] = {"N": str(token_exp)}
-        self._call(self._client.put_item, TableName=self._table, Item=item)
-        self.bump_version(channel_key)  # after the write: a fan-out that sees the bump re-reads
+        old = self._call(self._client.put_item, TableName=self._table, Item=item, ReturnValues="ALL_OLD").get(
+            "Attributes"
+        )
+        # After the write: a fan-out that sees the bump re-reads. A repeated subscribe counts 0.
+        self._bump_replaced(channel_key, old)
+        self.bump_version(channel_key, subscriber_bucket(connection_id), 0 if _bucketed(old, channel_key) else 1)
 
     def renew(self, connection_id: str, sub: str, channels: tuple[str, ...], write: tuple[str, ...], exp: int) -> bool:
         """A new token on an open connection: its rights and expiry. False when the connection item
@@ -225,39 +273,63 @@ class ConnectionStore:
         return updated
 
     def unsubscribe(self, connection_id: str, channel_key: str) -> None:
-        self._call(
+        old = self._call(
             self._client.delete_item,
             TableName=self._table,
             Key={"pk": {"S": _pk(connection_id)}, "sk": {"S": f"sub#{channel_key}"}},
-        )
-        self.bump_version(channel_key)
+            ReturnValues="ALL_OLD",
+        ).get("Attributes")
+        if old is None:
+            return  # nothing was subscribed: nothing changed
+        self._bump_replaced(channel_key, old)
+        if _bucketed(old, channel_key):
+            self.bump_version(channel_key, subscriber_bucket(connection_id), -1)
 
-    def bump_version(self, channel_key: str) -> None:
-        """The channel's subscribers changed: `ADD v 1`, `changedAt` now (warm fan-outs re-read)."""
+    def _bump_replaced(self, channel_key: str, old: dict[str, Any] | None) -> None:
+        """A subscription under the bare index key was removed or replaced: the legacy version moves."""
+        if old is not None and old.get("channel", {}).get("S") == channel_key:
+            self.bump_version(channel_key, None, 0)
+
+    def bump_version(self, channel_key: str, bucket: int | None, delta: int) -> None:
+        """A bucket's subscribers changed (None: the bare key's): `ADD v 1, n delta`, `changedAt` now."""
         self._call(
             self._client.update_item,
             TableName=self._table,
-            Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": _VERSION}},
-            UpdateExpression="ADD v :one SET changedAt = :now, #ttl = :ttl",
+            Key=_version_key(channel_key, bucket),
+            UpdateExpression="ADD v :one, n :delta SET changedAt = :now, #ttl = :ttl",
             ExpressionAttributeNames={"#ttl": "ttl"},
             ExpressionAttributeValues={
                 ":one": {"N": "1"},
+                ":delta": {"N": str(delta)},
                 ":now": {"N": str(self._clock_ms())},
                 ":ttl": {"N": self._expiry()},
             },
         )
 
-    def channel_version(self, channel_key: str) -> ChannelVersion:
-        """The channel's subscriber-set version, read consistently (one GetItem)."""
-        item = self._call(
-            self._client.get_item,
-            TableName=self._table,
-            Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": _VERSION}},
-            ConsistentRead=True,
-        ).get("Item")
-        if not item:
-            return ChannelVersion(0, 0)
-        return ChannelVersion(int(item["v"]["N"]), int(item.get("changedAt", {}).get("N", "0")))
+    def channel_versions(self, channel_key: str) -> ChannelVersions:
+        """Every bucket's version item and the legacy one, read consistently in ONE BatchGetItem
+        ("BatchGetItem": ConsistentRead is set per table; UnprocessedKeys are retried)."""
+        keys = [_version_key(channel_key, b) for b in range(SUBSCRIBER_BUCKETS)] + [_version_key(channel_key, None)]
+        found: dict[str, ChannelVersion] = {}
+        pending: Any = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        for attempt in range(_BATCH_GET_ATTEMPTS):
+            response = self._call(self._client.batch_get_item, RequestItems=pending)
+            for item in response.get("Responses", {}).get(self._table, []):
+                found[item["pk"]["S"]] = ChannelVersion(
+                    int(item.get("v", {}).get("N", "0")),
+                    int(item.get("changedAt", {}).get("N", "0")),
+                    max(0, int(item.get("n", {}).get("N", "0"))),
+                )
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            time.sleep(min(0.2, 0.01 * 2**attempt))
+        else:
+            raise StoreUnavailable("connections table: channel versions still unprocessed after retries")
+        none = ChannelVersion(0, 0)
+        return ChannelVersions(
+            tuple(found.get(key["pk"]["S"], none) for key in keys[:-1]), found.get(keys[-1]["pk"]["S"], none)
+        )
 
     def subscriptions(self, connection_id: str) -> list[str]:
         """The channel keys the connection is subscribed to (only `sub#` items: not its room memberships)."""
@@ -265,7 +337,7 @@ class ConnectionStore:
 
     def delete_connection(self, connection_id: str) -> int:
         """Delete the connection and every item of its partition (subscriptions, memberships); returns how many went."""
-        keys = self._item_keys(connection_id)
+        keys, channels = self._item_keys_and_channels(connection_id)
         for start in range(0, len(keys), 25):
             requests: Any = [
                 {"DeleteRequest": {"Key": {"pk": {"S": _pk(connection_id)}, "sk": {"S": sk}}}}
@@ -278,10 +350,15 @@ class ConnectionStore:
                 if not pending:
                     break
                 time.sleep(0.05)
-        # Its subscriptions are gone: warm fan-outs re-read those channels' subscribers.
-        for sk in keys:
-            if sk.startswith(_SUB):
-                self.bump_version(sk.removeprefix(_SUB))
+        # Its subscriptions are gone: warm fan-outs re-read those buckets' subscribers.
+        for sk, channel in zip(keys, channels, strict=True):
+            if not sk.startswith(_SUB):
+                continue
+            key = sk.removeprefix(_SUB)
+            if channel == key:  # under the bare index key
+                self.bump_version(key, None, 0)
+            else:
+                self.bump_version(key, subscriber_bucket(connection_id), -1)
         return len(keys)
 
     def subscribers(self, channel_key: str, page_size: int = 1000) -> Iterator[list[str]]:
@@ -305,7 +382,27 @@ class ConnectionStore:
                 if fresh:
                     yield fresh
 
+    def keys_entries(self, index_keys: list[str], page_size: int = 1000) -> list[list[Subscriber]]:
+        """Every entry of each of these index keys (each paged), the keys side by side."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._readers, thread_name_prefix="subscribers")
+
+        def read(key: str) -> list[Subscriber]:
+            return [entry for page in self._bucket_entries(key, page_size) for entry in page]
+
+        return list(self._executor.map(read, index_keys))
+
     def _bucket_entries(self, index_key: str, page_size: int) -> Iterator[list[Subscriber]]:
+        return self.range_entries(index_key, None, None, page_size)
+
+    def range_entries(
+        self, index_key: str, lo: str | None, hi: str | None, page_size: int = 1000
+    ) -> Iterator[list[Subscriber]]:
+        """The entries of one index key whose connectionId is in [lo, hi) (None: unbounded), paged.
+
+        The sort key takes one condition: `>= lo`, `< hi`, or `BETWEEN lo AND hi` (inclusive on
+        both ends), whose `hi` itself is dropped here, so ranges cut at the same points are
+        disjoint and cover the key."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": BY_CHANNEL_INDEX,
@@ -313,11 +410,22 @@ class ConnectionStore:
             "ExpressionAttributeValues": {":c": {"S": index_key}},
             "Limit": page_size,
         }
+        values = kwargs["ExpressionAttributeValues"]
+        if lo is not None and hi is not None:
+            kwargs["KeyConditionExpression"] += " AND connectionId BETWEEN :lo AND :hi"
+            values |= {":lo": {"S": lo}, ":hi": {"S": hi}}
+        elif lo is not None:
+            kwargs["KeyConditionExpression"] += " AND connectionId >= :lo"
+            values[":lo"] = {"S": lo}
+        elif hi is not None:
+            kwargs["KeyConditionExpression"] += " AND connectionId < :hi"
+            values[":hi"] = {"S": hi}
         while True:
             response = self._call(self._client.query, **kwargs)
             entries = [
                 Subscriber(item["connectionId"]["S"], int(item["tokenExp"]["N"]) if "tokenExp" in item else None)
                 for item in response.get("Items", [])
+                if lo is None or hi is None or item["connectionId"]["S"] != hi
             ]
             if entries:
                 yield entries
@@ -327,20 +435,27 @@ class ConnectionStore:
 
     def _item_keys(self, connection_id: str) -> list[str]:
         """Every sort key of the connection's partition, as stored."""
+        return self._item_keys_and_channels(connection_id)[0]
+
+    def _item_keys_and_channels(self, connection_id: str) -> tuple[list[str], list[str | None]]:
+        """Every sort key of the connection's partition, and each item's index key (`channel`) if any."""
         keys: list[str] = []
+        channels: list[str | None] = []
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": _pk(connection_id)}},
-            "ProjectionExpression": "sk",
+            "ProjectionExpression": "sk, #c",
+            "ExpressionAttributeNames": {"#c": "channel"},
             "ConsistentRead": True,
         }
         while True:
             response = self._call(self._client.query, **kwargs)
             for item in response.get("Items", []):
                 keys.append(item["sk"]["S"])
+                channels.append(item.get("channel", {}).get("S"))
             if "LastEvaluatedKey" not in response:
-                return keys
+                return keys, channels
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     @staticmethod

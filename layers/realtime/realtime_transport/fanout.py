@@ -6,8 +6,12 @@ One stream batch is worked out whole before Powertools' `BatchProcessor` sees it
 2. group them by channel, in `seq` order (positions can commit out of order by a few ms);
 3. read each channel's subscribers once, every page of every bucket of the `by-channel` index,
    with the expiry of the token each subscription was made under (`tokenExp`, projected into
-   the index), unless this warm instance holds them under the channel's current version
-   (`shards.SubscriberCache`: one consistent GetItem of the version instead of the Query);
+   the index), except the buckets this warm instance holds under their current version
+   (`shards.SubscriberCache`: the channel's 16 bucket versions in one consistent BatchGetItem).
+   A large channel (its buckets' approximate counts pass `shard_size`) is not read here at all:
+   each stale bucket, or connectionId range of a bucket past `shard_size`, goes to a delivery
+   worker as a read-and-deliver request (`workers.ReadRequest`), which reads, checks tokens as
+   below, delivers, and answers the entries it read, cached here for the next batch;
 4. a subscriber whose index entry says its token has expired (or says nothing) is checked
    against its connection item (one consistent GetItem): the entry is a hint, an `auth` may
    have renewed the token since. Still expired: it gets no events, but an `error` frame
@@ -35,35 +39,49 @@ sweeper takes it out; deleting it now would strand its memberships' members.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import tokens
 from .clock import now_ms
-from .connections import Connection, ConnectionStore, Subscriber
+from .connections import LEGACY_UNBUCKETED, ChannelVersions, Connection, ConnectionStore, Subscriber, index_key
 from .cursor import CursorCodec
 from .delivery import CloseReport, DeliveryReport, Pusher
 from .errors import RealtimeError, StoreUnavailable
 from .limits import FRAME_BYTES
 from .models.frames import event_frame, packed_frames
 from .models.stream import StreamRecord
-from .models.websocket import TOKEN_EXPIRED, ErrorMessage
 from .observability import logger, metrics
 from .secrets import signing_secret
-from .shards import DEFAULT_SHARD_SIZE, SubscriberCache, shards
+from .shards import (
+    DEFAULT_SHARD_SIZE,
+    LEGACY_UNIT,
+    SubscriberCache,
+    UnitVersion,
+    id_ranges,
+    pack,
+    read_units,
+    shards,
+    unit_version,
+)
 from .workers import (
+    EXPIRED_FRAME,
     MAX_PAYLOAD_BYTES,
     LambdaInvoker,
+    ReadRequest,
+    ReadResult,
+    ReadUnit,
     ShardFailed,
     ShardInvoker,
     ShardRequest,
     ShardResult,
     build_requests,
+    token_expired,
 )
 
 if TYPE_CHECKING:
@@ -93,17 +111,7 @@ class Deliverer(Protocol):
     ) -> CloseReport: ...
 
 
-# What a connection whose token ran out reads before the fan-out closes it.
-EXPIRED_FRAME = (
-    ErrorMessage(code=TOKEN_EXPIRED, message="token has expired; renew it (auth) or reconnect with a new one")
-    .model_dump_json(exclude_none=True)
-    .encode()
-)
-
-
-def token_expired(exp: int, now: float) -> bool:
-    """The tokens module's own test (its leeway included), for an expiry read from the table."""
-    return tokens.Claims(sub="-", exp=exp, channels=()).expired(now)
+__all__ = ["EXPIRED_FRAME", "Fanout", "FanoutResult", "token_expired"]
 
 
 class GonePresence(Protocol):
@@ -122,6 +130,10 @@ class ChannelBatch:
     subscribers: list[str] = field(default_factory=list)  # those delivered to (valid tokens)
     lookup_error: str | None = None
     entries: list[Subscriber] = field(default_factory=list)  # the index's entries, hints included
+    # Stale units a worker reads (a large channel), their versions, and when their read began.
+    pending: list[_Pending] = field(default_factory=list)
+    versions: dict[int, UnitVersion] = field(default_factory=dict)
+    read_from_ms: int = 0
 
 
 @dataclass
@@ -245,23 +257,25 @@ class Fanout:
         for batch in channels.values():
             batch.subscribers = [e.connection_id for e in batch.entries if e.connection_id not in excluded]
 
+        frames = {key: self._frames(batch) for key, batch in channels.items() if batch.subscribers or batch.pending}
         plan: dict[str, list[bytes]] = {}
         for batch in channels.values():
             if not batch.subscribers:
                 continue
-            frames = self._frames(batch)
             for connection_id in batch.subscribers:
                 held = plan.get(connection_id)
                 # Shared list for the common case of one channel per connection; a new one when merging.
-                plan[connection_id] = frames if held is None else [*held, *frames]
-        report = DeliveryReport()
-        shard_stats = _ShardStats()
-        if plan and self.invoker is not None and len(plan) > self.shard_size:
-            report, shard_stats = self._send_sharded(self.invoker, plan, deadline)
-        elif plan and deadline is None:
-            report = self.pusher.send_many(plan)  # (simple test doubles take just the plan)
-        elif plan and deadline is not None:
-            report = self.pusher.send_many(plan, budget_s=max(0.0, deadline - time.monotonic()))
+                plan[connection_id] = frames[batch.key] if held is None else [*held, *frames[batch.key]]
+        reads = [
+            (batch, [batch.pending[i] for i in group])
+            for batch in channels.values()
+            if batch.pending
+            for group in pack([p.estimate for p in batch.pending], self.shard_size)
+        ]
+        report, shard_stats, read_outcomes = self._send(plan, reads, frames, deadline)
+        worker_expired, worker_renewed, worker_unconfirmed, closing = self._absorb(read_outcomes)
+        expired, renewed = expired + worker_expired, renewed + worker_renewed
+        unconfirmed = unconfirmed + worker_unconfirmed
         delivered_at = now_ms()
 
         result = FanoutResult(
@@ -273,9 +287,13 @@ class Fanout:
             unconfirmed=unconfirmed,
             shards=shard_stats,
         )
-        if expired:
+        mine = [c for c in expired if c not in set(worker_expired)]  # the workers closed theirs
+        if mine:
             budget = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result.closing = self.pusher.disconnect_many(dict.fromkeys(expired, EXPIRED_FRAME), budget_s=budget)
+            result.closing = self.pusher.disconnect_many(dict.fromkeys(mine, EXPIRED_FRAME), budget_s=budget)
+        result.closing.closed.extend(closing.closed)
+        result.closing.failed.extend(closing.failed)
+        result.closing.errors.update(closing.errors)
         gone = [*report.gone, *result.closing.gone]
         for connection_id, forgotten in zip(gone, self._map(self._forget, gone), strict=True):
             if isinstance(forgotten, _PresenceFailed):
@@ -291,22 +309,48 @@ class Fanout:
 
     # --- sharded delivery ----------------------------------------------------------------
 
-    def _send_sharded(
-        self, invoker: ShardInvoker, plan: Mapping[str, Sequence[bytes]], deadline: float | None
-    ) -> tuple[DeliveryReport, _ShardStats]:
-        """Every shard to a worker at once; wait for all (the order across batches rests on it)."""
+    def _send(
+        self,
+        plan: Mapping[str, Sequence[bytes]],
+        reads: list[tuple[ChannelBatch, list[_Pending]]],
+        frames: Mapping[str, list[bytes]],
+        deadline: float | None,
+    ) -> tuple[DeliveryReport, _ShardStats, list[tuple[ChannelBatch, list[_Pending], _ShardOutcome]]]:
+        """Everything at once: explicit shards, read-and-deliver requests, and what this invocation
+        delivers itself; it waits for all (the order across batches rests on it)."""
         started = time.monotonic()
-        cut = shards(list(plan), self.shard_size)
-        if self._shard_executor is None:
-            self._shard_executor = ThreadPoolExecutor(
-                max_workers=self._max_parallel_shards, thread_name_prefix="fanout-shard"
-            )
-        outcomes = list(
-            self._shard_executor.map(lambda ids: self._run_shard(invoker, {c: plan[c] for c in ids}, deadline), cut)
-        )
+        invoker = self.invoker
+        sharded = bool(plan) and invoker is not None and len(plan) > self.shard_size
+        stats = _ShardStats()
+        shard_jobs: list[Future[_ShardOutcome]] = []
+        read_jobs: list[tuple[ChannelBatch, list[_Pending], Future[_ShardOutcome]]] = []
+        if invoker is not None and (sharded or reads):
+            if self._shard_executor is None:
+                self._shard_executor = ThreadPoolExecutor(
+                    max_workers=self._max_parallel_shards, thread_name_prefix="fanout-shard"
+                )
+            executor = self._shard_executor
+            if sharded:
+                cut = shards(list(plan), self.shard_size)
+                stats.shards = len(cut)
+                shard_jobs = [
+                    executor.submit(self._run_shard, invoker, {c: plan[c] for c in ids}, deadline) for ids in cut
+                ]
+            for batch, units in reads:
+                job = executor.submit(self._run_read, invoker, units, frames[batch.key], deadline)
+                read_jobs.append((batch, units, job))
+            stats.reads = len(read_jobs)
         report = DeliveryReport()
-        stats = _ShardStats(shards=len(cut))
-        for outcome in outcomes:
+        if plan and not sharded:
+            own = (
+                self.pusher.send_many(plan)  # (simple test doubles take just the plan)
+                if deadline is None
+                else self.pusher.send_many(plan, budget_s=max(0.0, deadline - time.monotonic()))
+            )
+            _merge_report(report, own)
+        outcomes = [job.result() for job in shard_jobs]
+        read_outcomes = [(batch, units, job.result()) for batch, units, job in read_jobs]
+        for outcome in [*outcomes, *(o for _, _, o in read_outcomes)]:
             report.delivered += outcome.delivered
             report.gone.extend(outcome.gone)
             report.failed.extend(outcome.failed)
@@ -319,7 +363,110 @@ class Fanout:
             stats.retried += outcome.retried
             stats.given_up += outcome.given_up
         report.elapsed_ms = (time.monotonic() - started) * 1000
-        return report, stats
+        return report, stats, read_outcomes
+
+    def _absorb(
+        self, read_outcomes: list[tuple[ChannelBatch, list[_Pending], _ShardOutcome]]
+    ) -> tuple[list[str], list[str], list[str], CloseReport]:
+        """What the read-and-deliver workers found: their channels' entries (cached per unit when
+        every range of the unit came back whole), token decisions, closes."""
+        expired: list[str] = []
+        renewed: list[str] = []
+        unconfirmed: list[str] = []
+        closing = CloseReport()
+        by_unit: dict[tuple[str, int], list[list[Subscriber] | None]] = {}
+        batches: dict[str, ChannelBatch] = {}
+        for batch, units, outcome in read_outcomes:
+            batches[batch.key] = batch
+            expired.extend(outcome.expired)
+            renewed.extend(outcome.renewed)
+            unconfirmed.extend(outcome.unconfirmed)
+            closing.closed.extend(outcome.closed)
+            closing.failed.extend(outcome.close_failed)
+            closing.errors.update(outcome.close_failed)
+            read: list[list[Subscriber] | None] = (
+                list(outcome.entries) if outcome.entries is not None else [None] * len(units)
+            )
+            for pending, entries in zip(units, read, strict=True):
+                by_unit.setdefault((batch.key, pending.unit), []).append(entries)
+            excluded = set(outcome.expired) | set(outcome.unconfirmed)
+            found = _unique([e for e in read if e is not None])
+            batch.entries.extend(found)
+            batch.subscribers.extend(e.connection_id for e in found if e.connection_id not in excluded)
+        if self.cache is not None:
+            for (key, unit), parts in by_unit.items():
+                batch = batches[key]
+                expected = sum(1 for p in batch.pending if p.unit == unit)
+                if len(parts) == expected and all(part is not None for part in parts):
+                    whole = [e for part in parts if part is not None for e in part]
+                    self.cache.put(key, unit, batch.versions[unit], batch.read_from_ms, whole)
+        return expired, renewed, unconfirmed, closing
+
+    def _run_read(
+        self, invoker: ShardInvoker, units: list[_Pending], frames: list[bytes], deadline: float | None
+    ) -> _ShardOutcome:
+        """One read-and-deliver request, retried once for its units only; frames past the payload
+        limit follow as explicit shards to the connections it found, in order."""
+        outcome = _ShardOutcome()
+        deadline_ms = None if deadline is None else now_ms() + int((deadline - time.monotonic()) * 1000)
+        chunks = _frame_chunks(frames, self.max_payload_bytes - 1024 - sum(len(u.read.key) + 64 for u in units))
+        request = ReadRequest(
+            units=[p.read for p in units],
+            frames=[f.decode() for f in chunks[0]],
+            deadline_ms=deadline_ms,
+            page_size=self._page_size,
+        )
+        result: ReadResult | None = None
+        error = ""
+        for attempt in range(2):
+            if attempt and deadline is not None and time.monotonic() >= deadline:
+                break
+            outcome.invocations += 1
+            outcome.retried += attempt
+            try:
+                result = invoker.invoke_read(request)
+                break
+            except ShardFailed as exc:
+                error = exc.message
+                logger.warning(
+                    "a read-and-deliver worker failed",
+                    extra={"attempt": attempt + 1, "units": [u.read.model_dump() for u in units], "error": error[:500]},
+                )
+        if result is None:
+            # Its connections are unknown here: given up as a shard is (their clients catch up by the heads).
+            outcome.given_up += 1
+            logger.error(
+                "a read-and-deliver shard was given up",
+                extra={"units": [u.read.model_dump() for u in units], "error": error[:500]},
+            )
+            return outcome
+        outcome.delivered += result.delivered
+        outcome.gone.extend(result.gone)
+        outcome.failed.update(result.failed)
+        outcome.skipped += result.skipped
+        outcome.requests += result.requests
+        outcome.retries += result.retries
+        outcome.throttled += result.throttled
+        outcome.expired, outcome.renewed, outcome.unconfirmed = result.expired, result.renewed, result.unconfirmed
+        outcome.closed, outcome.close_failed = result.closed, result.close_failed
+        outcome.entries = (
+            None if result.entries is None else [[Subscriber(c, exp) for c, exp in unit] for unit in result.entries]
+        )
+        if len(chunks) > 1:
+            if outcome.entries is None:
+                logger.error("frames past the payload limit not sent: the worker read too many to name")
+                return outcome
+            dropped = set(result.gone) | set(result.failed) | set(result.expired) | set(result.unconfirmed)
+            alive = [e.connection_id for e in _unique(outcome.entries) if e.connection_id not in dropped]
+            for chunk in chunks[1:]:
+                if not alive:
+                    break
+                for part in shards(alive, self.shard_size):
+                    more = self._run_shard(invoker, dict.fromkeys(part, chunk), deadline)
+                    _merge_outcome(outcome, more)
+                gone = set(outcome.gone) | set(outcome.failed)
+                alive = [c for c in alive if c not in gone]
+        return outcome
 
     def _run_shard(
         self, invoker: ShardInvoker, plan: dict[str, Sequence[bytes]], deadline: float | None
@@ -367,27 +514,52 @@ class Fanout:
     # --- steps ------------------------------------------------------------------------
 
     def _subscribers(self, batch: ChannelBatch) -> list[Subscriber] | StoreUnavailable:
-        version = None
+        """The channel's entries known here: cached units, and stale ones read here; a large
+        channel's stale units are left in `batch.pending`, for the workers to read."""
+        versions: ChannelVersions | None = None
         if self.cache is not None:
             try:
-                version = self.connections.channel_version(batch.key)
+                versions = self.connections.channel_versions(batch.key)
             except StoreUnavailable as exc:  # the index is still the truth: read it, cache nothing
-                logger.warning("channel version unreadable", extra={"channel": batch.key, "error": exc.message})
-            if version is not None:
-                cached = self.cache.get(batch.key, version)
-                if cached is not None:
-                    return cached
-        read_from = now_ms()  # before the Query: what it reads is at least this fresh
-        entries: dict[str, Subscriber] = {}
-        try:
-            for page in self.connections.subscriber_entries(batch.key, page_size=self._page_size):
-                for entry in page:
-                    entries.setdefault(entry.connection_id, entry)
-        except StoreUnavailable as exc:
-            return exc
-        if self.cache is not None and version is not None:
-            self.cache.put(batch.key, version, read_from, entries.values())
-        return list(entries.values())
+                logger.warning("channel versions unreadable", extra={"channel": batch.key, "error": exc.message})
+        read_from = now_ms()  # before any Query: what it reads is at least this fresh
+        if self.cache is None or versions is None:
+            try:
+                return _unique(self.connections.keys_entries(_all_keys(batch.key), self._page_size))
+            except StoreUnavailable as exc:
+                return exc
+        known: list[list[Subscriber]] = []
+        stale: list[int] = []
+        for unit in read_units(LEGACY_UNBUCKETED):
+            version = batch.versions[unit] = unit_version(versions, unit)
+            cached = self.cache.get(batch.key, unit, version)
+            if cached is None:
+                stale.append(unit)
+            else:
+                known.append(cached)
+        batch.read_from_ms = read_from
+        if stale and self.invoker is not None and versions.subscribers > self.shard_size:
+            batch.pending = self._read_plan(batch.key, stale, versions)  # read by the workers
+        elif stale:
+            try:
+                read = self.connections.keys_entries([index_key(batch.key, u) for u in stale], self._page_size)
+            except StoreUnavailable as exc:
+                return exc
+            for unit, entries in zip(stale, read, strict=True):
+                self.cache.put(batch.key, unit, batch.versions[unit], read_from, entries)
+            known.extend(read)
+        return _unique(known)
+
+    def _read_plan(self, channel_key: str, stale: list[int], versions: ChannelVersions) -> list[_Pending]:
+        """A stale unit per worker request, in connectionId ranges past `shard_size` (its count's)."""
+        pending: list[_Pending] = []
+        for unit in stale:
+            estimate = 0 if unit == LEGACY_UNIT else versions.buckets[unit].subscribers
+            parts = -(-estimate // self.shard_size) if estimate > self.shard_size else 1
+            for lo, hi in id_ranges(parts):
+                read = ReadUnit(key=index_key(channel_key, unit), lo=lo, hi=hi)
+                pending.append(_Pending(unit, read, estimate // parts))
+        return pending
 
     def _check_tokens(self, batches: Iterable[ChannelBatch]) -> tuple[list[str], list[str], list[str]]:
         """(expired, renewed, unconfirmed) among the subscribers whose index entry says their
@@ -468,8 +640,11 @@ class Fanout:
             metrics.add_metric(
                 name="SubscriberLookupFailures", unit=MetricUnit.Count, value=len(result.failed_channels)
             )
-        if result.shards.shards:
-            metrics.add_metric(name="DeliveryShards", unit=MetricUnit.Count, value=result.shards.shards)
+        if result.shards.shards or result.shards.reads:
+            metrics.add_metric(
+                name="DeliveryShards", unit=MetricUnit.Count, value=result.shards.shards + result.shards.reads
+            )
+            metrics.add_metric(name="ReadShards", unit=MetricUnit.Count, value=result.shards.reads)
             metrics.add_metric(name="ShardRetries", unit=MetricUnit.Count, value=result.shards.retried)
             metrics.add_metric(name="ShardFailures", unit=MetricUnit.Count, value=result.shards.given_up)
         for batch in result.channels.values():
@@ -500,9 +675,10 @@ class Fanout:
             "retries": report.retries,
             "delivery_ms": round(report.elapsed_ms, 1),
         }
-        if result.shards.shards:
+        if result.shards.shards or result.shards.reads:
             summary["shards"] = {
                 "shards": result.shards.shards,
+                "reads": result.shards.reads,
                 "invocations": result.shards.invocations,
                 "retried": result.shards.retried,
                 "given_up": result.shards.given_up,
@@ -525,6 +701,7 @@ class _ShardStats:
     invocations: int = 0  # worker invocations, retries included
     retried: int = 0  # retries after a failed invocation
     given_up: int = 0  # shards (or parts) that failed twice: their connections reported failed
+    reads: int = 0  # read-and-deliver requests (a large channel's stale buckets or ranges)
 
 
 @dataclass
@@ -539,6 +716,73 @@ class _ShardOutcome:
     invocations: int = 0
     retried: int = 0
     given_up: int = 0
+    # A read-and-deliver request's: the entries per unit (None: not known), its token decisions.
+    entries: list[list[Subscriber]] | None = None
+    expired: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    close_failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A stale unit (bucket, or a connectionId range of one) that a worker reads and delivers."""
+
+    unit: int  # bucket, or shards.LEGACY_UNIT
+    read: ReadUnit
+    estimate: int  # its approximate subscribers (the bucket's count, split evenly)
+
+
+def _unique(pages: Iterable[Iterable[Subscriber]]) -> list[Subscriber]:
+    """Entries once each (a subscription under both schemes is one subscription)."""
+    seen: dict[str, Subscriber] = {}
+    for page in pages:
+        for entry in page:
+            seen.setdefault(entry.connection_id, entry)
+    return list(seen.values())
+
+
+def _all_keys(channel_key: str) -> list[str]:
+    return [index_key(channel_key, unit) for unit in read_units(LEGACY_UNBUCKETED)]
+
+
+def _frame_chunks(frames: list[bytes], budget: int) -> list[list[bytes]]:
+    """Consecutive runs of frames whose JSON fits `budget` (at least one frame each)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for frame in frames:
+        cost = len(json.dumps(frame.decode())) + 1
+        if chunks[-1] and size + cost > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(frame)
+        size += cost
+    return chunks
+
+
+def _merge_report(into: DeliveryReport, report: DeliveryReport) -> None:
+    into.delivered += report.delivered
+    into.gone.extend(report.gone)
+    into.failed.extend(report.failed)
+    into.errors.update(report.errors)
+    into.skipped += report.skipped
+    into.requests += report.requests
+    into.retries += report.retries
+    into.throttled += report.throttled
+
+
+def _merge_outcome(into: _ShardOutcome, more: _ShardOutcome) -> None:
+    into.delivered += more.delivered
+    into.gone.extend(more.gone)
+    into.failed.update(more.failed)
+    into.skipped += more.skipped
+    into.requests += more.requests
+    into.retries += more.retries
+    into.throttled += more.throttled
+    into.invocations += more.invocations
+    into.retried += more.retried
+    into.given_up += more.given_up
 
 
 def _without(request: ShardRequest, dropped: set[str]) -> ShardRequest | None:

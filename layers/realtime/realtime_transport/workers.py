@@ -18,6 +18,16 @@ handler) waiting for every one before it returns:
   asynchronous invocations only ("Lambda function dead-letter queues", "Capturing records of
   Lambda asynchronous invocations"); the stream's own on-failure queue stays.
 
+Two kinds of request. A `ShardRequest` names its connections (the coordinator read them, or
+had them cached). A `ReadRequest` ("read and deliver") names index units instead, a bucket of
+the `by-channel` index or a connectionId range of one (`shards.id_ranges`), for a large channel
+whose cache is stale: the worker queries them (paged), applies the coordinator's token rule
+(hint expired or absent: a consistent GetItem of the connection item; expired: `token_expired`
+and DELETE; unreadable: neither), delivers, and answers what it read (ids and hints) so the
+coordinator caches it and the next batch is warm. So a cold read of 100,000 entries (~32 us of
+CPU each, botocore's parse) is spread over the workers instead of one core. A failed
+ReadRequest is retried once for its units only, exactly like a shard.
+
 Payloads: "Invoke" (Lambda API reference) and "Lambda quotas" limit a synchronous invocation's
 request and response to 6 MB each (1 MB for asynchronous ones).
 A request carries the shard's connection ids and its frames (already built and signed: the
@@ -32,13 +42,17 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import RealtimeError
+from . import tokens
+from .errors import RealtimeError, StoreUnavailable
+from .models.websocket import TOKEN_EXPIRED, ErrorMessage
 
 if TYPE_CHECKING:
+    from .connections import Connection, ConnectionStore
     from .fanout import Deliverer
 
 # Of Lambda's 6 MB synchronous payload, what one request may use (the JSON escaping of frames
@@ -46,6 +60,23 @@ if TYPE_CHECKING:
 MAX_PAYLOAD_BYTES = 4_000_000
 # Of the worker's remaining time, what delivery may use (as `fanout.DELIVERY_SHARE`).
 WORKER_DELIVERY_SHARE = 0.8
+_Result = TypeVar("_Result", bound="ShardResult")
+
+
+# What a connection whose token ran out reads before it is closed (the coordinator's and the worker's).
+EXPIRED_FRAME = (
+    ErrorMessage(code=TOKEN_EXPIRED, message="token has expired; renew it (auth) or reconnect with a new one")
+    .model_dump_json(exclude_none=True)
+    .encode()
+)
+# Entries a ReadRequest's answer carries back at most (~30 bytes each, far below 6 MB); past it
+# (a bucket the counts badly underestimated) the coordinator just does not cache that read.
+MAX_ENTRIES = 60_000
+
+
+def token_expired(exp: int, now: float) -> bool:
+    """The tokens module's own test (its leeway included), for an expiry read from the table."""
+    return tokens.Claims(sub="-", exp=exp, channels=()).expired(now)
 
 
 class ShardGroup(BaseModel):
@@ -92,6 +123,40 @@ class ShardResult(BaseModel):
     elapsed_ms: float = 0.0
 
 
+class ReadUnit(BaseModel):
+    """One `by-channel` partition key value, or its connectionIds in [lo, hi) (None: unbounded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1)
+    lo: str | None = None
+    hi: str | None = None
+
+
+class ReadRequest(BaseModel):
+    """Read these units of one channel and deliver its frames to everyone found."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    units: list[ReadUnit] = Field(min_length=1)
+    frames: list[str] = Field(min_length=1)  # the channel's frames of this batch (or their first part)
+    deadline_ms: int | None = None
+    page_size: int = Field(1000, ge=1, le=10_000)
+
+
+class ReadResult(ShardResult):
+    """A ShardResult plus what the worker read and decided about tokens."""
+
+    # Per unit, in the request's order: [connectionId, tokenExp hint] (a renewed token's new
+    # expiry); None: too many to carry back.
+    entries: list[list[tuple[str, int | None]]] | None = None
+    expired: list[str] = Field(default_factory=list)  # sent token_expired, then DELETE
+    renewed: list[str] = Field(default_factory=list)
+    unconfirmed: list[str] = Field(default_factory=list)  # connection item unreadable: not delivered
+    closed: list[str] = Field(default_factory=list)
+    close_failed: dict[str, str] = Field(default_factory=dict)
+
+
 class ShardFailed(RealtimeError):
     """The worker's invocation failed as a whole (error, timeout, FunctionError, a bad answer)."""
 
@@ -100,6 +165,8 @@ class ShardFailed(RealtimeError):
 
 class ShardInvoker(Protocol):
     def invoke(self, request: ShardRequest) -> ShardResult: ...
+
+    def invoke_read(self, request: ReadRequest) -> ReadResult: ...
 
 
 def build_requests(
@@ -164,6 +231,97 @@ def deliver_shard(
     )
 
 
+_readers: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _readers
+    with _readers_lock:
+        if _readers is None:
+            _readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-read")
+        return _readers
+
+
+def read_and_deliver(
+    pusher: Deliverer,
+    store: ConnectionStore,
+    request: ReadRequest,
+    *,
+    remaining_ms: int | None,
+    clock: Callable[[], float] = time.time,
+) -> ReadResult:
+    """The worker's read-and-deliver: its units read (side by side, each paged), the token rule,
+    its frames sent, the expired closed. A unit that cannot be read fails the whole request
+    (StoreUnavailable propagates: a FunctionError, so the coordinator retries it once)."""
+    started = clock()
+    budgets: list[float] = []
+    if remaining_ms is not None:
+        budgets.append(remaining_ms / 1000 * WORKER_DELIVERY_SHARE)
+    if request.deadline_ms is not None:
+        budgets.append(request.deadline_ms / 1000 - clock())
+
+    def budget() -> float | None:
+        return max(0.0, min(budgets) - (clock() - started)) if budgets else None
+
+    def read(unit: ReadUnit) -> list[tuple[str, int | None]]:
+        return [
+            (e.connection_id, e.token_exp)
+            for page in store.range_entries(unit.key, unit.lo, unit.hi, request.page_size)
+            for e in page
+        ]
+
+    pool = _pool()
+    per_unit = list(pool.map(read, request.units))
+    hints: dict[str, int | None] = {}
+    for entries in per_unit:
+        for connection_id, exp in entries:
+            hints.setdefault(connection_id, exp)
+    now = clock()
+    suspects = [c for c, exp in hints.items() if exp is None or token_expired(exp, now)]
+
+    def confirm(connection_id: str) -> Connection | None | StoreUnavailable:
+        try:
+            return store.connection(connection_id)
+        except StoreUnavailable as exc:
+            return exc
+
+    expired: list[str] = []
+    renewed: dict[str, int] = {}
+    unconfirmed: list[str] = []
+    for connection_id, found in zip(suspects, pool.map(confirm, suspects), strict=True):
+        if isinstance(found, StoreUnavailable):
+            unconfirmed.append(connection_id)
+        elif found is None or token_expired(found.token_expires_at, now):
+            expired.append(connection_id)  # no connection item: nothing could be authorised on it again
+        else:
+            renewed[connection_id] = found.token_expires_at
+    excluded = set(expired) | set(unconfirmed)
+    frames = [frame.encode() for frame in request.frames]
+    plan = {c: frames for c in hints if c not in excluded}
+    report = pusher.send_many(plan, budget_s=budget())
+    closing = pusher.disconnect_many(dict.fromkeys(expired, EXPIRED_FRAME), budget_s=budget()) if expired else None
+    total = sum(len(entries) for entries in per_unit)
+    return ReadResult(
+        delivered=report.delivered,
+        gone=[*report.gone, *(closing.gone if closing else [])],
+        failed={c: report.errors.get(c, "failed") for c in report.failed},
+        skipped=report.skipped,
+        requests=report.requests,
+        retries=report.retries,
+        throttled=report.throttled,
+        elapsed_ms=(clock() - started) * 1000,
+        entries=(
+            None if total > MAX_ENTRIES else [[(c, renewed.get(c, exp)) for c, exp in entries] for entries in per_unit]
+        ),
+        expired=expired,
+        renewed=list(renewed),
+        unconfirmed=unconfirmed,
+        closed=closing.closed if closing else [],
+        close_failed={c: closing.errors.get(c, "failed") for c in closing.failed} if closing else {},
+    )
+
+
 class LambdaInvoker:
     """Invokes the `DeliveryWorkerFunction` synchronously (`RequestResponse`)."""
 
@@ -194,6 +352,12 @@ class LambdaInvoker:
             return self._client
 
     def invoke(self, request: ShardRequest) -> ShardResult:
+        return self._invoke(request, ShardResult)
+
+    def invoke_read(self, request: ReadRequest) -> ReadResult:
+        return self._invoke(request, ReadResult)
+
+    def _invoke(self, request: BaseModel, answer: type[_Result]) -> _Result:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -209,6 +373,6 @@ class LambdaInvoker:
             # "Invoke" (Lambda API reference): the error is in the payload, the header names its kind.
             raise ShardFailed(f"{self.function_name}: {response['FunctionError']}: {payload[:300]!r}")
         try:
-            return ShardResult.model_validate_json(payload)
+            return answer.model_validate_json(payload)
         except ValidationError as exc:
             raise ShardFailed(f"{self.function_name}: not a shard result: {exc.errors()[:1]}") from exc

@@ -64,19 +64,33 @@ def test_a_throttled_fan_out_is_held_to_the_quota_and_loses_nothing() -> None:
 
 
 def test_the_aws_path_adds_stream_read_and_start_before_delivery() -> None:
-    s = Scenario(1000, 1000, math.inf, 0.0, cold=True, cached=False)
+    # Cold: the workers read their buckets (two requests of 8 buckets each), then deliver.
+    s = Scenario(2000, 1000, math.inf, 0.0, cold=True, cached=False)
     result = simulate(s, LATENCY_BOUND)
-    assert result.stream_s == AWS.stream_s and result.read_s > 0
+    assert result.stream_s == AWS.stream_s and result.read_s > AWS.versions_s
     assert result.start_s == pytest.approx(AWS.invoke_s + AWS.cold_start_s)
     assert result.last_s == pytest.approx(result.stream_s + result.read_s + result.start_s + result.deliver_s)
     warm = simulate(replace(s, cold=False, cached=True), LATENCY_BOUND)
-    assert warm.last_s == pytest.approx(result.last_s - result.read_s - AWS.cold_start_s)
+    assert warm.read_s == pytest.approx(AWS.versions_s), "warm: the versions' BatchGetItem alone"
+    assert warm.last_s == pytest.approx(result.last_s - (result.read_s - warm.read_s) - AWS.cold_start_s)
+
+
+def test_a_cold_read_is_planned_as_the_fan_out_plans_it() -> None:
+    # 100,000 over 16 buckets: 6,250 each, past K = 2,000, so 4 ranges each: 64 requests.
+    requests = fanout_model.read_plan(100_000, 2000, AWS)
+    assert len(requests) == 64 and all(sum(units) <= 2000 for units in requests)
+    assert sum(sum(units) for units in requests) == 100_000, "everyone read once"
+    # Small buckets share a worker, up to K.
+    small = fanout_model.read_plan(2000, 1000, AWS)
+    assert [len(units) for units in small] == [8, 8] and [sum(u) for u in small] == [1000, 1000]
+    # A worker's read: its core parses every entry (here the bound), pages and partitions aside.
+    assert fanout_model.read_seconds([1000, 1000], 0.05, AWS) == pytest.approx(0.1)
 
 
 def test_lambda_scaling_spaces_out_environments_past_its_burst() -> None:
     aws = replace(AWS, scale_burst=10, scale_per_s=10.0, invoke_parallel=1000)
     s = Scenario(30, 1, math.inf, 0.0, cold=False, cached=True)
-    _, starts = fanout_model.worker_starts(s, LATENCY_BOUND, aws)
+    starts = fanout_model.worker_plan(s, LATENCY_BOUND, aws).starts
     # 10 at once, then one every 0.1 s: the 30th a little under 2 s later.
     assert starts[9] == pytest.approx(starts[0])
     assert starts[-1] - starts[0] == pytest.approx(2.0, abs=0.01)

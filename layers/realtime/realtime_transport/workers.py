@@ -30,10 +30,11 @@ ReadRequest is retried once for its units only, exactly like a shard.
 
 Payloads: "Invoke" (Lambda API reference) and "Lambda quotas" limit a synchronous invocation's
 request and response to 6 MB each (1 MB for asynchronous ones).
-A request carries the shard's connection ids and its frames (already built and signed: the
-worker reads no table and holds no secret); frames are split over consecutive invocations of
-the same shard when they would pass `MAX_PAYLOAD_BYTES` (well below 6 MB), the next part sent
-only after the last returned, so order holds within a batch too.
+A ShardRequest carries the shard's connection ids and its frames (already built and signed: the
+worker holds no secret); frames are split over consecutive invocations of the same shard when
+they would pass `MAX_PAYLOAD_BYTES` (well below 6 MB), the next part sent only after the last
+returned, so order holds within a batch too. A ReadRequest carries its first part of the frames;
+the rest follow as ShardRequests to the connections it found, in order.
 """
 
 from __future__ import annotations

@@ -459,6 +459,10 @@ class _SkipStubInsert:
             return
         self.shard.add(old, new)
 
+    def __getattr__(self, name: str) -> Any:
+        # Whatever reads the table's shard meanwhile (``stream_length``, without the lock) sees the real one.
+        return getattr(self.shard, name)
+
 
 def _one_stream_record(update_item: Callable[..., Item]) -> Callable[..., Item]:
     @functools.wraps(update_item)

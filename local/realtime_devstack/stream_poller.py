@@ -393,7 +393,7 @@ class StreamPoller:
         read = 0
         window = self.mapping.settings["maximum_batching_window_seconds"]
         for shard_id in list(self._iterators):
-            length = self.peek() if self.peek is not None and len(self._iterators) == 1 else None
+            length = self._peek() if len(self._iterators) == 1 else None
             if length is not None and length == self._read_up_to:
                 self.skipped_polls += 1
                 continue
@@ -410,6 +410,17 @@ class StreamPoller:
                 read += len(records)
                 self.mapping.deliver([lambda_record(record, self.stream_arn) for record in records])
         return read
+
+    def _peek(self) -> int | None:
+        """The shard's length, or None (read it with GetRecords) when there is no peek or it failed:
+        a failing shortcut must never look like a failing stream (that backs off)."""
+        if self.peek is None:
+            return None
+        try:
+            return self.peek()
+        except Exception:
+            log.exception("peeking at the stream of %s failed; reading it instead", self.mapping.name)
+            return None
 
     def _read(self, shard_id: str) -> list[dict[str, Any]]:
         from botocore.exceptions import ClientError

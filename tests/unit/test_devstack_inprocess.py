@@ -309,3 +309,54 @@ def test_a_cached_condition_is_evaluated_against_each_item_and_still_validates(m
         ddb.transact_write_items(TransactItems=transaction)
     reasons = [reason["Code"] for reason in cancelled.value.response["CancellationReasons"]]
     assert reasons == ["ConditionalCheckFailed", "None"]
+
+
+def test_stream_length_sees_the_real_shard_in_the_middle_of_an_update(moto_url: str) -> None:
+    """UpdateItem swaps the table's shard for a stand-in while it runs; the poller's unlocked peek
+    must still count the shard's records (it once raised there, and the poller backed off 200 ms)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    ddb = client("dynamodb", moto_url)
+    arn = create_table(ddb)
+    ddb.put_item(TableName="t", Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+    table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
+    real = table.stream_shard
+    seen: list[int | None] = []
+    add = real.add
+
+    def add_and_peek(old: Any, new: Any) -> None:  # runs inside UpdateItem, the stand-in installed
+        seen.append(moto_dynamodb.stream_length(arn))
+        add(old, new)
+
+    real.add = add_and_peek  # type: ignore[method-assign]
+    try:
+        ddb.update_item(
+            TableName="t",
+            Key={"pk": {"S": "a"}, "sk": {"N": "1"}},
+            UpdateExpression="SET v = :v",
+            ExpressionAttributeValues={":v": {"N": "1"}},
+        )
+    finally:
+        del real.add
+    assert table.stream_shard is real
+    assert seen == [1] and moto_dynamodb.stream_length(arn) == 2
+
+
+def test_a_failing_peek_falls_back_to_getrecords(moto_url: str) -> None:
+    ddb, streams = client("dynamodb", moto_url), client("dynamodbstreams", moto_url)
+    arn = create_table(ddb)
+
+    def broken() -> int:
+        raise AttributeError("items")
+
+    poller = StreamPoller(
+        EventSourceMapping(settings=mapping_settings(), invoke=lambda event: None), streams, arn, peek=broken
+    )
+    poller.mapping.stopping.set()  # its thread ends at once: poll by hand
+    poller.start()  # takes the shard iterators
+    try:
+        reads = moto_inprocess.stats().get("GetRecords", {}).get("requests", 0)
+        assert poller.poll_once() == 0
+    finally:
+        poller.stop()
+    assert moto_inprocess.stats()["GetRecords"]["requests"] == reads + 1 and poller.skipped_polls == 0

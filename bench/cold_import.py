@@ -109,6 +109,12 @@ class Handler:
 # --- local endpoints ---------------------------------------------------------------------------
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a Pusher opening 10 connections at once would have the
+    # rest of its SYNs dropped and resent a second later, measuring TCP's retransmission timer.
+    request_queue_size = 128
+
+
 class ManagementStub:
     """`@connections` of API Gateway's management API: POST 200, GET the connection, DELETE 204.
 
@@ -146,7 +152,7 @@ class ManagementStub:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        self.server = _Server(("127.0.0.1", 0), Answer)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

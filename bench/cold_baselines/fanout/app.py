@@ -1,11 +1,12 @@
 """Baseline for functions/fanout: a stream batch to every subscriber, with boto3 alone.
 
-The same requests as the function's: GetItem of the channel's subscriber-set version (a warm
-instance re-reads its cached subscribers only when it moved), a Query of the `by-channel` index per partition key value
-the function reads (BASELINE_INDEX_QUERIES, which the bench sets from the function's own count:
-its index keys are `{channel}#{bucket}` and the bare channel key), GetSecretValue for AWSCURRENT,
-AWSPENDING and AWSPREVIOUS (the cursor in each frame is signed), and PostToConnection per
-subscriber, through boto3's apigatewaymanagementapi client.
+The same requests as the function's: one consistent BatchGetItem of the channel's 16 bucket
+version items and its legacy one (a warm instance re-reads only the buckets that moved), a Query
+of the `by-channel` index per partition key value the function reads (BASELINE_INDEX_QUERIES,
+which the bench sets from the function's own count: its index keys are `{channel}#{bucket}` and
+the bare channel key), GetSecretValue for AWSCURRENT, AWSPENDING and AWSPREVIOUS (the cursor in
+each frame is signed), and PostToConnection per subscriber, through boto3's
+apigatewaymanagementapi client.
 """
 
 import base64
@@ -37,8 +38,11 @@ def signing_key():
 
 
 def subscribers(channel_key):
-    dynamodb.get_item(
-        TableName=TABLE, Key={"pk": {"S": f"chan#{channel_key}"}, "sk": {"S": "version"}}, ConsistentRead=True
+    versions = [f"chan#{channel_key}#{bucket}" for bucket in range(16)] + [f"chan#{channel_key}"]
+    dynamodb.batch_get_item(
+        RequestItems={
+            TABLE: {"Keys": [{"pk": {"S": pk}, "sk": {"S": "version"}} for pk in versions], "ConsistentRead": True}
+        }
     )
     keys = [f"{channel_key}#{bucket}" for bucket in range(QUERIES - 1)] + [channel_key]
     found = []

@@ -50,10 +50,17 @@ SECRET_VALUE = "bench-cold-start-signing-secret-0123456789"  # noqa: S105 - a lo
 UNIQUE = "__UNIQUE__"  # replaced in every sample's event, so no two samples hit the same items
 SUBSCRIBED_CONNECTION = "benchsubscriber0="  # the fan-out's one subscriber (of feed_42)
 
+# Installed here (moto needs it) but neither in the layer (layers/realtime/requirements.txt) nor in
+# Lambda's Python runtime: PyJWT imports it when it can (for RSA/EC keys, which HS256 tokens never
+# use), so a sample that found it would count ~40-80 ms a deployed cold start never pays.
+ABSENT_ON_LAMBDA = ("cryptography",)
+
 # Runs in the fresh interpreter: argv = code dir, event file, mode ("time" or "audit").
 DRIVER = r"""
 import json, sys, time, uuid
 code_dir, event_file, mode = sys.argv[1:4]
+for absent in sys.argv[4:]:
+    sys.modules[absent] = None  # `import absent` raises ImportError, as on Lambda
 sys.path.insert(0, code_dir)
 event = json.loads(open(event_file).read().replace("__UNIQUE__", uuid.uuid4().hex[:12]))
 calls = []
@@ -362,7 +369,7 @@ def run_sample(
     `baseline` (the baseline's extra environment) is given; and the interpreter's stderr."""
     code_dir = handler.code_dir if baseline is None else handler.baseline_dir
     process = subprocess.run(  # noqa: S603 - our own interpreter on our own code
-        [sys.executable, *flags, "-c", DRIVER, str(code_dir), str(where.event_file(handler)), mode],
+        [sys.executable, *flags, "-c", DRIVER, str(code_dir), str(where.event_file(handler)), mode, *ABSENT_ON_LAMBDA],
         env=where.environment(handler, baseline),
         cwd=code_dir,
         capture_output=True,
@@ -419,7 +426,16 @@ def measure(where: Endpoints, handler: Handler, runs: int) -> dict[str, Any]:
     }
 
 
+def check_absent_on_lambda() -> None:
+    """ABSENT_ON_LAMBDA must stay true: refuse to run if the layer starts shipping one of them."""
+    shipped = (REPO / "layers" / "realtime" / "requirements.txt").read_text().lower()
+    for name in ABSENT_ON_LAMBDA:
+        if name in shipped:
+            raise SystemExit(f"{name} is in the layer now: take it out of ABSENT_ON_LAMBDA")
+
+
 def main() -> None:
+    check_absent_on_lambda()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=RUNS, help="alternating pairs per handler")
     parser.add_argument("--only", default="", help="comma-separated functions (default: every handler)")

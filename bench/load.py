@@ -208,6 +208,7 @@ class Client:
             message = {"action": "subscribe", "channel": self.channel}
         if self.cursor is not None:
             message["cursor"] = self.cursor
+            self.repairing = True  # a catch-up: until its `subscribed`/`joined`, packed events are its
         await self.ws.send(json.dumps(message))
 
     async def _pinger(self) -> None:
@@ -239,9 +240,11 @@ class Client:
         if kind == "event" and message.get("channel") == self.channel:
             self._take(message["event"], arrived, live=True, cursor=message.get("cursor"))
         elif kind == "events" and message.get("channel") == self.channel:
+            # Catch-up packs missed events, and so does live delivery under a burst: outside a
+            # catch-up (resubscribe or rejoin from a cursor), a packed message is live.
             events = message.get("events") or []
             for event in events:
-                self._take(event, arrived, live=False, cursor=None)
+                self._take(event, arrived, live=not self.repairing, cursor=None)
             if events and message.get("cursor"):
                 self._remember_cursor(int(events[-1]["seq"]), message["cursor"])
                 self._advance()

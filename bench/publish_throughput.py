@@ -4,11 +4,19 @@ Starts `realtime-transport dev --port 0` as a subprocess. Each producer is a thr
 keep-alive `http.client.HTTPConnection`, POSTing `/feeds/{feedId}/events` with distinct eventIds.
 Configurations run interleaved (1,4,8,16,16,8,4,1,...) for a fixed time each, every run on a fresh
 feed, and every run's channel is checked afterwards to be gapless from a cursor taken while it was
-empty. Goal: the rate at 16 producers is at least 80% of the rate at 1 (medians of the runs).
+empty. Goals: the rate at 16 producers is at least 80% of the rate at 1 (medians of the runs), and
+at least 150 events/s with one producer (issue 10).
+
+Each transport runs on a stack of its own, one after the other, the same configurations in the
+same order: `in-process` (the default: the stack's DynamoDB requests answered by moto in the
+stack's process, `realtime_devstack.moto_inprocess`) and `http` (`dev --dynamodb-over-http`, every
+request through moto's HTTP server, as before). `--transports in-process` measures one only;
+`--seconds N` sets the length of a run.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import statistics
@@ -26,6 +34,8 @@ ORDER = (1, 4, 8, 16, 16, 8, 4, 1) * 2  # palindromes: a linear drift hits every
 RUN_SECONDS = 3.0
 WARMUP_SECONDS = 3.0
 GOAL_RATIO = 0.8
+GOAL_EVENTS_PER_SECOND = 150.0  # one producer, one channel (issue 10, item 5)
+TRANSPORTS = {"in-process": (), "http": ("--dynamodb-over-http",)}
 
 
 class Client:
@@ -153,8 +163,9 @@ def new_run(client: Client, producers: int) -> Run:
     return Run(producers=producers, feed=feed, cursor=page["nextCursor"])
 
 
-def main() -> None:
-    stack = start_stack("--history-limit", "10000")
+def measure(transport: str, seconds: float) -> tuple[list[Run], list[str], int]:
+    """Every configuration of ORDER on a fresh stack using `transport`; its runs and problems."""
+    stack = start_stack("--history-limit", "10000", *TRANSPORTS[transport])
     try:
         control = Client(stack.url, reader_token(["feed_bench-*"]))
         # Warm-up at the highest concurrency: the stack imports a function instance per concurrent
@@ -163,21 +174,24 @@ def main() -> None:
         runs = []
         for producers in ORDER:
             run = new_run(control, producers)
-            publish_for(stack.url, run, RUN_SECONDS, stack.process.pid)
+            publish_for(stack.url, run, seconds, stack.process.pid)
             runs.append(run)
         problems = [f"{r.producers} producers, {r.feed}: {p}" for r in runs for p in check_gapless(control, r)]
         problems += [f"{r.producers} producers: {e}" for r in runs for e in r.errors[:3]]
         control.close()
     finally:
         code = stop_stack(stack)
+    return runs, problems, code
 
-    print(f"Publish throughput on one channel, local stack ({RUN_SECONDS:.0f} s per run, keep-alive HTTP)\n")
+
+def report(transport: str, runs: list[Run], seconds: float) -> dict[int, float]:
+    """Print the per-run and per-configuration tables; the median rate per producer count."""
+    print(f"\n{transport}: publish throughput on one channel ({seconds:g} s per run, keep-alive HTTP)\n")
     rows: list[list[object]] = []
     for i, r in enumerate(runs):
         p50, p99 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000
         rows.append([i + 1, r.producers, len(r.seqs), r.rate, p50, p99, r.cpu / len(r.seqs) * 1000, r.cpu / r.seconds])
     table(["run", "producers", "events", "events/s", "p50 ms", "p99 ms", "stack cpu ms/ev", "stack cores"], rows)
-
     print()
     median_rate = {n: statistics.median(r.rate for r in runs if r.producers == n) for n in PRODUCERS}
     rows = []
@@ -189,13 +203,59 @@ def main() -> None:
         cpu = statistics.median(r.cpu / len(r.seqs) * 1000 for r in mine)
         rows.append([n, len(mine), median_rate[n], best, median_rate[n] / median_rate[1], p50, p99, cpu])
     table(["producers", "runs", "median ev/s", "best ev/s", "x rate@1", "p50 ms", "p99 ms", "stack cpu ms/ev"], rows)
-    print(f"\nhistory check: {len(runs)} channels, {sum(len(r.seqs) for r in runs)} events; stack exit code {code}")
-    for problem in problems:
-        print(f"  PROBLEM: {problem}")
+    return median_rate
 
-    ratio = median_rate[16] / median_rate[1]
-    goal(ratio >= GOAL_RATIO, f"rate at 16 producers is {ratio:.2f}x the rate at 1 (>= {GOAL_RATIO})")
-    goal(not problems, "every run's channel is gapless (seqs 1..N) and holds exactly the acknowledged events")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transports", default="in-process,http", help="comma separated: in-process, http")
+    parser.add_argument("--seconds", type=float, default=RUN_SECONDS, help="length of each run")
+    args = parser.parse_args()
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports:
+        parser.error(f"unknown transport(s) {unknown}; choose from {', '.join(TRANSPORTS)}")
+
+    results = {transport: measure(transport, args.seconds) for transport in transports}
+    medians: dict[str, dict[int, float]] = {}
+    cpu: dict[str, dict[int, float]] = {}
+    for transport, (runs, problems, code) in results.items():
+        medians[transport] = report(transport, runs, args.seconds)
+        cpu[transport] = {
+            n: statistics.median(r.cpu / len(r.seqs) * 1000 for r in runs if r.producers == n) for n in PRODUCERS
+        }
+        print(f"\nhistory check: {len(runs)} channels, {sum(len(r.seqs) for r in runs)} events; stack exit code {code}")
+        for problem in problems:
+            print(f"  PROBLEM: {problem}")
+
+    if len(transports) > 1:
+        print("\nSide by side (median ev/s; stack CPU ms per event)\n")
+        base = transports[-1]
+        rows: list[list[object]] = []
+        for n in PRODUCERS:
+            row: list[object] = [n]
+            for transport in transports:
+                row += [medians[transport][n], cpu[transport][n]]
+            row.append(medians[transports[0]][n] / medians[base][n])
+            rows.append(row)
+        headers = ["producers"]
+        for transport in transports:
+            headers += [f"{transport} ev/s", f"{transport} cpu ms/ev"]
+        table([*headers, f"x {base}"], rows)
+        print()
+
+    main_transport = transports[0]
+    ratio = medians[main_transport][16] / medians[main_transport][1]
+    goal(ratio >= GOAL_RATIO, f"{main_transport}: rate at 16 producers is {ratio:.2f}x the rate at 1 (>= {GOAL_RATIO})")
+    one = medians[main_transport][1]
+    goal(
+        one >= GOAL_EVENTS_PER_SECOND,
+        f"{main_transport}: {one:.0f} events/s with one producer on one channel (>= {GOAL_EVENTS_PER_SECOND:.0f})",
+    )
+    goal(
+        not any(problems for _, problems, _ in results.values()),
+        "every run's channel is gapless (seqs 1..N) and holds exactly the acknowledged events",
+    )
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ def _dev(args: argparse.Namespace) -> int:
             presence_grace_seconds=args.presence_grace_seconds,
             presence_lease_seconds=args.presence_lease_seconds,
             presence_sweep_seconds=args.presence_sweep_seconds,
+            dynamodb_in_process=not args.dynamodb_over_http,
         )
     )
 
@@ -402,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="PRESENCE_SWEEP_SECONDS: how often the presence sweeper passes within its invocation (default 10)",
+    )
+    dev.add_argument(
+        "--dynamodb-over-http",
+        action="store_true",
+        help="the stack's own DynamoDB requests go over HTTP to moto's server, as before the in-process "
+        "transport (for comparison; about 5 times slower). Other processes always use HTTP",
     )
     dev.add_argument("-v", "--verbose", action="store_true", help="log every request")
     dev.set_defaults(func=_dev)

@@ -2,7 +2,9 @@
 
 No AWS account, no Docker, no internet: the handlers run unmodified in this
 process and reach DynamoDB through boto3's own endpoint setting
-(`AWS_ENDPOINT_URL_DYNAMODB`), over real HTTP to moto's server.
+(`AWS_ENDPOINT_URL_DYNAMODB`): moto's server, which this process's requests reach without
+HTTP (``moto_inprocess``; ``StackOptions.dynamodb_in_process=False``, ``--dynamodb-over-http``,
+sends them over the socket as before) and every other process over HTTP.
 
 Everything is read from ``template.yaml``: the tables (with their streams and TTL), the
 functions and their environment, the HTTP API routes, the WebSocket API (routes, selection
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import logging
 import os
@@ -65,9 +68,10 @@ from typing import Any
 
 from aiohttp import web
 
-from . import faithful, moto_dynamodb, template
+from . import faithful, moto_dynamodb, moto_inprocess, template
 from .aws_env import use_local_aws
 from .http_gateway import MAX_PAYLOAD_BYTES, CorsConfiguration, HttpGateway, HttpRoute, StaticFiles
+from .lambda_api import LambdaApi
 from .lambda_host import REPO_ROOT, FunctionHost
 from .management_api import ManagementApi
 from .scheduler import ScheduleTimer
@@ -110,6 +114,8 @@ HTTP_API_TYPE = "AWS::Serverless::HttpApi"
 # The per-run secret of /dev/*: this header, or the dashboard's cookie (see the module docstring).
 DEV_SECRET_HEADER = "X-Devstack-Secret"  # noqa: S105 - a header name, not a secret
 DEV_PATH_PREFIX = "/dev/"
+# Template parameter overrides from the environment: "Name=value,Name=value" (see _parameters).
+PARAMETERS_ENV = "DEVSTACK_PARAMETERS"
 # Names that always mean this machine; the bound address and StackOptions.allow_hosts are added.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -149,6 +155,10 @@ class StackOptions:
     allow_hosts: tuple[str, ...] = ()
     # The secret /dev/* demands; None: a new random one per run (what `dev` always does).
     dev_secret: str | None = None
+    # The stack's own DynamoDB requests reach moto in process (moto_inprocess), not over HTTP;
+    # moto's HTTP server serves everyone else either way. False (--dynamodb-over-http): the old
+    # transport, for comparison.
+    dynamodb_in_process: bool = True
 
 
 def _resolve(value: Any, refs: Mapping[str, str]) -> str | None:
@@ -227,6 +237,12 @@ class LocalStack:
 
     def _parameters(self) -> dict[str, str]:
         parameters = {**template.parameter_defaults(self.template), **self.options.parameters}
+        # Overrides for a child stack (`process.start(env=...)`), e.g. "FanoutShardSize=3,HistoryLimit=50".
+        for pair in filter(None, os.environ.get(PARAMETERS_ENV, "").split(",")):
+            name, _, value = pair.partition("=")
+            if name.strip() not in parameters:
+                raise template.TemplateError(f"{PARAMETERS_ENV}: {name.strip()!r} is not a template parameter")
+            parameters[name.strip()] = value.strip()
         if self.options.history_limit is not None:
             parameters["HistoryLimit"] = str(self.options.history_limit)
         return parameters
@@ -239,6 +255,8 @@ class LocalStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.dynamodb_url = f"http://{host}:{port}"
+        if self.options.dynamodb_in_process:
+            moto_inprocess.serve(self.dynamodb_url)
 
     def _bind(self) -> None:
         """Take the port now, so the URL (and the functions' management endpoint) is known."""
@@ -256,6 +274,8 @@ class LocalStack:
 
     def _environment(self) -> dict[str, str]:
         refs: dict[str, str] = {**self._parameters(), **self.table_names}
+        # A function's name is its logical id here (LambdaApi serves Invoke by it).
+        refs.update({function: function for function in template.resources(self.template, template.FUNCTION_TYPE)})
         env: dict[str, str] = {}
         for logical_id in template.resources(self.template, template.FUNCTION_TYPE):
             for name, value in template.function_environment(self.template, logical_id).items():
@@ -271,6 +291,7 @@ class LocalStack:
         # The management API is served on this stack's own port (the template's is https://{api}...).
         env["WEBSOCKET_MANAGEMENT_URL"] = self.url
         env["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = self.url
+        env["AWS_ENDPOINT_URL_LAMBDA"] = self.url  # Invoke (the fan-out's delivery workers): lambda_api.py
         env["REQUIRE_HISTORY_TOKEN"] = "true" if self.options.require_auth else "false"
         # EMF metrics on stdout are for CloudWatch; locally they would drown the log.
         env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
@@ -428,7 +449,10 @@ class LocalStack:
                 continue
             table = dynamodb.describe_table(TableName=self.table_names[settings["table"]])["Table"]
             mapping = EventSourceMapping(settings=settings, invoke=host.invoke_sync)
-            poller = StreamPoller(mapping, streams, table["LatestStreamArn"], interval=self.options.poll_interval)
+            arn = table["LatestStreamArn"]
+            # In process, an idle poll asks moto's shard its length instead of sending GetRecords.
+            peek = functools.partial(moto_dynamodb.stream_length, arn) if self.options.dynamodb_in_process else None
+            poller = StreamPoller(mapping, streams, arn, interval=self.options.poll_interval, peek=peek)
             poller.start()
             self.pollers.append(poller)
 
@@ -563,6 +587,8 @@ class LocalStack:
             },
             "ttl_deleted": self.sweeper.deleted if self.sweeper is not None else 0,
             "faults": faithful.injected(),
+            # DynamoDB requests of this process moto answered without HTTP (moto_inprocess).
+            "dynamodb_in_process": moto_inprocess.stats(),
         }
 
     def _stream_stats(self) -> dict[str, dict[str, Any]]:
@@ -643,6 +669,7 @@ class LocalStack:
         else:
             app.router.add_get(WEBSOCKET_PATH, _no_websocket_api)
         self.management.add_routes(app.router)
+        LambdaApi(self.functions, access_key_id=self.access_key_id).add_routes(app.router)
         StaticFiles(self.web_dir).add_routes(app.router)
         # The dashboard asks for a development token here (local stack only: never deployed).
         app.router.add_get("/dev/token", self._serve_dev_token)
@@ -683,6 +710,7 @@ class LocalStack:
         if self._configured_faults:
             faithful.reset()
         if self._moto is not None:
+            moto_inprocess.stop(self.dynamodb_url)
             self._moto.stop()
 
 

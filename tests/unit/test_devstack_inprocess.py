@@ -250,6 +250,15 @@ def test_the_poller_skips_getrecords_on_an_unchanged_shard_and_still_delivers(mo
     assert poller.skipped_polls >= 3
 
 
+def test_a_stack_option_selects_the_old_transport() -> None:
+    from realtime_devstack.cli import build_parser
+    from realtime_devstack.stack import StackOptions
+
+    assert StackOptions().dynamodb_in_process is True
+    assert build_parser().parse_args(["dev", "--dynamodb-over-http"]).dynamodb_over_http is True
+    assert build_parser().parse_args(["dev"]).dynamodb_over_http is False
+
+
 def test_the_request_moto_gets_is_the_one_normalize_request_builds(moto_url: str) -> None:
     """moto_inprocess builds moto's Request from an environ of its own: same method, URL, headers, body."""
     from botocore.awsrequest import AWSRequest

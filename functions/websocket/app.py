@@ -1,7 +1,8 @@
 """WebSocket routes: $connect (token check), $disconnect, subscribe, unsubscribe, ping, the room
 actions (join, leave, members, update, patch), $default.
 
-Powertools has no WebSocket resolver: dispatch on the route key, with its parser models.
+Powertools has no WebSocket resolver: dispatch on the route key; each event is validated by a
+lean pydantic model of the fields read (`models/apigw.py` says why not Powertools' parser models).
 """
 
 from __future__ import annotations
@@ -9,18 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser import parse
-from aws_lambda_powertools.utilities.parser.models import (
-    APIGatewayWebSocketDisconnectEventModel,
-    APIGatewayWebSocketMessageEventModel,
-)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from realtime_transport import Realtime
 from realtime_transport.delivery import Pusher
 from realtime_transport.errors import Forbidden, Unauthorized
 from realtime_transport.live import LiveService
-from realtime_transport.models.apigw import ConnectEvent
+from realtime_transport.models.apigw import ConnectEvent, DisconnectEvent, MessageEvent
 from realtime_transport.observability import logger, metrics
 
 realtime = Realtime()
@@ -33,7 +29,7 @@ def _status(code: int, message: str = "") -> dict[str, Any]:
 
 
 def on_connect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = parse(event=event, model=ConnectEvent)
+    request = ConnectEvent.model_validate(event)
     try:
         claims = live.connect(
             request.request_context.connection_id, (request.query_string_parameters or {}).get("token")
@@ -50,14 +46,14 @@ def on_connect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 def on_disconnect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = parse(event=event, model=APIGatewayWebSocketDisconnectEventModel)
+    request = DisconnectEvent.model_validate(event)
     live.disconnect(request.request_context.connection_id)
     return _status(200)
 
 
 def on_message(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = parse(event=event, model=APIGatewayWebSocketMessageEventModel)
-    body = request.body if isinstance(request.body, str) else None
+    request = MessageEvent.model_validate(event)
+    body = request.body
     # A catch-up must answer before the function's timeout ends the invocation mid-stream.
     live.handle(request.request_context.connection_id, body, remaining_ms=context.get_remaining_time_in_millis)
     return _status(200)

@@ -25,7 +25,6 @@ synchronous.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import random
@@ -39,9 +38,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .errors import ConfigurationError, RealtimeError
-from .http1 import Http1Pool, TransportError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .settings import Settings
 
 _T = TypeVar("_T")
@@ -322,6 +322,8 @@ class Pusher:
 
     def close(self) -> None:
         """Close the pooled connections and stop the loop thread (a later call starts a new one)."""
+        import asyncio
+
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
@@ -334,9 +336,15 @@ class Pusher:
         loop.close()
 
     def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coroutine, self._event_loop()).result()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        # asyncio (and the HTTP/1.1 pool) load with the loop, at the first delivery: a handler
+        # that sends nothing (the WebSocket $connect) never pays their ~25 ms of import.
+        import asyncio
+
         with self._lock:
             if self._loop is None or self._thread is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
@@ -350,6 +358,8 @@ class Pusher:
     async def _send_many(
         self, plan: list[tuple[str, Sequence[bytes]]], credentials: Credentials, budget_s: float | None
     ) -> DeliveryReport:
+        import asyncio
+
         report = DeliveryReport()
         started = time.perf_counter()
         deadline = None if budget_s is None else asyncio.get_running_loop().time() + budget_s
@@ -368,6 +378,8 @@ class Pusher:
     async def _disconnect_many(
         self, plan: list[tuple[str, bytes | None]], credentials: Credentials, budget_s: float | None
     ) -> CloseReport:
+        import asyncio
+
         closing = CloseReport()
         scratch = DeliveryReport()  # request and retry counts, not reported
         deadline = None if budget_s is None else asyncio.get_running_loop().time() + budget_s
@@ -442,6 +454,10 @@ class Pusher:
         deadline: float | None,
         method: str = "POST",
     ) -> tuple[_Outcome, str]:
+        import asyncio
+
+        from .http1 import TransportError
+
         path = f"{self._base_path}/@connections/{quote(connection_id, safe='-_.~')}"
         reason = ""
         loop = asyncio.get_running_loop()
@@ -497,6 +513,8 @@ class Pusher:
         return self._transport
 
     def _http1(self) -> Transport:
+        from .http1 import Http1Pool
+
         return Http1Pool(
             self._host,
             self._port,

@@ -351,14 +351,7 @@ class Fanout:
         outcomes = [job.result() for job in shard_jobs]
         read_outcomes = [(batch, units, job.result()) for batch, units, job in read_jobs]
         for outcome in [*outcomes, *(o for _, _, o in read_outcomes)]:
-            report.delivered += outcome.delivered
-            report.gone.extend(outcome.gone)
-            report.failed.extend(outcome.failed)
-            report.errors.update(outcome.failed)
-            report.skipped += outcome.skipped
-            report.requests += outcome.requests
-            report.retries += outcome.retries
-            report.throttled += outcome.throttled
+            _merge_report(report, outcome.as_report())
             stats.invocations += outcome.invocations
             stats.retried += outcome.retried
             stats.given_up += outcome.given_up
@@ -724,6 +717,19 @@ class _ShardOutcome:
     closed: list[str] = field(default_factory=list)
     close_failed: dict[str, str] = field(default_factory=dict)
 
+    def as_report(self) -> DeliveryReport:
+        """The delivery part, as the Pusher reports its own."""
+        return DeliveryReport(
+            delivered=self.delivered,
+            gone=list(self.gone),
+            failed=list(self.failed),
+            skipped=self.skipped,
+            requests=self.requests,
+            retries=self.retries,
+            throttled=self.throttled,
+            errors=dict(self.failed),
+        )
+
 
 @dataclass(frozen=True)
 class _Pending:
@@ -766,23 +772,16 @@ def _merge_report(into: DeliveryReport, report: DeliveryReport) -> None:
     into.gone.extend(report.gone)
     into.failed.extend(report.failed)
     into.errors.update(report.errors)
-    into.skipped += report.skipped
-    into.requests += report.requests
-    into.retries += report.retries
-    into.throttled += report.throttled
+    for name in ("skipped", "requests", "retries", "throttled"):
+        setattr(into, name, getattr(into, name) + getattr(report, name))
 
 
 def _merge_outcome(into: _ShardOutcome, more: _ShardOutcome) -> None:
     into.delivered += more.delivered
     into.gone.extend(more.gone)
     into.failed.update(more.failed)
-    into.skipped += more.skipped
-    into.requests += more.requests
-    into.retries += more.retries
-    into.throttled += more.throttled
-    into.invocations += more.invocations
-    into.retried += more.retried
-    into.given_up += more.given_up
+    for name in ("skipped", "requests", "retries", "throttled", "invocations", "retried", "given_up"):
+        setattr(into, name, getattr(into, name) + getattr(more, name))
 
 
 def _without(request: ShardRequest, dropped: set[str]) -> ShardRequest | None:

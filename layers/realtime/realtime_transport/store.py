@@ -88,18 +88,32 @@ class EventStore:
         of an update expression reads the item as it was before the update (Amazon DynamoDB
         Developer Guide, "Using update expressions in DynamoDB").
         """
+        return _allocation(
+            self._add_to_head(
+                chan_key,
+                1,
+                "SET prevAllocatedAt = if_not_exists(allocatedAt, :zero), allocatedAt = :now, ",
+                now_ms,
+                token,
+            )
+        )
+
+    def _add_to_head(self, chan_key: str, count: int, assignments: str, now_ms: int, token: str) -> dict[str, Any]:
+        """The head item after `ADD head count` with `assignments` (then the bookkeeping every
+        allocation sets), made idempotent by `token`: a retry whose first attempt committed gets
+        that attempt's item (ALL_OLD on the failed condition) instead of more positions."""
         try:
             response = self._call(
                 self._client.update_item,
                 TableName=self._table,
                 Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
                 UpdateExpression=(
-                    "ADD head :one SET prevAllocatedAt = if_not_exists(allocatedAt, :zero), "
-                    "allocatedAt = :now, createdAt = if_not_exists(createdAt, :now), kind = :kind, lastAlloc = :token"
+                    f"ADD head :count {assignments}"
+                    "createdAt = if_not_exists(createdAt, :now), kind = :kind, lastAlloc = :token"
                 ),
                 ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
                 ExpressionAttributeValues={
-                    ":one": {"N": "1"},
+                    ":count": {"N": str(count)},
                     ":zero": {"N": "0"},
                     ":now": {"N": str(now_ms)},
                     ":kind": {"S": Kind.HEAD.value},
@@ -110,8 +124,10 @@ class EventStore:
                 _expected=("ConditionalCheckFailedException",),
             )
         except _ExpectedFailure as exc:
-            return _allocation(exc.response["Item"])
-        return _allocation(response["Attributes"])
+            item: dict[str, Any] = exc.response["Item"]
+            return item
+        attributes: dict[str, Any] = response["Attributes"]
+        return attributes
 
     def put_position(self, item: AttributeMap) -> None:
         """Fill a position (event or tombstone) unless something is already there."""
@@ -196,32 +212,14 @@ class EventStore:
         """
         if count == 1:
             return [self.allocate(chan_key, now_ms, token)]
-        values = {
-            ":count": {"N": str(count)},
-            ":zero": {"N": "0"},
-            ":now": {"N": str(now_ms)},
-            ":kind": {"S": Kind.HEAD.value},
-            ":token": {"S": token},
-        }
-        try:
-            response = self._call(
-                self._client.update_item,
-                TableName=self._table,
-                Key={"pk": {"S": chan_key}, "sk": {"N": str(HEAD_SK)}},
-                UpdateExpression=(
-                    "ADD head :count SET firstPrevAllocatedAt = if_not_exists(allocatedAt, :zero), "
-                    "prevAllocatedAt = :now, allocatedAt = :now, createdAt = if_not_exists(createdAt, :now), "
-                    "kind = :kind, lastAlloc = :token"
-                ),
-                ConditionExpression="attribute_not_exists(lastAlloc) OR lastAlloc <> :token",
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                _expected=("ConditionalCheckFailedException",),
-            )
-            item = response["Attributes"]
-        except _ExpectedFailure as exc:
-            item = exc.response["Item"]
+        item = self._add_to_head(
+            chan_key,
+            count,
+            "SET firstPrevAllocatedAt = if_not_exists(allocatedAt, :zero), prevAllocatedAt = :now, "
+            "allocatedAt = :now, ",
+            now_ms,
+            token,
+        )
         head, at = int(item["head"]["N"]), int(item["allocatedAt"]["N"])
         first_prev = int(item.get("firstPrevAllocatedAt", {"N": "0"})["N"])
         return [

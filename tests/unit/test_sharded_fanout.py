@@ -307,6 +307,38 @@ def test_a_shard_that_fails_twice_is_given_up_alone_and_never_fails_the_batch(
     assert result.failed_channels == set(), "kept out of batchItemFailures: everyone else would get it twice"
 
 
+@pytest.mark.parametrize(("remaining_ms", "retried"), [(60_000, True), (30_000, False)])
+def test_a_failed_shard_is_retried_only_while_a_whole_worker_run_fits_before_the_deadline(
+    fanout: Any,
+    workers: Workers,
+    old_store: ConnectionStore,
+    api: ClosingManagementApi,
+    remaining_ms: int,
+    retried: bool,
+) -> None:
+    """With 60 s left the delivery deadline (80%) leaves 48 s: room for a retry that may run the
+    worker's whole 30 s Timeout. With 30 s left it leaves 24 s: a second hung worker would outlive
+    the fan-out's own Timeout and make the whole batch come again, so the shard is given up."""
+    from realtime_transport.fanout import WORKER_TIMEOUT_SECONDS
+
+    assert (remaining_ms * 0.8 / 1000 > WORKER_TIMEOUT_SECONDS) == retried
+    for connection_id in SUBSCRIBERS:
+        connect(old_store, connection_id, FEED_42)
+    warm_up(fanout)
+    workers.fail_first = {"s5"}
+    workers.midway = 0
+
+    result = fanout.fanout.deliver([record("feed_42", 2)], remaining_ms=remaining_ms)
+
+    (doomed,) = [ids for ids in workers.calls if "s5" in ids][:1]
+    assert result.shards.retried == (1 if retried else 0)
+    assert result.shards.given_up == (0 if retried else 1)
+    for connection_id in SUBSCRIBERS:
+        expected = [1] if connection_id in doomed and not retried else [1, 2]
+        assert seqs(api, connection_id) == expected
+    assert result.failed_channels == set()
+
+
 def test_a_read_request_that_fails_twice_is_given_up_alone(
     fanout: Any, workers: Workers, old_store: ConnectionStore, api: ClosingManagementApi, monkeypatch: Any
 ) -> None:

@@ -44,7 +44,7 @@ from realtime_transport import Realtime, clients, tokens
 from realtime_transport.batch import BatchItem
 from realtime_transport.connections import BY_CHANNEL_INDEX, Connection, ConnectionStore
 from realtime_transport.delivery import CloseReport, DeliveryReport
-from realtime_transport.fanout import Fanout
+from realtime_transport.fanout import WORKER_READ_TIMEOUT_SECONDS, WORKER_TIMEOUT_SECONDS, Fanout
 from realtime_transport.live import LiveService
 from realtime_transport.models.items import Kind, idempotency_item, position_item
 from realtime_transport.models.stream import StreamRecord
@@ -1295,6 +1295,9 @@ def test_delivery_worker_policy_is_exactly_posting_and_reading_its_buckets(templ
     assert {"Ref": "DeliveryWorkerFunctionRole"} in roles, "the table's customer key, when there is one"
     worker = props(template, "DeliveryWorkerFunction")
     assert worker["Timeout"] < props(template, "FanoutFunction")["Timeout"], "the coordinator outlives a hung worker"
+    # The fan-out retries a failed shard only while a whole worker run still fits before its
+    # deadline: it must know the worker's Timeout, and wait for an answer longer than that.
+    assert worker["Timeout"] == WORKER_TIMEOUT_SECONDS < WORKER_READ_TIMEOUT_SECONDS
     assert worker["ReservedConcurrentExecutions"] == {
         "Fn::If": ["ReserveDeliveryWorker", {"Ref": "DeliveryWorkerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
     }

@@ -92,9 +92,14 @@ _T = TypeVar("_T")
 # connections and returns the answer.
 DELIVERY_SHARE = 0.8
 _R = TypeVar("_R")
-# Above DeliveryWorkerFunction's Timeout (30 s in template.yaml): Lambda itself reports a hung
-# worker (Sandbox.Timedout) before the coordinator's client gives up on the answer.
-WORKER_READ_TIMEOUT_SECONDS = 35.0
+# DeliveryWorkerFunction's Timeout in template.yaml (a test holds them equal): the longest one
+# worker invocation can take. A failed shard is retried only while that much time is left before
+# the delivery deadline, so a worker that hangs twice can never run the fan-out past its own
+# Timeout (the whole stream batch would come again, and everyone get it twice).
+WORKER_TIMEOUT_SECONDS = 30.0
+# Above the worker's Timeout: Lambda itself reports a hung worker (Sandbox.Timedout) before the
+# coordinator's client gives up on the answer.
+WORKER_READ_TIMEOUT_SECONDS = WORKER_TIMEOUT_SECONDS + 5
 
 
 class SubscribersUnavailable(RealtimeError):
@@ -412,7 +417,7 @@ class Fanout:
         result: ReadResult | None = None
         error = ""
         for attempt in range(2):
-            if attempt and deadline is not None and time.monotonic() >= deadline:
+            if attempt and not _time_to_retry(deadline):
                 break
             outcome.invocations += 1
             outcome.retried += attempt
@@ -478,8 +483,8 @@ class Fanout:
             result: ShardResult | None = None
             error = ""
             for attempt in range(2):
-                if attempt and deadline is not None and time.monotonic() >= deadline:
-                    break  # no time left to retry: given up below
+                if attempt and not _time_to_retry(deadline):
+                    break  # no time left for a whole worker run: given up below
                 outcome.invocations += 1
                 outcome.retried += attempt
                 try:
@@ -765,6 +770,11 @@ def _frame_chunks(frames: list[bytes], budget: int) -> list[list[bytes]]:
         chunks[-1].append(frame)
         size += cost
     return chunks
+
+
+def _time_to_retry(deadline: float | None) -> bool:
+    """Whether a retried worker, however long it runs, still ends before the delivery deadline."""
+    return deadline is None or deadline - time.monotonic() >= WORKER_TIMEOUT_SECONDS
 
 
 def _merge_report(into: DeliveryReport, report: DeliveryReport) -> None:

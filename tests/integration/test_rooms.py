@@ -202,7 +202,9 @@ async def _test_a_socket_that_vanishes_without_a_close_leaves_within_the_bound(v
     waited = time.monotonic() - vanished_at
 
     assert observer.presence("ghost") == [("presence.join", None), ("presence.leave", "timeout")]
-    assert observer.presence("observer") == [("presence.join", None)], "a member that pings stays"
+    # A member that pings stays. (Its own presence.join may come before the index shows its
+    # subscription, and so reach it through the heads rather than live: only the leave matters.)
+    assert [kind for kind, _ in observer.presence("observer")] in ([], ["presence.join"]), "a member that pings stays"
     print(f"vanished socket left after {waited:.1f} s (lease {LEASE} s, sweep every {SWEEP} s)")
     await observer.close()
 

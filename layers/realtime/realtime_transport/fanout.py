@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -74,12 +75,10 @@ from .workers import (
     MAX_PAYLOAD_BYTES,
     LambdaInvoker,
     ReadRequest,
-    ReadResult,
     ReadUnit,
     ShardFailed,
     ShardInvoker,
     ShardRequest,
-    ShardResult,
     build_requests,
     token_expired,
 )
@@ -414,22 +413,13 @@ class Fanout:
             deadline_ms=deadline_ms,
             page_size=self._page_size,
         )
-        result: ReadResult | None = None
-        error = ""
-        for attempt in range(2):
-            if attempt and not _time_to_retry(deadline):
-                break
-            outcome.invocations += 1
-            outcome.retried += attempt
-            try:
-                result = invoker.invoke_read(request)
-                break
-            except ShardFailed as exc:
-                error = exc.message
-                logger.warning(
-                    "a read-and-deliver worker failed",
-                    extra={"attempt": attempt + 1, "units": [u.read.model_dump() for u in units], "error": error[:500]},
-                )
+        result, error = _invoke_retrying_once(
+            partial(invoker.invoke_read, request),
+            outcome,
+            deadline,
+            "a read-and-deliver worker failed",
+            {"units": [u.read.model_dump() for u in units]},
+        )
         if result is None:
             # Its connections are unknown here: given up as a shard is (their clients catch up by the heads).
             outcome.given_up += 1
@@ -480,19 +470,9 @@ class Fanout:
             request = _without(part, dropped)
             if request is None:
                 break
-            result: ShardResult | None = None
-            error = ""
-            for attempt in range(2):
-                if attempt and not _time_to_retry(deadline):
-                    break  # no time left for a whole worker run: given up below
-                outcome.invocations += 1
-                outcome.retried += attempt
-                try:
-                    result = invoker.invoke(request)
-                    break
-                except ShardFailed as exc:
-                    error = exc.message
-                    logger.warning("a delivery worker failed", extra={"attempt": attempt + 1, "error": error[:500]})
+            result, error = _invoke_retrying_once(
+                partial(invoker.invoke, request), outcome, deadline, "a delivery worker failed", {}
+            )
             if result is None:
                 outcome.given_up += 1
                 remaining = [c for group in request.groups for c in group.connections]
@@ -770,6 +750,25 @@ def _frame_chunks(frames: list[bytes], budget: int) -> list[list[bytes]]:
         chunks[-1].append(frame)
         size += cost
     return chunks
+
+
+def _invoke_retrying_once(
+    invoke: Callable[[], _T], outcome: _ShardOutcome, deadline: float | None, failure: str, extra: dict[str, Any]
+) -> tuple[_T | None, str]:
+    """A worker invocation, retried once if it fails and a whole worker run still fits before the
+    deadline: (its answer, or None when given up; the last error)."""
+    error = ""
+    for attempt in range(2):
+        if attempt and not _time_to_retry(deadline):
+            break  # no time left for a whole worker run: given up by the caller
+        outcome.invocations += 1
+        outcome.retried += attempt
+        try:
+            return invoke(), error
+        except ShardFailed as exc:
+            error = exc.message
+            logger.warning(failure, extra={**extra, "attempt": attempt + 1, "error": error[:500]})
+    return None, error
 
 
 def _time_to_retry(deadline: float | None) -> bool:
